@@ -1,0 +1,149 @@
+//! `wav_output`: records the audio reaching it into a WAV file on a real-time timeline.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::resample::{StreamResampler, to_i16, to_mono_f32};
+use crate::frame::{AudioFrame, Direction, Frame};
+use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
+use crate::registry::{BuildError, Problem, Settings};
+
+/// Settings of `wav_output`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WavOutputSettings {
+    /// The WAV file to write (16-bit mono).
+    pub path: PathBuf,
+    /// Sample rate of the file; audio at other rates is resampled.
+    pub sample_rate: u32,
+    /// Also record `InputAudio` reaching this processor (placed by its timestamp), not only
+    /// the assistant's `OutputAudio` (placed at the time it arrives, like a loudspeaker).
+    pub record_input: bool,
+}
+
+impl Default for WavOutputSettings {
+    fn default() -> Self {
+        Self { path: PathBuf::new(), sample_rate: 16_000, record_input: true }
+    }
+}
+
+impl Settings for WavOutputSettings {
+    const TYPE: &'static str = "wav_output";
+    const ABOUT: &'static str = "writes the audio reaching it to a WAV file on a real-time timeline";
+
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            problems.push(Problem::at("path", "`path` is required: the WAV file to write"));
+        } else if let Some(parent) = ctx.config_path(&self.path).parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.is_dir()
+        {
+            problems.push(Problem::at("path", format!("output directory {} does not exist", parent.display())));
+        }
+        if !(8_000..=192_000).contains(&self.sample_rate) {
+            problems.push(Problem::at("sample_rate", "`sample_rate` must be between 8000 and 192000"));
+        }
+        problems
+    }
+
+    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        let path = ctx.config_path(&self.path);
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: self.sample_rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let writer = hound::WavWriter::create(&path, spec)
+            .with_context(|| format!("cannot create output WAV {}", path.display()))?;
+        Ok(Box::new(WavOutput { settings: self, path, writer: Some(writer), cursor: 0, resamplers: HashMap::new() }))
+    }
+}
+
+/// Writes audio frames to a WAV file; silence fills the gaps between them.
+pub struct WavOutput {
+    settings: WavOutputSettings,
+    path: PathBuf,
+    writer: Option<hound::WavWriter<BufWriter<File>>>,
+    /// Samples written so far: the file's current end on the timeline.
+    cursor: u64,
+    resamplers: HashMap<u32, StreamResampler>,
+}
+
+impl WavOutput {
+    /// Writes `audio` starting at `at` on the timeline, or right after what is already written
+    /// when that is later (audio is never overlapped or reordered, as on a real device).
+    fn write(&mut self, audio: &AudioFrame, at: Duration) -> Result<(), ProcessError> {
+        let rate = self.settings.sample_rate;
+        let mono = to_mono_f32(&audio.samples, audio.channels);
+        let resampler = match self.resamplers.entry(audio.sample_rate) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(StreamResampler::new(audio.sample_rate, rate).map_err(ProcessError::recoverable)?)
+            }
+        };
+        let samples = to_i16(&resampler.push(&mono));
+        let Some(writer) = self.writer.as_mut() else { return Ok(()) };
+        let start = (at.as_secs_f64() * f64::from(rate)).round() as u64;
+        let io = |e: hound::Error| ProcessError::recoverable(format!("writing {}: {e}", self.path.display()));
+        while self.cursor < start {
+            writer.write_sample(0i16).map_err(io)?;
+            self.cursor += 1;
+        }
+        // Buffered: a 20 ms frame is 640 bytes, so this rarely reaches the disk.
+        for s in samples {
+            writer.write_sample(s).map_err(io)?;
+        }
+        self.cursor += samples_len(audio, rate);
+        Ok(())
+    }
+
+    fn finalize(&mut self) -> Result<(), ProcessError> {
+        if let Some(writer) = self.writer.take() {
+            writer
+                .finalize()
+                .map_err(|e| ProcessError::recoverable(format!("finishing {}: {e}", self.path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+fn samples_len(audio: &AudioFrame, rate: u32) -> u64 {
+    (audio.frames() as u64 * u64::from(rate)).div_ceil(u64::from(audio.sample_rate.max(1)))
+}
+
+#[async_trait]
+impl Processor for WavOutput {
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
+        let result = match &frame {
+            Frame::OutputAudio(audio) => self.write(audio, ctx.now()),
+            Frame::InputAudio(audio) if self.settings.record_input => self.write(audio, audio.pts),
+            _ => Ok(()),
+        };
+        ctx.push(frame, direction).await;
+        result
+    }
+
+    async fn end(&mut self, _ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.finalize()
+    }
+
+    async fn stop(&mut self) {
+        if let Err(e) = self.finalize() {
+            tracing::warn!(error = %e, "could not finish the output WAV");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Small general-purpose processors.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::frame::{Direction, Frame};
+use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
+use crate::registry::{BuildError, Settings};
+
+/// Settings of `passthrough`: none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughSettings {}
+
+impl Settings for PassthroughSettings {
+    const TYPE: &'static str = "passthrough";
+    const ABOUT: &'static str = "forwards every frame unchanged (for tests and benchmarks)";
+
+    fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        Ok(Box::new(Passthrough))
+    }
+}
+
+/// Forwards every frame unchanged.
+#[derive(Debug, Default)]
+pub struct Passthrough;
+
+#[async_trait]
+impl Processor for Passthrough {
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
+        ctx.push(frame, direction).await;
+        Ok(())
+    }
+}

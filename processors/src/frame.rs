@@ -1,0 +1,317 @@
+//! The one closed type that flows between processors.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which way a frame travels: downstream goes from the microphone towards the speaker,
+/// upstream goes back (for example the speaker telling memory what it actually played).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Towards the end of the pipeline.
+    Downstream,
+    /// Towards the start of the pipeline.
+    Upstream,
+}
+
+/// How the runtime treats a frame on its way between processors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameClass {
+    /// Travels on the priority lane: overtakes queued data and is never dropped by an interruption.
+    System,
+    /// Ordered data, dropped from queues by an interruption.
+    Data,
+    /// Ordered data that survives an interruption (end of stream).
+    Uninterruptible,
+}
+
+/// PCM audio: interleaved signed 16-bit samples, cheap to clone.
+#[derive(Clone, PartialEq)]
+pub struct AudioFrame {
+    /// Interleaved samples.
+    pub samples: Arc<[i16]>,
+    /// Samples per second per channel.
+    pub sample_rate: u32,
+    /// Number of interleaved channels.
+    pub channels: u16,
+    /// Position of the first sample on the stream's timeline.
+    pub pts: Duration,
+}
+
+impl AudioFrame {
+    /// Builds a frame from samples.
+    pub fn new(samples: impl Into<Arc<[i16]>>, sample_rate: u32, channels: u16, pts: Duration) -> Self {
+        Self { samples: samples.into(), sample_rate, channels, pts }
+    }
+
+    /// Number of samples per channel.
+    pub fn frames(&self) -> usize {
+        self.samples.len() / usize::from(self.channels.max(1))
+    }
+
+    /// How long the frame plays.
+    pub fn duration(&self) -> Duration {
+        if self.sample_rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(self.frames() as f64 / f64::from(self.sample_rate))
+    }
+}
+
+impl fmt::Debug for AudioFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AudioFrame")
+            .field("samples", &self.samples.len())
+            .field("sample_rate", &self.sample_rate)
+            .field("channels", &self.channels)
+            .field("pts", &self.pts)
+            .finish()
+    }
+}
+
+/// Who said a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The person talking to the assistant.
+    User,
+    /// The assistant.
+    Assistant,
+}
+
+/// One message of an OpenAI-style chat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into() }
+    }
+}
+
+/// The speaker id used when the pipeline does not know who is talking.
+pub const DEFAULT_SPEAKER: &str = "default";
+
+/// A request for the LLM. Processors on its way (memory) rewrite `messages` in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmRequest {
+    /// The chat to send, system message first.
+    pub messages: Vec<ChatMessage>,
+    /// Who is talking; memory is kept per speaker.
+    pub speaker: String,
+    /// The conversation turn this request answers.
+    pub turn: u64,
+    /// Set by the memory processor once it has injected memory, so a frame passing twice
+    /// never gets memory twice.
+    pub memory_injected: bool,
+}
+
+impl LlmRequest {
+    /// The text of the last user message, if any.
+    pub fn last_user_message(&self) -> Option<&str> {
+        self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str())
+    }
+}
+
+/// A transcription of the user's speech.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcription {
+    /// The recognised text.
+    pub text: String,
+    /// Who spoke.
+    pub speaker: String,
+    /// The conversation turn.
+    pub turn: u64,
+    /// Where the speech started on the input timeline.
+    pub start: Duration,
+    /// Where the speech ended on the input timeline.
+    pub end: Duration,
+    /// How long recognition took.
+    pub processing: Duration,
+}
+
+/// What the assistant actually said aloud, reported upstream by the output device so memory
+/// stores the reply as heard, not as generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpokenReply {
+    /// The words that were played.
+    pub text: String,
+    /// True when an interruption cut the reply short.
+    pub interrupted: bool,
+    /// The conversation turn.
+    pub turn: u64,
+}
+
+/// Something went wrong in a processor; the pipeline keeps running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorFrame {
+    /// Id of the processor that failed.
+    pub source: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+    /// False when the pipeline cannot go on (it is then cancelled).
+    pub recoverable: bool,
+}
+
+/// One measurement, for logs and benchmarks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Id of the processor that measured it.
+    pub source: String,
+    /// The conversation turn, when it belongs to one.
+    pub turn: Option<u64>,
+    /// What was measured, e.g. `stt_time`, `llm_ttfb`.
+    pub name: &'static str,
+    /// The measured duration.
+    pub value: Duration,
+}
+
+/// Everything that flows between processors.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Frame {
+    /// The pipeline is starting; reaches every processor before any data.
+    Start,
+    /// End of stream: processors finish their work in order and the pipeline stops.
+    End,
+    /// Stop now, dropping whatever is queued.
+    Cancel,
+    /// Audio from the microphone or an input file (16 kHz mono in the default pipeline).
+    InputAudio(AudioFrame),
+    /// Audio to play.
+    OutputAudio(AudioFrame),
+    /// Voice activity started.
+    UserStartedSpeaking,
+    /// Voice activity stopped.
+    UserStoppedSpeaking,
+    /// The user's turn is over (after end-of-turn detection); speech-to-text transcribes now.
+    UserTurnEnded,
+    /// The assistant's audio started playing.
+    BotStartedSpeaking,
+    /// The assistant's audio stopped playing.
+    BotStoppedSpeaking,
+    /// Partial transcription while the user speaks.
+    InterimTranscription(Transcription),
+    /// Final transcription of a user turn.
+    Transcription(Transcription),
+    /// A chat request for the LLM.
+    LlmRequest(LlmRequest),
+    /// The LLM started answering.
+    LlmResponseStart,
+    /// A piece of the LLM's answer, as it streams.
+    LlmText(String),
+    /// The LLM finished answering.
+    LlmResponseEnd,
+    /// Text to speak directly, without the LLM (apologies, greetings).
+    Speak(String),
+    /// Speech synthesis of `text` is starting; its audio follows as `OutputAudio`.
+    TtsStarted {
+        /// The sentence being synthesized.
+        text: String,
+    },
+    /// Speech synthesis of the current sentence finished.
+    TtsStopped,
+    /// What the assistant actually said (upstream, from the output device).
+    SpokenReply(SpokenReply),
+    /// The user barged in: queued data is dropped and in-flight work cancelled.
+    Interruption,
+    /// A processor failed.
+    Error(ErrorFrame),
+    /// A measurement.
+    Metrics(Metric),
+}
+
+impl Frame {
+    /// How the runtime treats this frame.
+    pub fn class(&self) -> FrameClass {
+        match self {
+            Frame::Start
+            | Frame::Cancel
+            | Frame::InputAudio(_)
+            | Frame::UserStartedSpeaking
+            | Frame::UserStoppedSpeaking
+            | Frame::BotStartedSpeaking
+            | Frame::BotStoppedSpeaking
+            | Frame::InterimTranscription(_)
+            | Frame::Interruption
+            | Frame::Error(_)
+            | Frame::Metrics(_) => FrameClass::System,
+            Frame::End | Frame::SpokenReply(_) => FrameClass::Uninterruptible,
+            Frame::OutputAudio(_)
+            | Frame::UserTurnEnded
+            | Frame::Transcription(_)
+            | Frame::LlmRequest(_)
+            | Frame::LlmResponseStart
+            | Frame::LlmText(_)
+            | Frame::LlmResponseEnd
+            | Frame::Speak(_)
+            | Frame::TtsStarted { .. }
+            | Frame::TtsStopped => FrameClass::Data,
+        }
+    }
+
+    /// True for frames that travel on the priority lane.
+    pub fn is_system(&self) -> bool {
+        self.class() == FrameClass::System
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Start => "Start",
+            Frame::End => "End",
+            Frame::Cancel => "Cancel",
+            Frame::InputAudio(_) => "InputAudio",
+            Frame::OutputAudio(_) => "OutputAudio",
+            Frame::UserStartedSpeaking => "UserStartedSpeaking",
+            Frame::UserStoppedSpeaking => "UserStoppedSpeaking",
+            Frame::UserTurnEnded => "UserTurnEnded",
+            Frame::BotStartedSpeaking => "BotStartedSpeaking",
+            Frame::BotStoppedSpeaking => "BotStoppedSpeaking",
+            Frame::InterimTranscription(_) => "InterimTranscription",
+            Frame::Transcription(_) => "Transcription",
+            Frame::LlmRequest(_) => "LlmRequest",
+            Frame::LlmResponseStart => "LlmResponseStart",
+            Frame::LlmText(_) => "LlmText",
+            Frame::LlmResponseEnd => "LlmResponseEnd",
+            Frame::Speak(_) => "Speak",
+            Frame::TtsStarted { .. } => "TtsStarted",
+            Frame::TtsStopped => "TtsStopped",
+            Frame::SpokenReply(_) => "SpokenReply",
+            Frame::Interruption => "Interruption",
+            Frame::Error(_) => "Error",
+            Frame::Metrics(_) => "Metrics",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frames_take_the_priority_lane_and_end_survives_interruption() {
+        assert!(Frame::Interruption.is_system());
+        assert!(Frame::Cancel.is_system());
+        assert!(Frame::UserStartedSpeaking.is_system());
+        assert_eq!(Frame::End.class(), FrameClass::Uninterruptible);
+        assert_eq!(Frame::LlmText("hi".into()).class(), FrameClass::Data);
+    }
+
+    #[test]
+    fn audio_duration_counts_frames_not_samples() {
+        let a = AudioFrame::new(vec![0i16; 640], 16_000, 2, Duration::ZERO);
+        assert_eq!(a.frames(), 320);
+        assert_eq!(a.duration(), Duration::from_millis(20));
+    }
+}

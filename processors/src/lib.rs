@@ -1,0 +1,27 @@
+//! slowcat's processors: the [`Frame`] type, the [`Processor`] trait and its contexts, the
+//! [`registry`] of processor kinds, the [`Pipeline`] that runs them, a test [`harness`], and one
+//! module per processor family.
+
+pub mod frame;
+pub mod harness;
+pub mod pipeline;
+pub mod processor;
+pub mod registry;
+
+pub mod audio;
+pub mod basic;
+pub mod llm;
+pub mod memory;
+pub mod onnx;
+pub mod stt;
+pub mod tts;
+pub mod turn;
+pub mod vad;
+
+pub use frame::{AudioFrame, ChatMessage, Direction, Frame, FrameClass, LlmRequest, Role, Transcription};
+pub use pipeline::{Pipeline, PipelineOptions, Shutdown};
+pub use processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
+pub use registry::{BuildError, Kind, Problem, Settings};
+
+/// The sample rate every processor after the input works at.
+pub const PIPELINE_SAMPLE_RATE: u32 = 16_000;

@@ -1,0 +1,56 @@
+//! Loading ONNX Runtime (dynamically, from the library `scripts/fetch-models.sh` puts in
+//! `models/`) and building sessions. Shared by Silero VAD, Smart Turn and Piper.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, anyhow};
+use ort::environment::Environment;
+use ort::session::Session;
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Where the ONNX Runtime library is looked for: `ORT_DYLIB_PATH` when set, else the library
+/// in the models directory.
+pub fn runtime_library(models_dir: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let name = if cfg!(target_os = "macos") { "libonnxruntime.dylib" } else { "libonnxruntime.so" };
+    models_dir.join(name)
+}
+
+/// The process-wide ONNX Runtime environment, loaded on first use. The first caller's models
+/// directory decides which library is loaded.
+pub fn environment(models_dir: &Path) -> anyhow::Result<Environment> {
+    let result = ENVIRONMENT.get_or_init(|| {
+        let lib = runtime_library(models_dir);
+        if !lib.exists() {
+            return Err(format!(
+                "the ONNX Runtime library {} does not exist; fetch it with `scripts/fetch-models.sh`",
+                lib.display()
+            ));
+        }
+        ort::init_from(&lib)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
+            .with_name("slowcat")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+    });
+    result.clone().map_err(|e| anyhow!(e))
+}
+
+/// Loads an ONNX model with `threads` intra-op threads.
+pub fn session(models_dir: &Path, model: &Path, threads: usize) -> anyhow::Result<Session> {
+    let env = environment(models_dir)?;
+    let mut builder = Session::builder(&env).map_err(|e| anyhow!("{e}"))?;
+    builder = builder
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| anyhow!("{e}"))?
+        .with_inter_threads(1)
+        .map_err(|e| anyhow!("{e}"))?;
+    builder
+        .commit_from_file(model)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("cannot load ONNX model {}", model.display()))
+}

@@ -1,0 +1,367 @@
+//! Runs a chain of processors, one tokio task each, linked by bounded channels with a priority
+//! lane for system frames. The binary and the test harness both run pipelines through this.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout_at;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::frame::{Direction, ErrorFrame, Frame, FrameClass};
+use crate::processor::{self, BoxProcessor, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext};
+
+/// Channel sizes and shutdown bounds.
+///
+/// Overflow policy: a full lane makes the sender wait (backpressure), on both lanes. The system
+/// lane is much larger so that control frames and microphone audio are never held up by a
+/// processor that is slow with data.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Capacity of each processor's data lane.
+    pub data_capacity: usize,
+    /// Capacity of each processor's system lane.
+    pub system_capacity: usize,
+    /// How long `Cancel` may take to travel the pipeline before tasks are stopped regardless.
+    pub cancel_timeout: Duration,
+    /// How long tasks may take to stop once told to.
+    pub join_timeout: Duration,
+    /// How long the final `End` may take to travel back upstream.
+    pub drain_timeout: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            data_capacity: 64,
+            system_capacity: 1024,
+            cancel_timeout: Duration::from_millis(1000),
+            join_timeout: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a pipeline stopped.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    /// Ids of processors that did not stop within the bounds and were abandoned.
+    pub hung: Vec<String>,
+    /// Frames that came out of the pipeline while it stopped.
+    pub frames: Vec<(Frame, Direction)>,
+}
+
+/// A running chain of processors.
+pub struct Pipeline {
+    head: FrameSender,
+    tail: FrameSender,
+    out_rx: mpsc::Receiver<Envelope>,
+    tasks: Vec<(Arc<str>, JoinHandle<()>)>,
+    cancel: CancellationToken,
+    epoch: Instant,
+    options: PipelineOptions,
+}
+
+impl Pipeline {
+    /// Spawns one task per processor, in order. Nothing flows until [`Pipeline::start`].
+    pub fn spawn(processors: Vec<(String, BoxProcessor)>, options: PipelineOptions) -> Self {
+        let cancel = CancellationToken::new();
+        let epoch = Instant::now();
+        // Both ends of the chain lead into one ordered output channel.
+        let (out_tx, out_rx) = mpsc::channel(options.system_capacity);
+        let sink = Lanes { system: out_tx.clone(), data: out_tx };
+
+        let mut inputs = Vec::with_capacity(processors.len());
+        let mut receivers = Vec::with_capacity(processors.len());
+        for _ in &processors {
+            let (sys_tx, sys_rx) = mpsc::channel(options.system_capacity);
+            let (data_tx, data_rx) = mpsc::channel(options.data_capacity);
+            inputs.push(Lanes { system: sys_tx, data: data_tx });
+            receivers.push((sys_rx, data_rx));
+        }
+        let lanes_at = |i: Option<usize>| match i {
+            Some(i) if i < inputs.len() => inputs[i].clone(),
+            _ => sink.clone(),
+        };
+
+        let mut tasks = Vec::with_capacity(processors.len());
+        for (i, ((id, processor), (sys_rx, data_rx))) in processors.into_iter().zip(receivers).enumerate() {
+            let id: Arc<str> = id.into();
+            let up = lanes_at(i.checked_sub(1));
+            let down = lanes_at(Some(i + 1));
+            let ctx = ProcessorContext::new(id.clone(), processor::sender(down, up), cancel.clone(), epoch);
+            let task = Task { processor, ctx, sys_rx, data_rx, held: VecDeque::new(), deferred: VecDeque::new() };
+            tasks.push((id, tokio::spawn(task.run())));
+        }
+        let head = processor::sender(lanes_at(Some(0)), sink.clone());
+        let tail = processor::sender(sink.clone(), lanes_at(inputs.len().checked_sub(1)));
+        Self { head, tail, out_rx, tasks, cancel, epoch, options }
+    }
+
+    /// Sends `Start` through the pipeline.
+    pub async fn start(&self) {
+        self.send(Frame::Start).await;
+    }
+
+    /// Feeds a frame downstream into the first processor.
+    pub async fn send(&self, frame: Frame) {
+        self.head.downstream(frame).await;
+    }
+
+    /// Feeds a frame upstream into the last processor.
+    pub async fn send_upstream(&self, frame: Frame) {
+        self.tail.upstream(frame).await;
+    }
+
+    /// The next frame out of either end of the pipeline (downstream out of the last processor,
+    /// upstream out of the first).
+    pub async fn recv(&mut self) -> Option<(Frame, Direction)> {
+        self.out_rx.recv().await
+    }
+
+    /// The instant the pipeline was spawned.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Ids of the processors, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.tasks.iter().map(|(id, _)| id.to_string()).collect()
+    }
+
+    /// Graceful stop after `End` came out downstream: sends `End` back upstream so every
+    /// processor handles the upstream frames still travelling (the last spoken reply reaching
+    /// memory), then stops the tasks. Every wait is bounded.
+    pub async fn finish(mut self) -> Shutdown {
+        let mut frames = Vec::new();
+        self.send_upstream(Frame::End).await;
+        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
+        while let Ok(Some((frame, dir))) = timeout_at(deadline, self.out_rx.recv()).await {
+            let done = matches!((&frame, dir), (Frame::End, Direction::Upstream));
+            frames.push((frame, dir));
+            if done {
+                break;
+            }
+        }
+        let mut shutdown = self.join().await;
+        frames.append(&mut shutdown.frames);
+        shutdown.frames = frames;
+        shutdown
+    }
+
+    /// Stops at once: sends `Cancel`, which overtakes all queued data and drops in-flight work,
+    /// then stops the tasks. Returns within `cancel_timeout + join_timeout` even when a
+    /// processor hangs; the hung ones are named in the result.
+    pub async fn cancel(mut self) -> Shutdown {
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.options.cancel_timeout;
+        if timeout_at(deadline, self.head.downstream(Frame::Cancel)).await.is_ok() {
+            while let Ok(Some((frame, dir))) = timeout_at(deadline, self.out_rx.recv()).await {
+                let done = matches!((&frame, dir), (Frame::Cancel, Direction::Downstream));
+                frames.push((frame, dir));
+                if done {
+                    break;
+                }
+            }
+        }
+        let mut shutdown = self.join().await;
+        frames.append(&mut shutdown.frames);
+        shutdown.frames = frames;
+        shutdown
+    }
+
+    async fn join(mut self) -> Shutdown {
+        self.cancel.cancel();
+        let deadline = tokio::time::Instant::now() + self.options.join_timeout;
+        let mut hung = Vec::new();
+        let mut frames = Vec::new();
+        for (id, mut handle) in std::mem::take(&mut self.tasks) {
+            loop {
+                tokio::select! {
+                    res = &mut handle => {
+                        if let Err(e) = res && e.is_panic() {
+                            warn!(processor = %id, "processor task panicked while stopping");
+                        }
+                        break;
+                    }
+                    // Keep the output drained so no task blocks on a full sink while stopping.
+                    Some(f) = self.out_rx.recv() => frames.push(f),
+                    _ = tokio::time::sleep_until(deadline) => {
+                        warn!(processor = %id, "processor did not stop in time; abandoning it");
+                        handle.abort();
+                        hung.push(id.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        while let Ok(f) = self.out_rx.try_recv() {
+            frames.push(f);
+        }
+        Shutdown { hung, frames }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        for (_, handle) in &self.tasks {
+            handle.abort();
+        }
+    }
+}
+
+/// What became of one call into the processor.
+enum Outcome<T> {
+    Done(T),
+    /// An `Interruption` or `Cancel` arrived and the call was dropped.
+    Preempted,
+}
+
+struct Task {
+    processor: BoxProcessor,
+    ctx: ProcessorContext,
+    sys_rx: mpsc::Receiver<Envelope>,
+    data_rx: mpsc::Receiver<Envelope>,
+    /// Frames that survive an interruption (End), taken off the data lane while draining it.
+    held: VecDeque<Envelope>,
+    /// System frames that arrived while a call was in flight, in arrival order.
+    deferred: VecDeque<Envelope>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let cancel = self.ctx.cancellation();
+        loop {
+            let next = if let Some(env) = self.deferred.pop_front() {
+                Some(env)
+            } else if let Ok(env) = self.sys_rx.try_recv() {
+                Some(env)
+            } else if let Some(env) = self.held.pop_front() {
+                Some(env)
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    Some(env) = self.sys_rx.recv() => Some(env),
+                    Some(env) = self.data_rx.recv() => Some(env),
+                    else => None,
+                }
+            };
+            let Some((frame, dir)) = next else { break };
+            if !self.handle(frame, dir).await {
+                break;
+            }
+        }
+        // Bounded by the pipeline's join timeout.
+        self.processor.stop().await;
+        debug!(processor = %self.ctx.id(), "stopped");
+    }
+
+    /// Handles one frame; false when the task should stop.
+    async fn handle(&mut self, frame: Frame, dir: Direction) -> bool {
+        match frame {
+            Frame::Start => {
+                self.ctx.push(Frame::Start, dir).await;
+                let r = self.call(|p, ctx| p.start(ctx)).await;
+                self.report(r).await;
+                true
+            }
+            Frame::Cancel => {
+                self.ctx.push(Frame::Cancel, dir).await;
+                false
+            }
+            Frame::Interruption => {
+                self.drain_data();
+                // Forward first: the processors further on (the speaker) fall silent sooner.
+                self.ctx.push(Frame::Interruption, dir).await;
+                let ctx = &self.ctx;
+                self.processor.interrupted(ctx).await;
+                true
+            }
+            Frame::End if dir == Direction::Downstream => {
+                let r = self.call(|p, ctx| p.end(ctx)).await;
+                self.report(r).await;
+                self.ctx.push(Frame::End, dir).await;
+                true
+            }
+            Frame::End => {
+                // End travelling upstream is the pipeline's final sweep: everything before it has
+                // been handled, so this processor is done.
+                self.ctx.push(Frame::End, dir).await;
+                false
+            }
+            frame => {
+                let r = self.call(move |p, ctx| p.process(frame, dir, ctx)).await;
+                self.report(r).await;
+                true
+            }
+        }
+    }
+
+    /// Runs one call into the processor while watching the system lane: an `Interruption` or
+    /// `Cancel` drops the call; other system frames wait in `deferred` until it returns.
+    /// A panic inside the processor becomes an error instead of killing the pipeline.
+    async fn call<F>(&mut self, f: F) -> Outcome<Result<(), ProcessError>>
+    where
+        F: for<'a> FnOnce(
+            &'a mut BoxProcessor,
+            &'a ProcessorContext,
+        ) -> futures::future::BoxFuture<'a, Result<(), ProcessError>>,
+    {
+        let Task { processor, ctx, sys_rx, deferred, .. } = self;
+        let fut = AssertUnwindSafe(f(processor, ctx)).catch_unwind();
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut fut => {
+                    return Outcome::Done(res.unwrap_or_else(|panic| {
+                        let msg = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(ProcessError::Recoverable(format!("panicked: {msg}")))
+                    }));
+                }
+                Some(env) = sys_rx.recv() => {
+                    let preempts = matches!(env.0, Frame::Interruption | Frame::Cancel);
+                    deferred.push_back(env);
+                    if preempts {
+                        debug!(processor = %ctx.id(), "in-flight work cancelled");
+                        return Outcome::Preempted;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report(&mut self, outcome: Outcome<Result<(), ProcessError>>) {
+        let Outcome::Done(Err(e)) = outcome else { return };
+        let recoverable = matches!(e, ProcessError::Recoverable(_));
+        warn!(processor = %self.ctx.id(), error = %e, recoverable, "processor error");
+        let frame = Frame::Error(ErrorFrame { source: self.ctx.id().to_string(), message: e.to_string(), recoverable });
+        self.ctx.push_downstream(frame).await;
+    }
+
+    /// Drops queued data after an interruption, keeping frames that must survive it.
+    fn drain_data(&mut self) {
+        let mut dropped = 0usize;
+        while let Ok(env) = self.data_rx.try_recv() {
+            if env.0.class() == FrameClass::Uninterruptible {
+                self.held.push_back(env);
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            debug!(processor = %self.ctx.id(), dropped, "interruption dropped queued data");
+        }
+    }
+}

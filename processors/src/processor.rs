@@ -1,0 +1,238 @@
+//! The `Processor` trait and the contexts through which processors reach the runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{Direction, ErrorFrame, Frame, Metric};
+
+/// A failure while handling a frame. The runtime turns it into an [`Frame::Error`] and,
+/// unless it is fatal, keeps the pipeline serving the next turn.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// This frame failed; the next one may well succeed.
+    #[error("{0}")]
+    Recoverable(String),
+    /// The processor cannot go on; the pipeline is cancelled.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl ProcessError {
+    /// A recoverable error from anything displayable.
+    pub fn recoverable(e: impl std::fmt::Display) -> Self {
+        Self::Recoverable(e.to_string())
+    }
+
+    /// A fatal error from anything displayable.
+    pub fn fatal(e: impl std::fmt::Display) -> Self {
+        Self::Fatal(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for ProcessError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Recoverable(format!("{e:#}"))
+    }
+}
+
+/// One stage of the pipeline.
+///
+/// The runtime delivers every frame except the lifecycle ones (`Start`, `End`, `Cancel`,
+/// `Interruption`) to [`Processor::process`]; those have their own hooks and the runtime forwards
+/// them itself. A processor must push on (with [`ProcessorContext::push`]) every frame it does
+/// not consume.
+///
+/// `process` may run for a long time (streaming an LLM reply, playing audio): an `Interruption`
+/// or `Cancel` arriving meanwhile drops that future at its next `.await`, so in-flight work is
+/// cancelled instead of awaited. Blocking work (inference, disk) belongs on
+/// `tokio::task::spawn_blocking`.
+#[async_trait]
+pub trait Processor: Send + 'static {
+    /// Called when `Start` reaches the processor, after it has been forwarded.
+    async fn start(&mut self, _ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// Handles one frame travelling in `direction`.
+    async fn process(&mut self, frame: Frame, direction: Direction, ctx: &ProcessorContext)
+    -> Result<(), ProcessError>;
+
+    /// An interruption arrived: queued data has been dropped and in-flight work cancelled.
+    /// Reset per-reply state here; the runtime forwards the interruption afterwards.
+    async fn interrupted(&mut self, _ctx: &ProcessorContext) {}
+
+    /// End of stream reached the processor: flush what is pending, before `End` travels on.
+    async fn end(&mut self, _ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// The pipeline is stopping (after `End` or `Cancel`): release resources.
+    async fn stop(&mut self) {}
+}
+
+/// A boxed processor, as the registry builds them.
+pub type BoxProcessor = Box<dyn Processor>;
+
+/// One message on a processor's input lanes.
+pub(crate) type Envelope = (Frame, Direction);
+
+/// The two input lanes of one processor task.
+#[derive(Clone)]
+pub(crate) struct Lanes {
+    pub(crate) system: mpsc::Sender<Envelope>,
+    pub(crate) data: mpsc::Sender<Envelope>,
+}
+
+impl Lanes {
+    async fn send(&self, frame: Frame, direction: Direction) -> bool {
+        let lane = if frame.is_system() { &self.system } else { &self.data };
+        lane.send((frame, direction)).await.is_ok()
+    }
+}
+
+/// A cloneable handle that pushes frames to a processor's neighbours, for work spawned off the
+/// processor's own task (a WAV reader pacing frames, a capture stream).
+#[derive(Clone)]
+pub struct FrameSender {
+    downstream: Lanes,
+    upstream: Lanes,
+}
+
+impl FrameSender {
+    /// Pushes a frame to the neighbour in `direction`. Waits while that neighbour's lane is full
+    /// (backpressure). Returns false once the pipeline has shut down.
+    pub async fn push(&self, frame: Frame, direction: Direction) -> bool {
+        match direction {
+            Direction::Downstream => self.downstream.send(frame, direction).await,
+            Direction::Upstream => self.upstream.send(frame, direction).await,
+        }
+    }
+
+    /// Pushes downstream.
+    pub async fn downstream(&self, frame: Frame) -> bool {
+        self.push(frame, Direction::Downstream).await
+    }
+
+    /// Pushes upstream.
+    pub async fn upstream(&self, frame: Frame) -> bool {
+        self.push(frame, Direction::Upstream).await
+    }
+}
+
+/// What a running processor can reach of the runtime.
+pub struct ProcessorContext {
+    id: Arc<str>,
+    sender: FrameSender,
+    cancel: CancellationToken,
+    epoch: Instant,
+}
+
+impl ProcessorContext {
+    pub(crate) fn new(id: Arc<str>, sender: FrameSender, cancel: CancellationToken, epoch: Instant) -> Self {
+        Self { id, sender, cancel, epoch }
+    }
+
+    /// This processor's id in config.toml.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Pushes a frame to the neighbour in `direction`.
+    pub async fn push(&self, frame: Frame, direction: Direction) {
+        self.sender.push(frame, direction).await;
+    }
+
+    /// Pushes a frame downstream.
+    pub async fn push_downstream(&self, frame: Frame) {
+        self.sender.downstream(frame).await;
+    }
+
+    /// Pushes a frame upstream.
+    pub async fn push_upstream(&self, frame: Frame) {
+        self.sender.upstream(frame).await;
+    }
+
+    /// Pushes a recoverable error frame downstream, naming this processor.
+    pub async fn push_error(&self, message: impl Into<String>) {
+        let frame =
+            Frame::Error(ErrorFrame { source: self.id.to_string(), message: message.into(), recoverable: true });
+        self.push_downstream(frame).await;
+    }
+
+    /// Pushes a measurement downstream.
+    pub async fn push_metric(&self, name: &'static str, turn: Option<u64>, value: Duration) {
+        let frame = Frame::Metrics(Metric { source: self.id.to_string(), turn, name, value });
+        self.push_downstream(frame).await;
+    }
+
+    /// A handle for tasks the processor spawns.
+    pub fn sender(&self) -> FrameSender {
+        self.sender.clone()
+    }
+
+    /// Cancelled when the pipeline shuts down; spawned tasks should stop when it fires.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The instant the pipeline started: the zero of every timeline.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Time since the pipeline started.
+    pub fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+/// What `build()` can reach while turning settings into a running processor.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// Where model files live (`models/` next to config.toml unless configured).
+    pub models_dir: PathBuf,
+    /// Where processors keep their data (memory database), e.g. `~/.local/share/slowcat`.
+    pub data_dir: PathBuf,
+    /// The directory of config.toml; relative paths in settings are resolved against it.
+    pub config_dir: PathBuf,
+}
+
+impl BuildContext {
+    /// Resolves a model file name against the models directory (absolute paths are kept).
+    pub fn model_path(&self, name: impl AsRef<Path>) -> PathBuf {
+        let name = name.as_ref();
+        if name.is_absolute() { name.to_path_buf() } else { self.models_dir.join(name) }
+    }
+
+    /// Resolves a path from the settings against the config file's directory.
+    pub fn config_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() { path.to_path_buf() } else { self.config_dir.join(path) }
+    }
+
+    /// Resolves a data path: absolute paths and `~/` are kept, others go under `data_dir`.
+    pub fn data_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if let Ok(rest) = path.strip_prefix("~")
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            return PathBuf::from(home).join(rest);
+        }
+        if path.is_absolute() { path.to_path_buf() } else { self.data_dir.join(path) }
+    }
+
+    /// A context rooted in one directory, for tests.
+    pub fn for_dir(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        Self { models_dir: dir.join("models"), data_dir: dir.join("data"), config_dir: dir }
+    }
+}
+
+pub(crate) fn sender(downstream: Lanes, upstream: Lanes) -> FrameSender {
+    FrameSender { downstream, upstream }
+}

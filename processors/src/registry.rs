@@ -1,0 +1,114 @@
+//! The registry of processor kinds: each kind registers under its `type` name with one line in
+//! [`kinds`]. No link-time magic: an unknown type is an error that lists these.
+
+use serde::de::DeserializeOwned;
+
+use crate::processor::{BoxProcessor, BuildContext};
+
+/// A problem with a processor's settings that can be seen before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The settings key at fault, to point at its line in config.toml.
+    pub key: Option<&'static str>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with one key.
+    pub fn at(key: &'static str, message: impl Into<String>) -> Self {
+        Self { key: Some(key), message: message.into() }
+    }
+
+    /// A model file named by `key` is missing: say where it was looked for and how to fetch it.
+    pub fn missing_model(key: &'static str, path: &std::path::Path) -> Self {
+        Self::at(key, format!("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", path.display()))
+    }
+}
+
+/// Why a processor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The settings cannot work (checked in `build`, after deserialization).
+    #[error("{0}")]
+    Invalid(String),
+    /// Loading a model, opening a device or a database failed.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// A processor's settings in config.toml: plain serde data (`deny_unknown_fields`, defaults in
+/// one place) that `build` validates and turns into the running processor.
+pub trait Settings: DeserializeOwned + Send + 'static {
+    /// The `type` name in config.toml.
+    const TYPE: &'static str;
+    /// One line for `slowcat check` and error messages.
+    const ABOUT: &'static str;
+
+    /// Problems visible without loading anything (missing model files, bad ranges).
+    fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    /// Loads models, opens files and returns the running processor. Runs on a blocking thread.
+    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError>;
+}
+
+/// Settings with the type erased, as the runtime holds them between validation and build.
+pub trait AnySettings: Send {
+    /// See [`Settings::check`].
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem>;
+    /// See [`Settings::build`].
+    fn build(self: Box<Self>, ctx: &BuildContext) -> Result<BoxProcessor, BuildError>;
+}
+
+impl<S: Settings> AnySettings for S {
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
+        Settings::check(self, ctx)
+    }
+    fn build(self: Box<Self>, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        Settings::build(*self, ctx)
+    }
+}
+
+type ParseFn = fn(toml::de::ValueDeserializer<'_>) -> Result<Box<dyn AnySettings>, toml::de::Error>;
+
+/// One registered processor kind.
+#[derive(Clone, Copy)]
+pub struct Kind {
+    /// The `type` name in config.toml.
+    pub name: &'static str,
+    /// What it does, in one line.
+    pub about: &'static str,
+    parse: ParseFn,
+}
+
+impl Kind {
+    /// The kind for a settings type.
+    pub fn of<S: Settings>() -> Self {
+        fn parse<S: Settings>(de: toml::de::ValueDeserializer<'_>) -> Result<Box<dyn AnySettings>, toml::de::Error> {
+            let settings: S = serde::Deserialize::deserialize(de)?;
+            Ok(Box::new(settings))
+        }
+        Self { name: S::TYPE, about: S::ABOUT, parse: parse::<S> }
+    }
+
+    /// Deserializes this kind's settings; errors keep their position in the file.
+    pub fn parse(&self, de: toml::de::ValueDeserializer<'_>) -> Result<Box<dyn AnySettings>, toml::de::Error> {
+        (self.parse)(de)
+    }
+}
+
+/// Every processor kind, in the order `slowcat check` lists them.
+pub fn kinds() -> Vec<Kind> {
+    vec![
+        Kind::of::<crate::audio::WavInputSettings>(),
+        Kind::of::<crate::audio::WavOutputSettings>(),
+        Kind::of::<crate::basic::PassthroughSettings>(),
+    ]
+}
+
+/// The kind registered under `name`.
+pub fn find(name: &str) -> Option<Kind> {
+    kinds().into_iter().find(|k| k.name == name)
+}
