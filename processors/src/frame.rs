@@ -170,7 +170,10 @@ pub struct Metric {
     pub source: String,
     /// The conversation turn, when it belongs to one.
     pub turn: Option<u64>,
-    /// What was measured, e.g. `stt_time`, `llm_ttfb`.
+    /// What was measured. Durations: `stt_time`, `memory_time`, `llm_ttfb` (request to first
+    /// token), `tts_ttfb` (sentence complete to first audio). Instants on the pipeline timeline
+    /// (time since start): `user_speech_end_at`, `first_audio_at` (first reply sample handed to
+    /// the output device).
     pub name: &'static str,
     /// The measured duration.
     pub value: Duration,
@@ -206,8 +209,11 @@ pub enum Frame {
     Transcription(Transcription),
     /// A chat request for the LLM.
     LlmRequest(LlmRequest),
-    /// The LLM started answering.
-    LlmResponseStart,
+    /// The LLM started answering turn `turn`.
+    LlmResponseStart {
+        /// The conversation turn being answered.
+        turn: u64,
+    },
     /// A piece of the LLM's answer, as it streams.
     LlmText(String),
     /// The LLM finished answering.
@@ -218,6 +224,8 @@ pub enum Frame {
     TtsStarted {
         /// The sentence being synthesized.
         text: String,
+        /// The conversation turn it answers (0 when unknown, e.g. a greeting).
+        turn: u64,
     },
     /// Speech synthesis of the current sentence finished.
     TtsStopped,
@@ -251,7 +259,7 @@ impl Frame {
             | Frame::UserTurnEnded
             | Frame::Transcription(_)
             | Frame::LlmRequest(_)
-            | Frame::LlmResponseStart
+            | Frame::LlmResponseStart { .. }
             | Frame::LlmText(_)
             | Frame::LlmResponseEnd
             | Frame::Speak(_)
@@ -281,7 +289,7 @@ impl Frame {
             Frame::InterimTranscription(_) => "InterimTranscription",
             Frame::Transcription(_) => "Transcription",
             Frame::LlmRequest(_) => "LlmRequest",
-            Frame::LlmResponseStart => "LlmResponseStart",
+            Frame::LlmResponseStart { .. } => "LlmResponseStart",
             Frame::LlmText(_) => "LlmText",
             Frame::LlmResponseEnd => "LlmResponseEnd",
             Frame::Speak(_) => "Speak",
