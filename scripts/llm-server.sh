@@ -250,7 +250,9 @@ parse_options() {
             die "--threads and --ctx only apply to 'start'"
         fi
     done
-    if [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then die "--port must be 1-65535, got '$PORT'"; fi
+    if ! is_uint "$PORT" || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
+        die "the port must be 1-65535, got '$PORT' (--port or SLOWCAT_LLM_PORT)"
+    fi
     [ "$THREADS" -ge 1 ] || die "--threads must be at least 1"
     [ "$CTX" -ge 64 ] || die "--ctx must be at least 64"
     BASE_URL="http://127.0.0.1:$PORT/v1"

@@ -124,6 +124,11 @@ impl Pipeline {
         self.out_rx.recv().await
     }
 
+    /// A cloneable handle feeding the first processor, for producers on other tasks.
+    pub fn sender_for_bench(&self) -> FrameSender {
+        self.head.clone()
+    }
+
     /// The instant the pipeline was spawned.
     pub fn epoch(&self) -> Instant {
         self.epoch
@@ -181,6 +186,11 @@ impl Pipeline {
         let mut hung = Vec::new();
         let mut frames = Vec::new();
         for (id, mut handle) in std::mem::take(&mut self.tasks) {
+            // Yield once so tasks that were told to stop get a chance to, even past the deadline.
+            tokio::task::yield_now().await;
+            if handle.is_finished() {
+                continue;
+            }
             loop {
                 tokio::select! {
                     res = &mut handle => {
