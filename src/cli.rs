@@ -32,8 +32,9 @@ pub enum Command {
     /// Run the assistant (or any pipeline) described by the config until end of stream or Ctrl-C.
     Run(RunArgs),
     /// Validate the config without starting anything: reports every problem with its line and
-    /// exits with status 2 if there is any.
-    Check(ConfigArgs),
+    /// exits with status 2 if there is any. With --llm, also asks the LLM server which models it
+    /// serves (exit status 3 when it does not answer).
+    Check(CheckArgs),
     /// Print benchmark figures (not tests: run them on an idle machine).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -58,9 +59,39 @@ pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
 
+    /// Read the user's speech from this WAV file instead of the microphone (replaces the
+    /// pipeline's `mic`), for a replayable turn. The run ends when the answer is complete.
+    #[arg(long, value_name = "WAV")]
+    pub input: Option<PathBuf>,
+
+    /// Write the assistant's speech to this WAV file instead of the speaker (replaces `speaker`).
+    #[arg(long, value_name = "WAV")]
+    pub output: Option<PathBuf>,
+
+    /// Use this OpenAI-compatible server for every `openai_llm` processor, e.g. http://127.0.0.1:8089/v1.
+    #[arg(long, value_name = "URL")]
+    pub llm_url: Option<String>,
+
     /// Append one JSON line of metrics per conversation turn to this file.
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+}
+
+/// Options of `slowcat check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Also check that the LLM server of each `openai_llm` processor answers, and list its models.
+    #[arg(long)]
+    pub llm: bool,
+}
+
+impl RunArgs {
+    fn rewire(&self) -> config::Rewire {
+        config::Rewire { input: self.input.clone(), output: self.output.clone(), llm_url: self.llm_url.clone() }
+    }
 }
 
 /// The benchmarks.
@@ -90,8 +121,8 @@ fn init_logging(filter: Option<&str>) {
 }
 
 /// Loads and validates the config, printing every problem. `Err` carries the exit code.
-fn load_config(args: &ConfigArgs) -> Result<config::Config, ExitCode> {
-    config::load(&args.config, &args.overrides).map_err(|e| {
+fn load_config(args: &RunArgs) -> Result<config::Config, ExitCode> {
+    config::load(&args.config.config, &args.config.overrides, &args.rewire()).map_err(|e| {
         eprint!("{e}");
         ExitCode::from(2)
     })
@@ -108,16 +139,16 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     let code = match cli.command {
-        Command::Check(args) => match load_config(&args) {
+        Command::Check(args) => match load_config(&args.run) {
             Ok(cfg) => {
                 let ids: Vec<String> = cfg.processors.iter().map(|p| format!("{} ({})", p.id, p.kind.name)).collect();
-                println!("{}: ok — {} processors: {}", args.config.display(), ids.len(), ids.join(" → "));
-                ExitCode::SUCCESS
+                println!("{}: ok — {} processors: {}", args.run.config.config.display(), ids.len(), ids.join(" → "));
+                if args.llm { rt.block_on(crate::app::check_llm(&cfg)) } else { ExitCode::SUCCESS }
             }
             Err(code) => code,
         },
         Command::Run(args) => {
-            let mut cfg = match load_config(&args.config) {
+            let mut cfg = match load_config(&args) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };

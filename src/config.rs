@@ -102,6 +102,17 @@ impl std::str::FromStr for Override {
     }
 }
 
+/// Device and endpoint swaps from the command line, applied to the file before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Rewire {
+    /// Replace the input device (the first `mic` or `wav_input`) by this WAV file.
+    pub input: Option<PathBuf>,
+    /// Replace the output device (the last `speaker` or `wav_output`) by this WAV file.
+    pub output: Option<PathBuf>,
+    /// Use this base URL for every `openai_llm` processor.
+    pub llm_url: Option<String>,
+}
+
 /// Where the default data directory is: `$XDG_DATA_HOME/slowcat` or `~/.local/share/slowcat`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
@@ -116,7 +127,7 @@ pub fn default_data_dir() -> PathBuf {
 /// Reads and validates a config file: syntax, keys, types, processor kinds and settings, model
 /// files. `check_files` = false skips the checks that look at the disk (for `--help` output and
 /// tests of parsing alone).
-pub fn load(path: &Path, overrides: &[Override]) -> Result<Config, ConfigErrors> {
+pub fn load(path: &Path, overrides: &[Override], rewire: &Rewire) -> Result<Config, ConfigErrors> {
     let source = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![Diagnostic {
             file: path.to_path_buf(),
@@ -126,11 +137,16 @@ pub fn load(path: &Path, overrides: &[Override]) -> Result<Config, ConfigErrors>
             ),
         }])
     })?;
-    parse(path, &source, overrides)
+    parse(path, &source, overrides, rewire)
 }
 
 /// Validates configuration text that came from `path`.
-pub fn parse<'a>(path: &Path, source: &'a str, overrides: &'a [Override]) -> Result<Config, ConfigErrors> {
+pub fn parse<'a>(
+    path: &Path,
+    source: &'a str,
+    overrides: &'a [Override],
+    rewire: &'a Rewire,
+) -> Result<Config, ConfigErrors> {
     let mut v = Validator { file: path.to_path_buf(), source, diags: Vec::new() };
     let (doc, errors) = DeTable::parse_recoverable(source);
     for e in errors {
@@ -146,6 +162,8 @@ pub fn parse<'a>(path: &Path, source: &'a str, overrides: &'a [Override]) -> Res
             v.diags.push(Diagnostic { file: path.to_path_buf(), position: None, message: msg });
         }
     }
+
+    apply_rewire(&mut doc, rewire);
 
     for (key, _) in doc.iter() {
         if !TOP_LEVEL_KEYS.contains(&key.get_ref().as_ref()) {
@@ -261,6 +279,7 @@ pub fn parse<'a>(path: &Path, source: &'a str, overrides: &'a [Override]) -> Res
             processors: entries,
         })
     } else {
+        v.diags.sort_by_key(|d| d.position);
         Err(ConfigErrors(v.diags))
     }
 }
@@ -379,6 +398,67 @@ fn apply_override<'a>(doc: &mut DeTable<'a>, o: &'a Override) -> Result<(), Stri
     Ok(())
 }
 
+fn string_value(s: &str) -> Spanned<DeValue<'_>> {
+    Spanned::new(0..0, DeValue::String(std::borrow::Cow::Borrowed(s)))
+}
+
+fn key(s: &'static str) -> Spanned<std::borrow::Cow<'static, str>> {
+    Spanned::new(0..0, std::borrow::Cow::Borrowed(s))
+}
+
+fn replace_with_wav<'a>(
+    procs: &mut DeTable<'a>,
+    id: &str,
+    ty: &'static str,
+    path: &'a Path,
+    extra: Option<(&'static str, bool)>,
+) {
+    let mut t = DeTable::new();
+    t.insert(key("type"), string_value(ty));
+    t.insert(key("path"), string_value(path.to_str().unwrap_or_default()));
+    if let Some((k, v)) = extra {
+        t.insert(key(k), Spanned::new(0..0, DeValue::Boolean(v)));
+    }
+    if let Some(slot) = procs.get_mut(id) {
+        *slot = Spanned::new(slot.span(), DeValue::Table(t));
+    }
+}
+
+/// Swaps devices for WAV files and points LLM processors at another server.
+fn apply_rewire<'a>(doc: &mut DeTable<'a>, rewire: &'a Rewire) {
+    let order: Vec<String> = match doc.get("pipeline").map(|p| p.get_ref()) {
+        Some(DeValue::Array(items)) => items.iter().filter_map(|i| i.get_ref().as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    };
+    let Some(DeValue::Table(procs)) = doc.get_mut("processors").map(|p| p.get_mut()) else { return };
+    let type_of = |procs: &DeTable<'_>, id: &str| -> Option<String> {
+        match procs.get(id)?.get_ref() {
+            DeValue::Table(t) => t.get("type")?.get_ref().as_str().map(str::to_string),
+            _ => None,
+        }
+    };
+    if let Some(input) = &rewire.input
+        && let Some(id) = order.iter().find(|id| matches!(type_of(procs, id).as_deref(), Some("mic" | "wav_input")))
+    {
+        replace_with_wav(procs, id, "wav_input", input, None);
+    }
+    if let Some(output) = &rewire.output
+        && let Some(id) =
+            order.iter().rev().find(|id| matches!(type_of(procs, id).as_deref(), Some("speaker" | "wav_output")))
+    {
+        replace_with_wav(procs, id, "wav_output", output, Some(("record_input", false)));
+    }
+    if let Some(url) = &rewire.llm_url {
+        for (_, v) in procs.iter_mut() {
+            if let DeValue::Table(t) = v.get_mut()
+                && t.get("type").and_then(|t| t.get_ref().as_str()) == Some("openai_llm")
+            {
+                t.insert(key("base_url"), string_value(url));
+            }
+        }
+    }
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
@@ -417,7 +497,7 @@ mod tests {
     use super::*;
 
     fn errors(src: &str) -> Vec<String> {
-        match parse(Path::new("test.toml"), src, &[]) {
+        match parse(Path::new("test.toml"), src, &[], &Rewire::default()) {
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|d| d.to_string()).collect(),
         }
@@ -469,9 +549,9 @@ sampel_rate = 16000
     fn overrides_change_values_before_validation() {
         let src = "pipeline = [\"o\"]\n[processors.o]\ntype = \"wav_output\"\npath = \"x.wav\"\n";
         let o: Override = "processors.o.sample_rate=\"fast\"".parse().unwrap();
-        let err = parse(Path::new("t.toml"), src, &[o]).unwrap_err();
+        let err = parse(Path::new("t.toml"), src, &[o], &Rewire::default()).unwrap_err();
         assert!(err.to_string().contains("sample_rate") || err.to_string().contains("invalid type"), "{err}");
         let ok: Override = "processors.o.sample_rate=22050".parse().unwrap();
-        assert!(parse(Path::new("t.toml"), src, &[ok]).is_ok());
+        assert!(parse(Path::new("t.toml"), src, &[ok], &Rewire::default()).is_ok());
     }
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs what the tests need (system packages, models, the local LLM server, a PulseAudio null sink) and runs
+# every test: unit tests, processor tests with real models, and end-to-end tests of the binary.
+# Idempotent: a second run only rebuilds what changed. Caches live in $SLOWCAT_CACHE (default ~/.cache/slowcat).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+-h | --help)
+    cat <<'USAGE'
+Usage: scripts/test.sh [CARGO TEST ARGS...]
+
+Sets up everything the tests use, then runs `cargo test --workspace` (extra arguments are passed on,
+e.g. `scripts/test.sh memory` runs only tests whose name contains "memory"), then cargo fmt and clippy checks.
+
+Environment:
+  SLOWCAT_CACHE         cache directory (default ~/.cache/slowcat): models, LLM venv, build directory
+  SLOWCAT_TEST_PORT     port of the test LLM server (default 18089)
+  SLOWCAT_SKIP_LINT=1   skip the fmt/clippy checks
+USAGE
+    exit 0
+    ;;
+esac
+
+export SLOWCAT_CACHE="${SLOWCAT_CACHE:-$HOME/.cache/slowcat}"
+# Builds are cached outside the checkout so a fresh clone rebuilds only what changed.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLOWCAT_CACHE/target}"
+export SLOWCAT_MODELS_DIR="${SLOWCAT_MODELS_DIR:-$PWD/models}"
+port="${SLOWCAT_TEST_PORT:-18089}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages"
+scripts/setup-system.sh
+if ! command -v cargo >/dev/null 2>&1; then
+    # shellcheck disable=SC1091
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and run again" >&2; exit 1; }
+
+step "models"
+scripts/fetch-models.sh
+
+step "local LLM server (llama.cpp + SmolLM2-135M) on port $port"
+started_llm=0
+if ! scripts/llm-server.sh status --port "$port" >/dev/null 2>&1; then
+    scripts/llm-server.sh start --port "$port"
+    started_llm=1
+fi
+export SLOWCAT_LLM_URL
+SLOWCAT_LLM_URL="$(scripts/llm-server.sh url --port "$port")"
+
+step "audio devices (PulseAudio null sink)"
+eval "$(scripts/pulse.sh start)"
+
+cleanup() {
+    if [ "$started_llm" = 1 ]; then scripts/llm-server.sh stop --port "$port" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+step "build"
+cargo build --workspace --all-targets
+
+step "tests"
+cargo test --workspace "$@"
+
+if [ "${SLOWCAT_SKIP_LINT:-0}" != 1 ] && [ $# -eq 0 ]; then
+    step "lint"
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
