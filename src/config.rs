@@ -263,6 +263,35 @@ pub fn parse<'a>(
             entries.push(entry);
         }
     }
+    // Frames must be able to flow: something produces them, and each processor's needs come earlier.
+    if !entries.is_empty() && v.diags.is_empty() {
+        if !entries.iter().any(|e| e.kind.source) {
+            let sources: Vec<&str> = kinds.iter().filter(|k| k.source).map(|k| k.name).collect();
+            let span = doc.get("pipeline").map(|p| p.span());
+            v.error(
+                span,
+                format!("nothing in the pipeline produces frames: start it with one of {}", sources.join(", ")),
+            );
+        }
+        for (i, e) in entries.iter().enumerate() {
+            for req in e.settings.requires() {
+                if !entries[..i].iter().any(|before| req.any_of.contains(&before.kind.name)) {
+                    let span = pipeline.iter().find(|p| p.get_ref() == &e.id).map(|p| p.span());
+                    v.error(
+                        span,
+                        format!(
+                            "`{}` ({}) needs one of {} earlier in the pipeline{}: {}",
+                            e.id,
+                            e.kind.name,
+                            req.any_of.join(", "),
+                            req.key.map(|k| format!(" (because of `{k}`)")).unwrap_or_default(),
+                            req.why
+                        ),
+                    );
+                }
+            }
+        }
+    }
     // Sections not in the pipeline are kept as alternatives, but their keys are still checked so
     // a typo is found before the user swaps them in.
     for (id, table) in processors.iter() {
@@ -546,12 +575,23 @@ sampel_rate = 16000
     }
 
     #[test]
+    fn a_pipeline_without_a_source_cannot_flow() {
+        let src = "pipeline = [\"p\"]\n[processors.p]\ntype = \"passthrough\"\n";
+        let errs = errors(src);
+        assert!(errs.iter().any(|e| e.starts_with("test.toml:1:") && e.contains("produces frames") && e.contains("wav_input")), "{errs:?}");
+    }
+
+    #[test]
     fn overrides_change_values_before_validation() {
-        let src = "pipeline = [\"o\"]\n[processors.o]\ntype = \"wav_output\"\npath = \"x.wav\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.wav"), b"").unwrap();
+        let cfg = dir.path().join("t.toml");
+        let src = "pipeline = [\"i\", \"o\"]\n[processors.i]\ntype = \"wav_input\"\npath = \"in.wav\"\n[processors.o]\ntype = \"wav_output\"\npath = \"x.wav\"\n";
         let o: Override = "processors.o.sample_rate=\"fast\"".parse().unwrap();
-        let err = parse(Path::new("t.toml"), src, &[o], &Rewire::default()).unwrap_err();
-        assert!(err.to_string().contains("sample_rate") || err.to_string().contains("invalid type"), "{err}");
+        let err = parse(&cfg, src, std::slice::from_ref(&o), &Rewire::default()).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
         let ok: Override = "processors.o.sample_rate=22050".parse().unwrap();
-        assert!(parse(Path::new("t.toml"), src, &[ok], &Rewire::default()).is_ok());
+        let cfg = parse(&cfg, src, std::slice::from_ref(&ok), &Rewire::default()).unwrap();
+        assert_eq!(cfg.processors.len(), 2);
     }
 }

@@ -26,6 +26,17 @@ impl Problem {
     }
 }
 
+/// Something that must come earlier in the pipeline for a processor's frames to flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Any one of these processor types must come before it.
+    pub any_of: &'static [&'static str],
+    /// The settings key that creates the need, if one does.
+    pub key: Option<&'static str>,
+    /// Why, and what to do.
+    pub why: &'static str,
+}
+
 /// Why a processor could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -44,9 +55,18 @@ pub trait Settings: DeserializeOwned + Send + 'static {
     const TYPE: &'static str;
     /// One line for `slowcat check` and error messages.
     const ABOUT: &'static str;
+    /// True for processors that produce frames on their own (a microphone, a WAV reader): a
+    /// pipeline without one has nothing to flow.
+    const SOURCE: bool = false;
 
     /// Problems visible without loading anything (missing model files, bad ranges).
     fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    /// Processor types that must come earlier in the pipeline for this one to receive what it
+    /// needs (a speech-to-text needs voice activity events).
+    fn requires(&self) -> Vec<Requirement> {
         Vec::new()
     }
 
@@ -58,6 +78,8 @@ pub trait Settings: DeserializeOwned + Send + 'static {
 pub trait AnySettings: Send {
     /// See [`Settings::check`].
     fn check(&self, ctx: &BuildContext) -> Vec<Problem>;
+    /// See [`Settings::requires`].
+    fn requires(&self) -> Vec<Requirement>;
     /// See [`Settings::build`].
     fn build(self: Box<Self>, ctx: &BuildContext) -> Result<BoxProcessor, BuildError>;
 }
@@ -65,6 +87,9 @@ pub trait AnySettings: Send {
 impl<S: Settings> AnySettings for S {
     fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         Settings::check(self, ctx)
+    }
+    fn requires(&self) -> Vec<Requirement> {
+        Settings::requires(self)
     }
     fn build(self: Box<Self>, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
         Settings::build(*self, ctx)
@@ -80,6 +105,8 @@ pub struct Kind {
     pub name: &'static str,
     /// What it does, in one line.
     pub about: &'static str,
+    /// Produces frames on its own.
+    pub source: bool,
     parse: ParseFn,
 }
 
@@ -90,7 +117,7 @@ impl Kind {
             let settings: S = serde::Deserialize::deserialize(de)?;
             Ok(Box::new(settings))
         }
-        Self { name: S::TYPE, about: S::ABOUT, parse: parse::<S> }
+        Self { name: S::TYPE, about: S::ABOUT, source: S::SOURCE, parse: parse::<S> }
     }
 
     /// Deserializes this kind's settings; errors keep their position in the file.
@@ -105,6 +132,9 @@ pub fn kinds() -> Vec<Kind> {
         Kind::of::<crate::audio::WavInputSettings>(),
         Kind::of::<crate::audio::WavOutputSettings>(),
         Kind::of::<crate::basic::PassthroughSettings>(),
+        Kind::of::<crate::llm::UserTurnSettings>(),
+        Kind::of::<crate::llm::OpenAiLlmSettings>(),
+        Kind::of::<crate::turn::SmartTurnSettings>(),
     ]
 }
 

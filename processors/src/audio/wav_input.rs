@@ -41,6 +41,7 @@ impl Default for WavInputSettings {
 impl Settings for WavInputSettings {
     const TYPE: &'static str = "wav_input";
     const ABOUT: &'static str = "reads a WAV file as 16 kHz mono audio frames, paced in real time";
+    const SOURCE: bool = true;
 
     fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
