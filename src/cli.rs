@@ -106,6 +106,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         samples: usize,
     },
+    /// The LLM client's own share of the time to first token (request frame → first text frame,
+    /// minus the server's time to first token, timestamped by a proxy in between): p50/p99.
+    Llm {
+        /// The OpenAI-compatible server to measure against (start one with `scripts/llm-server.sh start`).
+        #[arg(long, default_value = "http://127.0.0.1:8089/v1", env = "SLOWCAT_LLM_URL", value_name = "URL")]
+        url: String,
+        /// Measured requests.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+    },
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -171,6 +181,15 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::Pipeline { frames, samples }) => {
             rt.block_on(crate::bench::pipeline(frames, samples));
             ExitCode::SUCCESS
+        }
+        Command::Bench(BenchCommand::Llm { url, requests }) => {
+            match rt.block_on(slowcat_processors::llm::bench::bench(&url, requests)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     };
     // Processors stuck in blocking code must not keep the process alive after a bounded shutdown.

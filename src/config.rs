@@ -578,7 +578,11 @@ sampel_rate = 16000
     fn a_pipeline_without_a_source_cannot_flow() {
         let src = "pipeline = [\"p\"]\n[processors.p]\ntype = \"passthrough\"\n";
         let errs = errors(src);
-        assert!(errs.iter().any(|e| e.starts_with("test.toml:1:") && e.contains("produces frames") && e.contains("wav_input")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("test.toml:1:") && e.contains("produces frames") && e.contains("wav_input")),
+            "{errs:?}"
+        );
     }
 
     #[test]

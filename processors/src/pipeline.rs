@@ -247,17 +247,27 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         let cancel = self.ctx.cancellation();
+        // Registered once: a fresh `cancelled()` per frame would lock the token (shared by every
+        // task) twice per frame.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
+            // Fast path without parking: system lane first, then frames held through an
+            // interruption, then data.
             let next = if let Some(env) = self.deferred.pop_front() {
                 Some(env)
             } else if let Ok(env) = self.sys_rx.try_recv() {
                 Some(env)
             } else if let Some(env) = self.held.pop_front() {
                 Some(env)
+            } else if cancel.is_cancelled() {
+                None
+            } else if let Ok(env) = self.data_rx.try_recv() {
+                Some(env)
             } else {
                 tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => None,
+                    _ = &mut cancelled => None,
                     Some(env) = self.sys_rx.recv() => Some(env),
                     Some(env) = self.data_rx.recv() => Some(env),
                     else => None,

@@ -91,7 +91,12 @@ pub(crate) struct Lanes {
 impl Lanes {
     async fn send(&self, frame: Frame, direction: Direction) -> bool {
         let lane = if frame.is_system() { &self.system } else { &self.data };
-        lane.send((frame, direction)).await.is_ok()
+        // Fast path: no future to build when there is room.
+        match lane.try_send((frame, direction)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(env)) => lane.send(env).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 }
 

@@ -15,26 +15,67 @@ use crate::frame::{AudioFrame, Direction, Frame};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
 
+/// When `wav_input` plays the next of several files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NextFile {
+    /// Right after the previous file and its trailing silence.
+    Immediately,
+    /// Once the assistant has finished replying (`BotStoppedSpeaking` travelling upstream), like a
+    /// person waiting for the answer.
+    AfterReply,
+    /// Once the assistant has started replying (`BotStartedSpeaking`): talking over it, to
+    /// test interruptions.
+    AfterBotStarts,
+}
+
 /// Settings of `wav_input`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WavInputSettings {
     /// The WAV file to play (any rate, channel count and sample format).
     pub path: PathBuf,
+    /// Several files to play in order, as a scripted conversation (instead of `path`).
+    pub paths: Vec<PathBuf>,
+    /// When the next of several files starts.
+    pub next: NextFile,
+    /// Extra wait before the next file, in milliseconds.
+    pub next_delay_ms: u32,
+    /// Longest wait for the assistant before playing the next file anyway, in milliseconds.
+    pub reply_timeout_ms: u32,
+    /// Play the list this many times (for soak tests).
+    pub repeat: u32,
     /// Pace frames in real time, like a microphone; false sends them as fast as possible.
     pub realtime: bool,
     /// Length of each audio frame in milliseconds.
     pub frame_ms: u32,
-    /// Silence sent after the file, so voice activity detection sees the speech end.
+    /// Silence sent after each file, so voice activity detection sees the speech end.
     pub trailing_silence_ms: u32,
-    /// Send end of stream after the trailing silence, which stops the pipeline once every
-    /// processor has finished.
+    /// Send end of stream after the last file, which stops the pipeline once every processor
+    /// has finished (the answer to the last file included).
     pub end_of_stream: bool,
 }
 
 impl Default for WavInputSettings {
     fn default() -> Self {
-        Self { path: PathBuf::new(), realtime: true, frame_ms: 20, trailing_silence_ms: 1500, end_of_stream: true }
+        Self {
+            path: PathBuf::new(),
+            paths: Vec::new(),
+            next: NextFile::AfterReply,
+            next_delay_ms: 0,
+            reply_timeout_ms: 60_000,
+            repeat: 1,
+            realtime: true,
+            frame_ms: 20,
+            trailing_silence_ms: 1500,
+            end_of_stream: true,
+        }
+    }
+}
+
+impl WavInputSettings {
+    fn files(&self) -> Vec<PathBuf> {
+        if self.paths.is_empty() { vec![self.path.clone()] } else { self.paths.clone() }
     }
 }
 
@@ -45,24 +86,36 @@ impl Settings for WavInputSettings {
 
     fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if self.path.as_os_str().is_empty() {
-            problems.push(Problem::at("path", "`path` is required: the WAV file to read"));
-        } else if !ctx.config_path(&self.path).is_file() {
-            problems.push(Problem::at(
-                "path",
-                format!("input WAV {} does not exist", ctx.config_path(&self.path).display()),
-            ));
+        if self.path.as_os_str().is_empty() && self.paths.is_empty() {
+            problems.push(Problem::at("path", "`path` (or `paths`) is required: the WAV file to read"));
+        } else if !self.path.as_os_str().is_empty() && !self.paths.is_empty() {
+            problems.push(Problem::at("paths", "give either `path` or `paths`, not both"));
+        } else {
+            let key = if self.paths.is_empty() { "path" } else { "paths" };
+            for f in self.files() {
+                if !ctx.config_path(&f).is_file() {
+                    problems
+                        .push(Problem::at(key, format!("input WAV {} does not exist", ctx.config_path(&f).display())));
+                }
+            }
         }
         if !(10..=100).contains(&self.frame_ms) {
             problems.push(Problem::at("frame_ms", "`frame_ms` must be between 10 and 100"));
+        }
+        if self.repeat == 0 {
+            problems.push(Problem::at("repeat", "`repeat` must be at least 1"));
         }
         problems
     }
 
     fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        let path = ctx.config_path(&self.path);
-        let samples = read_wav_mono(&path, PIPELINE_SAMPLE_RATE)?;
-        Ok(Box::new(WavInput { settings: self, samples: samples.into(), task: None }))
+        let mut clips = Vec::new();
+        for f in self.files() {
+            let samples = read_wav_mono(&ctx.config_path(&f), PIPELINE_SAMPLE_RATE)?;
+            clips.push(Arc::<[i16]>::from(samples));
+        }
+        let (events, _) = tokio::sync::watch::channel(BotState::default());
+        Ok(Box::new(WavInput { settings: self, clips, task: None, events }))
     }
 }
 
@@ -85,45 +138,135 @@ pub fn read_wav_mono(path: &Path, rate: u32) -> anyhow::Result<Vec<i16>> {
     Ok(to_i16(&resampled))
 }
 
-/// Emits a WAV file's audio as `InputAudio` frames, then silence, then `End`.
+/// What `wav_input` has seen of the assistant speaking, counted so a waiting producer can tell
+/// a new event from an old one.
+#[derive(Debug, Clone, Copy, Default)]
+struct BotState {
+    started: u64,
+    stopped: u64,
+}
+
+/// Emits WAV files' audio as `InputAudio` frames, with silence between and after them, then
+/// `End`.
 pub struct WavInput {
     settings: WavInputSettings,
-    samples: Arc<[i16]>,
+    clips: Vec<Arc<[i16]>>,
     task: Option<JoinHandle<()>>,
+    events: tokio::sync::watch::Sender<BotState>,
+}
+
+/// Produces the frames, paced against the pipeline's clock.
+struct Producer {
+    settings: WavInputSettings,
+    sender: crate::processor::FrameSender,
+    cancel: tokio_util::sync::CancellationToken,
+    epoch: tokio::time::Instant,
+    /// Position on the timeline of the next frame.
+    pts: Duration,
+    per_frame: usize,
+}
+
+impl Producer {
+    /// Sends `samples` (zero-padded to whole frames); false when the pipeline is gone.
+    async fn play(&mut self, samples: &[i16]) -> bool {
+        for chunk in samples.chunks(self.per_frame) {
+            let mut frame = chunk.to_vec();
+            frame.resize(self.per_frame, 0);
+            if !self.send(frame).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn silence(&mut self, ms: u32) -> bool {
+        let frames = (ms / self.settings.frame_ms).max(1);
+        for _ in 0..frames {
+            if !self.send(vec![0; self.per_frame]).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, samples: Vec<i16>) -> bool {
+        if self.settings.realtime {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep_until(self.epoch + self.pts) => {}
+            }
+        }
+        let frame = AudioFrame::new(samples, PIPELINE_SAMPLE_RATE, 1, self.pts);
+        self.pts += Duration::from_millis(u64::from(self.settings.frame_ms));
+        self.sender.downstream(Frame::InputAudio(frame)).await
+    }
+
+    /// Waits for the assistant (keeping the microphone "open" with silence in real time);
+    /// false when the pipeline is gone.
+    async fn wait_for_bot(&mut self, events: &mut tokio::sync::watch::Receiver<BotState>, since: BotState) -> bool {
+        let want_stop = self.settings.next == NextFile::AfterReply;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(self.settings.reply_timeout_ms));
+        loop {
+            let s = *events.borrow();
+            let done =
+                if want_stop { s.stopped > since.stopped && s.stopped >= s.started } else { s.started > since.started };
+            if done {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("no reply from the assistant in time; playing the next file anyway");
+                return true;
+            }
+            if self.settings.realtime {
+                if !self.silence(self.settings.frame_ms).await {
+                    return false;
+                }
+            } else {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return false,
+                    _ = events.changed() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Processor for WavInput {
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
-        let sender = ctx.sender();
-        let cancel = ctx.cancellation();
-        let epoch = tokio::time::Instant::from_std(ctx.epoch());
-        let origin = ctx.now();
-        let settings = self.settings.clone();
-        let samples = self.samples.clone();
+        let mut producer = Producer {
+            settings: self.settings.clone(),
+            sender: ctx.sender(),
+            cancel: ctx.cancellation(),
+            epoch: tokio::time::Instant::from_std(ctx.epoch()),
+            pts: ctx.now(),
+            per_frame: (PIPELINE_SAMPLE_RATE * self.settings.frame_ms / 1000) as usize,
+        };
+        let clips = self.clips.clone();
+        let mut events = self.events.subscribe();
         self.task = Some(tokio::spawn(async move {
-            let per_frame = (PIPELINE_SAMPLE_RATE * settings.frame_ms / 1000) as usize;
-            let silence = (PIPELINE_SAMPLE_RATE as u64 * u64::from(settings.trailing_silence_ms) / 1000) as usize;
-            let total = samples.len() + silence;
-            let mut pos = 0usize;
-            while pos < total {
-                let end = (pos + per_frame).min(total);
-                let chunk: Vec<i16> = (pos..end).map(|i| samples.get(i).copied().unwrap_or(0)).collect();
-                let pts = origin + Duration::from_secs_f64(pos as f64 / f64::from(PIPELINE_SAMPLE_RATE));
-                if settings.realtime {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(epoch + pts) => {}
-                    }
-                }
-                let frame = AudioFrame::new(chunk, PIPELINE_SAMPLE_RATE, 1, pts);
-                if !sender.downstream(Frame::InputAudio(frame)).await {
+            let s = producer.settings.clone();
+            let total = clips.len() * s.repeat as usize;
+            for (i, clip) in clips.iter().cycle().take(total).enumerate() {
+                let before = *events.borrow();
+                if !producer.play(clip).await || !producer.silence(s.trailing_silence_ms).await {
                     return;
                 }
-                pos = end;
+                // After the last file nothing waits: end of stream travels behind the reply's
+                // frames, so the pipeline still finishes the answer before it stops.
+                let last = i + 1 == total;
+                if s.next != NextFile::Immediately && !last {
+                    if !producer.wait_for_bot(&mut events, before).await {
+                        return;
+                    }
+                    if s.next_delay_ms > 0 && !producer.silence(s.next_delay_ms).await {
+                        return;
+                    }
+                }
             }
-            if settings.end_of_stream {
-                sender.downstream(Frame::End).await;
+            if s.end_of_stream {
+                producer.sender.downstream(Frame::End).await;
             }
         }));
         Ok(())
@@ -135,6 +278,11 @@ impl Processor for WavInput {
         direction: Direction,
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
+        match frame {
+            Frame::BotStartedSpeaking => self.events.send_modify(|s| s.started += 1),
+            Frame::BotStoppedSpeaking => self.events.send_modify(|s| s.stopped += 1),
+            _ => {}
+        }
         ctx.push(frame, direction).await;
         Ok(())
     }
