@@ -175,15 +175,24 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The bound on the whole shutdown after a stop request.
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 
-/// `slowcat check --llm`: whether the LLM server of every `openai_llm` processor answers.
-/// Exit status 3 when one does not.
+/// `slowcat check --llm`: whether the LLM server of every `openai_llm` processor answers, and
+/// which models it serves. Exit status 3 when one does not answer.
 pub async fn check_llm(config: &Config) -> std::process::ExitCode {
-    let llms: Vec<&str> =
-        config.processors.iter().filter(|p| p.kind.name == "openai_llm").map(|p| p.id.as_str()).collect();
-    if llms.is_empty() {
-        println!("no openai_llm processor in the pipeline");
-        return std::process::ExitCode::SUCCESS;
+    let mut ok = true;
+    let mut any = false;
+    for (id, url, key_env) in &config.llm_endpoints {
+        any = true;
+        let key = (!key_env.is_empty()).then(|| std::env::var(key_env).ok()).flatten();
+        match slowcat_processors::llm::probe(url, key.as_deref()).await {
+            Ok(models) => println!("[processors.{id}] LLM at {url} answers; models: {}", models.join(", ")),
+            Err(e) => {
+                ok = false;
+                println!("[processors.{id}] LLM at {url} does not answer: {e}");
+            }
+        }
     }
-    // Filled in with the LLM client's probe.
-    std::process::ExitCode::SUCCESS
+    if !any {
+        println!("no openai_llm processor in the pipeline");
+    }
+    if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(3) }
 }

@@ -38,6 +38,8 @@ pub enum Command {
     /// Print benchmark figures (not tests: run them on an idle machine).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// List the audio input and output devices (names to use as `device` in config.toml).
+    Devices,
 }
 
 /// Where the config comes from.
@@ -116,6 +118,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         requests: usize,
     },
+    /// Memory injection and store latency at 100 to 1M stored exchanges, and bytes on disk per exchange.
+    Memory {
+        /// Stored exchanges to measure at (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [100u64, 10_000, 100_000, 1_000_000])]
+        sizes: Vec<u64>,
+        /// Runs per figure (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Injections timed per run.
+        #[arg(long, default_value_t = 2000)]
+        injections: usize,
+        /// Build the databases in this directory (default: a temporary one).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Piper: time from a complete first sentence to its first audio, and the real-time factor.
+    Tts(ModelsArgs),
+    /// Smart Turn: feature extraction and inference time for an 8 s window.
+    Turn(ModelsArgs),
+}
+
+/// Where benchmarks find the models.
+#[derive(Debug, Clone, Args)]
+pub struct ModelsArgs {
+    /// The models directory.
+    #[arg(long, env = "SLOWCAT_MODELS_DIR", default_value = "models", value_name = "DIR")]
+    pub models_dir: PathBuf,
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -136,6 +165,21 @@ fn load_config(args: &RunArgs) -> Result<config::Config, ExitCode> {
         eprint!("{e}");
         ExitCode::from(2)
     })
+}
+
+fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Result<()> {
+    use slowcat_processors::{llm, memory, tts, turn};
+    match bench {
+        BenchCommand::Pipeline { frames, samples } => rt.block_on(crate::bench::pipeline(frames, samples)),
+        BenchCommand::Memory { sizes, runs, injections, dir } => {
+            let opts = memory::bench::BenchOptions { sizes, runs, injections, dir, ..Default::default() };
+            memory::bench::run(&opts, &mut std::io::stdout())?;
+        }
+        BenchCommand::Llm { url, requests } => rt.block_on(llm::bench::bench(&url, requests))?,
+        BenchCommand::Tts(m) => tts::bench(&m.models_dir)?,
+        BenchCommand::Turn(m) => turn::bench(&m.models_dir)?,
+    }
+    Ok(())
 }
 
 /// Runs the command line; returns the process exit status.
@@ -178,19 +222,23 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Bench(BenchCommand::Pipeline { frames, samples }) => {
-            rt.block_on(crate::bench::pipeline(frames, samples));
-            ExitCode::SUCCESS
-        }
-        Command::Bench(BenchCommand::Llm { url, requests }) => {
-            match rt.block_on(slowcat_processors::llm::bench::bench(&url, requests)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Bench(bench) => match run_bench(&rt, bench) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
+        Command::Devices => match slowcat_processors::audio::devices::list_devices() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     };
     // Processors stuck in blocking code must not keep the process alive after a bounded shutdown.
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -77,6 +77,9 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// The processors in pipeline order.
     pub processors: Vec<ProcessorEntry>,
+    /// (id, base_url, api_key_env) of every `openai_llm` processor in the pipeline, for
+    /// `slowcat check --llm`.
+    pub llm_endpoints: Vec<(String, String, String)>,
 }
 
 /// A change to the file's content from the command line: `KEY=VALUE` with a dotted key, e.g.
@@ -300,8 +303,21 @@ pub fn parse<'a>(
         }
     }
 
+    let llm_endpoints = entries
+        .iter()
+        .filter(|e| e.kind.name == "openai_llm")
+        .map(|e| {
+            let get = |key: &str| match processors.get(e.id.as_str()).map(|t| t.get_ref()) {
+                Some(DeValue::Table(t)) => t.get(key).and_then(|v| v.get_ref().as_str()).map(str::to_string),
+                _ => None,
+            };
+            let url = get("base_url").unwrap_or_else(|| slowcat_processors::llm::DEFAULT_BASE_URL.to_string());
+            (e.id.clone(), url, get("api_key_env").unwrap_or_default())
+        })
+        .collect();
     if v.diags.is_empty() {
         Ok(Config {
+            llm_endpoints,
             path: path.to_path_buf(),
             build,
             metrics_file: metrics_file.filter(|p| !p.as_os_str().is_empty()),
