@@ -357,7 +357,10 @@ do_start() {
     local cmd=("$VENV/bin/python" -m llama_cpp.server
         --model "$gguf" --model_alias "$MODEL_ALIAS"
         --host 127.0.0.1 --port "$PORT"
-        --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx "$CTX")
+        --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx "$CTX"
+        # By default a new request cuts off the reply still streaming; several clients (tests running in
+        # parallel, LM Studio-like use) must each get their whole reply.
+        --interrupt_requests False)
     log "starting: ${cmd[*]}"
     local t0
     t0="$(now_ms)"
