@@ -137,6 +137,8 @@ pub enum BenchCommand {
     Tts(ModelsArgs),
     /// Smart Turn: feature extraction and inference time for an 8 s window.
     Turn(ModelsArgs),
+    /// Whisper tiny.en time for 1, 3 and 8 s utterances, and VAD time per 20 ms frame (needs espeak-ng).
+    Stt(ModelsArgs),
 }
 
 /// Where benchmarks find the models.
@@ -168,7 +170,7 @@ fn load_config(args: &RunArgs) -> Result<config::Config, ExitCode> {
 }
 
 fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Result<()> {
-    use slowcat_processors::{llm, memory, tts, turn};
+    use slowcat_processors::{llm, memory, stt, tts, turn};
     match bench {
         BenchCommand::Pipeline { frames, samples } => rt.block_on(crate::bench::pipeline(frames, samples)),
         BenchCommand::Memory { sizes, runs, injections, dir } => {
@@ -178,6 +180,7 @@ fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Resul
         BenchCommand::Llm { url, requests } => rt.block_on(llm::bench::bench(&url, requests))?,
         BenchCommand::Tts(m) => tts::bench(&m.models_dir)?,
         BenchCommand::Turn(m) => turn::bench(&m.models_dir)?,
+        BenchCommand::Stt(m) => stt::bench(&m.models_dir)?,
     }
     Ok(())
 }

@@ -132,9 +132,17 @@ pub fn kinds() -> Vec<Kind> {
         Kind::of::<crate::audio::WavInputSettings>(),
         Kind::of::<crate::audio::WavOutputSettings>(),
         Kind::of::<crate::basic::PassthroughSettings>(),
+        Kind::of::<crate::audio::MicSettings>(),
+        Kind::of::<crate::vad::SileroVadSettings>(),
+        Kind::of::<crate::vad::WebRtcVadSettings>(),
+        Kind::of::<crate::stt::WhisperSttSettings>(),
         Kind::of::<crate::llm::UserTurnSettings>(),
         Kind::of::<crate::llm::OpenAiLlmSettings>(),
         Kind::of::<crate::turn::SmartTurnSettings>(),
+        Kind::of::<crate::tts::PiperSettings>(),
+        Kind::of::<crate::tts::EspeakTtsSettings>(),
+        Kind::of::<crate::tts::OpenAiTtsSettings>(),
+        Kind::of::<crate::audio::SpeakerSettings>(),
     ]
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::played::PlayedText;
 use super::resample::{StreamResampler, to_i16, to_mono_f32};
 use crate::frame::{AudioFrame, Direction, Frame};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
@@ -26,11 +27,14 @@ pub struct WavOutputSettings {
     /// Also record `InputAudio` reaching this processor (placed by its timestamp), not only
     /// the assistant's `OutputAudio` (placed at the time it arrives, like a loudspeaker).
     pub record_input: bool,
+    /// Report upstream what the assistant said (`SpokenReply`, for memory) once each reply is
+    /// written, as a speaker does; turn off when a `speaker` after this processor reports it.
+    pub report_spoken: bool,
 }
 
 impl Default for WavOutputSettings {
     fn default() -> Self {
-        Self { path: PathBuf::new(), sample_rate: 16_000, record_input: true }
+        Self { path: PathBuf::new(), sample_rate: 16_000, record_input: true, report_spoken: true }
     }
 }
 
@@ -64,7 +68,15 @@ impl Settings for WavOutputSettings {
         };
         let writer = hound::WavWriter::create(&path, spec)
             .with_context(|| format!("cannot create output WAV {}", path.display()))?;
-        Ok(Box::new(WavOutput { settings: self, path, writer: Some(writer), cursor: 0, resamplers: HashMap::new() }))
+        let rate = self.sample_rate;
+        Ok(Box::new(WavOutput {
+            settings: self,
+            path,
+            writer: Some(writer),
+            cursor: 0,
+            resamplers: HashMap::new(),
+            played: PlayedText::new(rate),
+        }))
     }
 }
 
@@ -76,6 +88,8 @@ pub struct WavOutput {
     /// Samples written so far: the file's current end on the timeline.
     cursor: u64,
     resamplers: HashMap<u32, StreamResampler>,
+    /// What the assistant said, reported like a speaker does (everything written is "played").
+    played: PlayedText,
 }
 
 impl WavOutput {
@@ -116,6 +130,18 @@ impl WavOutput {
     }
 }
 
+impl WavOutput {
+    /// Reports the reply written so far upstream, as heard (all of it: a file plays everything).
+    async fn report(&mut self, interrupted: bool, ctx: &ProcessorContext) {
+        let written = self.played.written();
+        if let Some(reply) = self.played.take(written, interrupted)
+            && self.settings.report_spoken
+        {
+            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+        }
+    }
+}
+
 fn samples_len(audio: &AudioFrame, rate: u32) -> u64 {
     (audio.frames() as u64 * u64::from(rate)).div_ceil(u64::from(audio.sample_rate.max(1)))
 }
@@ -129,15 +155,32 @@ impl Processor for WavOutput {
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
         let result = match &frame {
-            Frame::OutputAudio(audio) => self.write(audio, ctx.now()),
+            Frame::OutputAudio(audio) => {
+                self.played.on_audio(samples_len(audio, self.settings.sample_rate));
+                self.write(audio, ctx.now())
+            }
             Frame::InputAudio(audio) if self.settings.record_input => self.write(audio, audio.pts),
             _ => Ok(()),
         };
+        if direction == Direction::Downstream {
+            if matches!(frame, Frame::LlmResponseStart { .. }) {
+                self.report(false, ctx).await;
+            }
+            self.played.on_frame(&frame);
+        }
         ctx.push(frame, direction).await;
+        if self.played.is_complete() {
+            self.report(false, ctx).await;
+        }
         result
     }
 
-    async fn end(&mut self, _ctx: &ProcessorContext) -> Result<(), ProcessError> {
+    async fn interrupted(&mut self, ctx: &ProcessorContext) {
+        self.report(true, ctx).await;
+    }
+
+    async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.report(false, ctx).await;
         self.finalize()
     }
 

@@ -1,0 +1,23 @@
+//! Drives the memory benchmark until `slowcat bench memory` exists:
+//! `cargo run --release -p slowcat-processors --example memory_bench -- [sizes...] [--runs N] [--dir PATH]`
+
+use slowcat_processors::memory::bench::{BenchOptions, run};
+
+fn main() -> anyhow::Result<()> {
+    let mut opts = BenchOptions::default();
+    let mut sizes = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => opts.runs = args.next().unwrap_or_default().parse()?,
+            "--injections" => opts.injections = args.next().unwrap_or_default().parse()?,
+            "--stores" => opts.stores = args.next().unwrap_or_default().parse()?,
+            "--dir" => opts.dir = args.next().map(Into::into),
+            n => sizes.push(n.replace('_', "").parse()?),
+        }
+    }
+    if !sizes.is_empty() {
+        opts.sizes = sizes;
+    }
+    run(&opts, &mut std::io::stdout())
+}

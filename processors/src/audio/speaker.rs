@@ -1,0 +1,588 @@
+//! `speaker`: plays `OutputAudio` on a sound card (cpal), reports when the assistant starts and
+//! stops speaking, and what it actually said.
+//!
+//! Audio is resampled to the device's rate and written, at most `chunk_ms` at a time, into a
+//! small lock-free ring buffer that the device callback reads from. The callback never blocks
+//! and plays silence when the ring is empty. `process` waits for room in the ring, so the
+//! device's pace holds back the TTS (backpressure). An interruption asks the callback to empty
+//! the ring, so the speaker falls silent within one device period.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use cpal::traits::{DeviceTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use super::devices;
+use super::played::PlayedText;
+use super::resample::{StreamResampler, to_mono_f32};
+use crate::frame::{Direction, ErrorFrame, Frame, Metric};
+use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
+use crate::registry::{BuildError, Problem, Settings};
+
+/// Settings of `speaker`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeakerSettings {
+    /// The output device: empty or `default` for the system's default, else an id or a part of
+    /// a name as `slowcat devices` lists them.
+    pub device: String,
+    /// Largest piece of audio written to the device at once, in milliseconds.
+    pub chunk_ms: u32,
+    /// Audio queued for the device beyond the piece being written, in milliseconds.
+    pub queue_ms: u32,
+    /// Device buffer in frames; 0 keeps the device's default (small buffers underrun under load).
+    pub buffer_frames: u32,
+    /// Silence inside a reply (waiting for the next sentence) after which the assistant counts
+    /// as having stopped speaking, in milliseconds.
+    pub stop_after_ms: u32,
+}
+
+impl Default for SpeakerSettings {
+    fn default() -> Self {
+        Self { device: String::new(), chunk_ms: 40, queue_ms: 120, buffer_frames: 0, stop_after_ms: 300 }
+    }
+}
+
+impl Settings for SpeakerSettings {
+    const TYPE: &'static str = "speaker";
+    const ABOUT: &'static str = "plays the assistant's audio on a sound card and reports what was actually said";
+
+    fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !(5..=200).contains(&self.chunk_ms) {
+            problems.push(Problem::at("chunk_ms", "`chunk_ms` must be between 5 and 200"));
+        }
+        if !(20..=5000).contains(&self.queue_ms) {
+            problems.push(Problem::at("queue_ms", "`queue_ms` must be between 20 and 5000"));
+        }
+        if self.buffer_frames != 0 && !(64..=65536).contains(&self.buffer_frames) {
+            problems.push(Problem::at("buffer_frames", "`buffer_frames` must be 0 (device default) or 64 to 65536"));
+        }
+        if self.stop_after_ms > 10_000 {
+            problems.push(Problem::at("stop_after_ms", "`stop_after_ms` must be at most 10000"));
+        }
+        problems
+    }
+
+    fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        Ok(Box::new(Speaker::open(self)?))
+    }
+}
+
+/// Counters shared with the device callback (atomics only: the callback never locks).
+struct Shared {
+    /// The zero of `started_ns`.
+    base: Instant,
+    /// Frames taken from the ring and handed to the device.
+    played: AtomicU64,
+    /// Frames emptied from the ring by interruptions, never played.
+    discarded: AtomicU64,
+    /// Interruptions asked for, and the last one the callback carried out.
+    clear_requested: AtomicU64,
+    clear_done: AtomicU64,
+    /// When audio last started after a silent period: nanoseconds after `base`, plus one (0: never).
+    started_ns: AtomicU64,
+    /// Device latency: from the callback to the samples being heard, in nanoseconds.
+    latency_ns: AtomicU64,
+    /// Callbacks so far, to tell a running device from a stalled one.
+    callbacks: AtomicU64,
+    sample_rate: u32,
+    chunk_frames: usize,
+}
+
+/// A view of the speaker's counters, for tests and diagnostics.
+#[derive(Clone)]
+pub struct SpeakerStats(Arc<Shared>);
+
+impl SpeakerStats {
+    /// Frames (per channel, at the device rate) handed to the device so far.
+    pub fn played_frames(&self) -> u64 {
+        self.0.played.load(Ordering::Acquire)
+    }
+
+    /// Frames dropped unplayed by interruptions.
+    pub fn discarded_frames(&self) -> u64 {
+        self.0.discarded.load(Ordering::Acquire)
+    }
+
+    /// The device's sample rate.
+    pub fn sample_rate(&self) -> u32 {
+        self.0.sample_rate
+    }
+
+    /// Largest piece written at once, in frames.
+    pub fn chunk_frames(&self) -> usize {
+        self.0.chunk_frames
+    }
+
+    /// Device callbacks so far.
+    pub fn callbacks(&self) -> u64 {
+        self.0.callbacks.load(Ordering::Acquire)
+    }
+}
+
+/// Reply bookkeeping shared by `process`, `interrupted` and the monitor task.
+struct State {
+    text: PlayedText,
+    speaking: bool,
+    /// `first_audio_at` was reported for the current reply.
+    first_reported: bool,
+    /// The `started_ns` last acted on.
+    seen_start: u64,
+    drained_since: Option<Instant>,
+}
+
+/// Plays audio on an output device.
+pub struct Speaker {
+    settings: SpeakerSettings,
+    device_name: String,
+    stream: Option<cpal::Stream>,
+    producer: rtrb::Producer<f32>,
+    shared: Arc<Shared>,
+    state: Arc<Mutex<State>>,
+    resampler: Option<StreamResampler>,
+    errors: Option<Receiver<String>>,
+    monitor: Option<JoinHandle<()>>,
+}
+
+/// How long `interrupted` waits for the callback to empty the ring before going on.
+const CLEAR_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long `process` waits for room in the ring before deciding the device has stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the monitor looks at the counters.
+const MONITOR_PERIOD: Duration = Duration::from_millis(10);
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // Only plain bookkeeping happens under the lock; a poisoned one still holds valid data.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Speaker {
+    /// Opens the device and starts its stream (playing silence until audio comes).
+    pub fn open(settings: SpeakerSettings) -> Result<Self, BuildError> {
+        let device = devices::find_output(&settings.device).map_err(|e| BuildError::Invalid(format!("device: {e}")))?;
+        let device_name = devices::describe(&device);
+        let open_error = |e: &dyn std::fmt::Display| {
+            let others = devices::list(devices::DeviceKind::Output)
+                .map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            BuildError::Other(anyhow!(
+                "cannot open output device {device_name}: {e}; is the sound server running (`scripts/pulse.sh start`)? \
+                 output devices: {}",
+                if others.is_empty() { "none" } else { &others }
+            ))
+        };
+        let supported = device.default_output_config().map_err(|e| open_error(&e))?;
+        let rate = supported.sample_rate();
+        let channels = supported.channels();
+        let mut config = supported.config();
+        if settings.buffer_frames > 0 {
+            config.buffer_size = cpal::BufferSize::Fixed(settings.buffer_frames);
+        }
+        let chunk_frames = (rate as usize * settings.chunk_ms as usize / 1000).max(1);
+        // Room for the queue plus the piece being written; at least two device periods so the
+        // callback can always be served.
+        let queue = (rate as usize * settings.queue_ms as usize / 1000)
+            .max(2 * settings.buffer_frames as usize)
+            .max(chunk_frames);
+        let (producer, consumer) = rtrb::RingBuffer::new(queue + chunk_frames);
+        let shared = Arc::new(Shared {
+            base: Instant::now(),
+            played: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            clear_requested: AtomicU64::new(0),
+            clear_done: AtomicU64::new(0),
+            started_ns: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
+            callbacks: AtomicU64::new(0),
+            sample_rate: rate,
+            chunk_frames,
+        });
+        let (err_tx, err_rx) = sync_channel(8);
+        let stream = match supported.sample_format() {
+            SampleFormat::F32 => build_stream::<f32>(&device, config, consumer, shared.clone(), err_tx),
+            SampleFormat::I16 => build_stream::<i16>(&device, config, consumer, shared.clone(), err_tx),
+            SampleFormat::I32 => build_stream::<i32>(&device, config, consumer, shared.clone(), err_tx),
+            SampleFormat::U16 => build_stream::<u16>(&device, config, consumer, shared.clone(), err_tx),
+            SampleFormat::U8 => build_stream::<u8>(&device, config, consumer, shared.clone(), err_tx),
+            SampleFormat::F64 => build_stream::<f64>(&device, config, consumer, shared.clone(), err_tx),
+            other => return Err(open_error(&format!("its sample format {other} is not supported"))),
+        }
+        .map_err(|e| open_error(&e))?;
+        stream.play().map_err(|e| open_error(&e))?;
+        tracing::info!(device = %device_name, rate, channels, format = %supported.sample_format(), "speaker open");
+        let state = State {
+            text: PlayedText::new(rate),
+            speaking: false,
+            first_reported: false,
+            seen_start: 0,
+            drained_since: None,
+        };
+        Ok(Self {
+            settings,
+            device_name,
+            stream: Some(stream),
+            producer,
+            shared,
+            state: Arc::new(Mutex::new(state)),
+            resampler: None,
+            errors: Some(err_rx),
+            monitor: None,
+        })
+    }
+
+    /// The speaker's counters.
+    pub fn stats(&self) -> SpeakerStats {
+        SpeakerStats(self.shared.clone())
+    }
+
+    /// The device in use, as `slowcat devices` names it.
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Resamples and queues audio, waiting for room in the ring (the device's pace).
+    async fn play(&mut self, samples: &[i16], channels: u16, rate: u32) -> Result<(), ProcessError> {
+        let device_rate = self.shared.sample_rate;
+        if self.resampler.as_ref().is_none_or(|r| r.from_rate() != rate) {
+            self.resampler = Some(StreamResampler::new(rate, device_rate).map_err(ProcessError::recoverable)?);
+        }
+        let mono = to_mono_f32(samples, channels);
+        let out = self.resampler.as_mut().expect("set above").push(&mono);
+        self.write(&out).await
+    }
+
+    async fn write(&mut self, samples: &[f32]) -> Result<(), ProcessError> {
+        let poll = Duration::from_millis(u64::from(self.settings.chunk_ms / 4).clamp(2, 10));
+        for piece in samples.chunks(self.shared.chunk_frames) {
+            let mut waited_since: Option<(Instant, u64)> = None;
+            while self.producer.slots() < piece.len() {
+                let callbacks = self.shared.callbacks.load(Ordering::Acquire);
+                match waited_since {
+                    Some((since, seen)) if seen == callbacks && since.elapsed() > STALL_TIMEOUT => {
+                        return Err(ProcessError::recoverable(format!(
+                            "output device {} stopped taking audio; the rest of this reply is not played",
+                            self.device_name
+                        )));
+                    }
+                    Some((_, seen)) if seen == callbacks => {}
+                    _ => waited_since = Some((Instant::now(), callbacks)),
+                }
+                tokio::time::sleep(poll).await;
+            }
+            lock(&self.state).text.on_audio(piece.len() as u64);
+            // Cannot fail: the room was checked above and only this task writes.
+            let _ = self.producer.push_entire_slice(piece);
+        }
+        Ok(())
+    }
+
+    /// Pushes the resampler's tail out (the last few milliseconds of a sentence).
+    async fn flush_resampler(&mut self) -> Result<(), ProcessError> {
+        let Some(r) = self.resampler.as_mut() else { return Ok(()) };
+        if r.from_rate() == r.to_rate() {
+            return Ok(());
+        }
+        let silence = vec![0.0; (r.from_rate() / 50) as usize];
+        let out = r.push(&silence);
+        r.reset();
+        self.write(&out).await
+    }
+}
+
+fn build_stream<T>(
+    device: &cpal::Device,
+    config: cpal::StreamConfig,
+    mut ring: rtrb::Consumer<f32>,
+    shared: Arc<Shared>,
+    errors: SyncSender<String>,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    T: SizedSample + FromSample<f32>,
+{
+    let channels = usize::from(config.channels.max(1));
+    let mut idle = true;
+    device.build_output_stream::<T, _, _>(
+        config,
+        move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
+            shared.callbacks.fetch_add(1, Ordering::AcqRel);
+            let requested = shared.clear_requested.load(Ordering::Acquire);
+            if requested != shared.clear_done.load(Ordering::Relaxed) {
+                let n = ring.slots();
+                if let Ok(chunk) = ring.read_chunk(n) {
+                    chunk.commit_all();
+                }
+                shared.discarded.fetch_add(n as u64, Ordering::AcqRel);
+                shared.clear_done.store(requested, Ordering::Release);
+            }
+            let frames = data.len() / channels;
+            let n = ring.slots().min(frames);
+            let mut filled = 0;
+            if n > 0
+                && let Ok(chunk) = ring.read_chunk(n)
+            {
+                let (a, b) = chunk.as_slices();
+                for (frame, &s) in data.chunks_exact_mut(channels).zip(a.iter().chain(b)) {
+                    frame.fill(T::from_sample(s.clamp(-1.0, 1.0)));
+                    filled += 1;
+                }
+                chunk.commit_all();
+                if idle {
+                    let ns = u64::try_from(shared.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+                    shared.started_ns.store(ns + 1, Ordering::Release);
+                }
+                shared.played.fetch_add(filled as u64, Ordering::AcqRel);
+                idle = false;
+            } else {
+                idle = true;
+            }
+            data[filled * channels..].fill(T::EQUILIBRIUM);
+            let ts = info.timestamp();
+            if let Some(latency) = ts.playback.checked_duration_since(ts.callback) {
+                shared.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(0), Ordering::Relaxed);
+            }
+        },
+        move |err| {
+            // Full: the monitor has not caught up; one message of the burst is enough.
+            let _ = errors.try_send(err.to_string());
+        },
+        None,
+    )
+}
+
+/// Pushes a frame both ways: the turn logic upstream and the observers downstream want it.
+async fn push_both(sender: &FrameSender, frame: Frame) {
+    sender.push(frame.clone(), Direction::Upstream).await;
+    sender.push(frame, Direction::Downstream).await;
+}
+
+/// Watches the counters: speaking started / stopped, first audio of a reply, the reply played
+/// out (then reports what was said), device errors.
+struct Monitor {
+    id: String,
+    sender: FrameSender,
+    shared: Arc<Shared>,
+    state: Arc<Mutex<State>>,
+    errors: Receiver<String>,
+    epoch: Instant,
+    stop_after: Duration,
+}
+
+impl Monitor {
+    async fn run(self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(MONITOR_PERIOD) => {}
+            }
+            while let Ok(message) = self.errors.try_recv() {
+                tracing::warn!(processor = %self.id, error = %message, "output device error");
+                let frame = Frame::Error(ErrorFrame {
+                    source: self.id.clone(),
+                    message: format!("output device error: {message}"),
+                    recoverable: true,
+                });
+                self.sender.push(frame, Direction::Downstream).await;
+            }
+            for (frame, both) in self.tick() {
+                if both {
+                    push_both(&self.sender, frame).await;
+                } else {
+                    let dir = if matches!(frame, Frame::SpokenReply(_)) {
+                        Direction::Upstream
+                    } else {
+                        Direction::Downstream
+                    };
+                    self.sender.push(frame, dir).await;
+                }
+            }
+        }
+    }
+
+    /// One look at the counters; returns the frames to send (and whether both ways).
+    fn tick(&self) -> Vec<(Frame, bool)> {
+        let mut out = Vec::new();
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        let started = self.shared.started_ns.load(Ordering::Acquire);
+        let consumed = self.shared.played.load(Ordering::Acquire) + self.shared.discarded.load(Ordering::Acquire);
+        let drained = consumed >= st.text.written();
+        if started != st.seen_start {
+            st.seen_start = started;
+            if !st.speaking {
+                st.speaking = true;
+                out.push((Frame::BotStartedSpeaking, true));
+            }
+            if !st.first_reported && (st.text.has_pending() || st.text.in_response()) {
+                st.first_reported = true;
+                let at = self.shared.base + Duration::from_nanos(started - 1);
+                out.push((
+                    Frame::Metrics(Metric {
+                        source: self.id.clone(),
+                        turn: Some(st.text.turn()),
+                        name: "first_audio_at",
+                        value: at.saturating_duration_since(self.epoch),
+                    }),
+                    false,
+                ));
+            }
+        }
+        if !drained {
+            st.drained_since = None;
+            return out;
+        }
+        let since = *st.drained_since.get_or_insert(now);
+        let latency = Duration::from_nanos(self.shared.latency_ns.load(Ordering::Relaxed));
+        let complete = st.text.is_complete();
+        // The last samples are still in the device's buffer for `latency`; inside a reply a
+        // short pause is the next sentence being synthesized, not the end of speech.
+        let hold = latency + if complete || !st.text.in_response() { Duration::ZERO } else { self.stop_after };
+        if st.speaking && now.duration_since(since) >= hold {
+            st.speaking = false;
+            out.push((Frame::BotStoppedSpeaking, true));
+        }
+        if !st.speaking && complete && now.duration_since(since) >= latency {
+            let written = st.text.written();
+            if let Some(reply) = st.text.take(written, false) {
+                tracing::debug!(turn = reply.turn, text = %reply.text, "reply played out");
+                out.push((Frame::SpokenReply(reply), false));
+            }
+            st.first_reported = false;
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Processor for Speaker {
+    async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        let Some(errors) = self.errors.take() else { return Ok(()) };
+        let monitor = Monitor {
+            id: ctx.id().to_string(),
+            sender: ctx.sender(),
+            shared: self.shared.clone(),
+            state: self.state.clone(),
+            errors,
+            epoch: ctx.epoch(),
+            stop_after: Duration::from_millis(u64::from(self.settings.stop_after_ms)),
+        };
+        self.monitor = Some(tokio::spawn(monitor.run(ctx.cancellation())));
+        Ok(())
+    }
+
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
+        if direction == Direction::Upstream {
+            ctx.push(frame, direction).await;
+            return Ok(());
+        }
+        match frame {
+            Frame::OutputAudio(audio) => {
+                // Consumed: the speaker is where the assistant's audio ends.
+                return self.play(&audio.samples, audio.channels, audio.sample_rate).await;
+            }
+            Frame::LlmResponseStart { .. } => {
+                let previous = {
+                    let mut st = lock(&self.state);
+                    // A reply still playing when the next one starts is reported as it will be heard.
+                    let written = st.text.written();
+                    let previous = st.text.take(written, false);
+                    st.text.on_frame(&frame);
+                    st.first_reported = false;
+                    previous
+                };
+                if let Some(reply) = previous {
+                    ctx.push_upstream(Frame::SpokenReply(reply)).await;
+                }
+            }
+            Frame::TtsStopped => {
+                let result = self.flush_resampler().await;
+                lock(&self.state).text.on_frame(&frame);
+                ctx.push(frame, direction).await;
+                return result;
+            }
+            Frame::TtsStarted { .. } | Frame::LlmResponseEnd => lock(&self.state).text.on_frame(&frame),
+            _ => {}
+        }
+        ctx.push(frame, direction).await;
+        Ok(())
+    }
+
+    async fn interrupted(&mut self, ctx: &ProcessorContext) {
+        let discarded_before = self.shared.discarded.load(Ordering::Acquire);
+        let request = self.shared.clear_requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let deadline = Instant::now() + CLEAR_TIMEOUT;
+        while self.shared.clear_done.load(Ordering::Acquire) < request && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if let Some(r) = self.resampler.as_mut() {
+            r.reset();
+        }
+        let played = self.shared.played.load(Ordering::Acquire) + discarded_before;
+        let (reply, was_speaking) = {
+            let mut st = lock(&self.state);
+            let reply = st.text.take(played, true);
+            // Whatever the callback did not get to is gone: the timeline jumps to the end.
+            st.text.clear();
+            let was_speaking = std::mem::take(&mut st.speaking);
+            st.first_reported = false;
+            st.drained_since = None;
+            (reply, was_speaking)
+        };
+        tracing::debug!(processor = %ctx.id(), ?reply, "interrupted");
+        if was_speaking {
+            push_both(&ctx.sender(), Frame::BotStoppedSpeaking).await;
+        }
+        if let Some(reply) = reply {
+            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+        }
+    }
+
+    async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        // Let the queued audio play out (bounded) so the last reply is heard and reported
+        // before End travels on.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && self.monitor.as_ref().is_some_and(|m| !m.is_finished()) {
+            let busy = {
+                let st = lock(&self.state);
+                let consumed =
+                    self.shared.played.load(Ordering::Acquire) + self.shared.discarded.load(Ordering::Acquire);
+                consumed < st.text.written() || st.speaking || st.text.is_complete()
+            };
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(MONITOR_PERIOD).await;
+        }
+        // A reply the stream ended in the middle of is reported as far as it got.
+        let reply = {
+            let mut st = lock(&self.state);
+            let written = st.text.written();
+            st.text.take(written, false)
+        };
+        if let Some(reply) = reply {
+            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(m) = self.monitor.take() {
+            m.abort();
+        }
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.pause();
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The LLM side of the pipeline.
+//!
+//! - `user_turn` ([`UserTurn`]) turns the final transcription of a user turn into an
+//!   [`LlmRequest`](crate::LlmRequest): system prompt plus the user's words, no history.
+//! - `openai_llm` ([`OpenAiLlm`]) streams the reply from an OpenAI-compatible server (LM Studio
+//!   by default, or `scripts/llm-server.sh`): `LlmResponseStart { turn }`, one `LlmText` per
+//!   streamed piece, `LlmResponseEnd`. On a fault: `Error`, `LlmResponseEnd`, then `Speak` with a
+//!   short apology, and the next turn is served as usual.
+//! - [`probe`] lists the models a server serves, for `slowcat check`; [`bench::bench`] measures
+//!   the client's own share of the time to first token.
+
+mod aggregator;
+pub mod bench;
+mod client;
+mod wire;
+
+pub use aggregator::{DEFAULT_SYSTEM_PROMPT, UserTurn, UserTurnSettings};
+pub use client::{DEFAULT_BASE_URL, LlmError, OpenAiLlm, OpenAiLlmSettings, probe};

@@ -1,0 +1,249 @@
+//! The rewrite of an LLM request: memory goes in, within a token budget, exactly once.
+//!
+//! After the rewrite the request has exactly one system message, first (system messages found
+//! elsewhere are merged into it; one is created when there was none and there is memory to
+//! add). Its end gains a bounded "memory" section with the relevant older exchanges, oldest
+//! first. The newest exchanges go in as user/assistant message pairs, in order, right before the
+//! current (last) user message. `memory_injected` is set, and a request that already has it set
+//! is left alone.
+//!
+//! Budget (`max_context_tokens`, counting only what memory adds): the newest exchanges come
+//! first, newest to oldest, stopping at the first that does not fit, but a quarter of the budget
+//! is kept for relevant exchanges when there are any; relevant exchanges then fill what is left,
+//! best first, skipping any that do not fit.
+
+use crate::frame::{ChatMessage, LlmRequest, Role};
+
+use super::store::{MemoryDb, Recall};
+use super::{Exchange, MemoryError};
+
+/// Tokens a chat template adds per message (role markers, separators).
+pub const MESSAGE_OVERHEAD_TOKENS: usize = 4;
+
+/// What a rewrite injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InjectOptions {
+    /// Most tokens memory may add to a request.
+    pub max_context_tokens: usize,
+    /// Newest exchanges inserted as message pairs.
+    pub recent_exchanges: usize,
+    /// Most older, relevant exchanges listed in the system message.
+    pub relevant_exchanges: usize,
+}
+
+/// What a rewrite did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Injected {
+    /// Exchanges inserted as message pairs.
+    pub recent: usize,
+    /// Exchanges listed in the memory section.
+    pub relevant: usize,
+    /// Estimated tokens added.
+    pub tokens: usize,
+}
+
+/// Estimated tokens of a text for current BPE tokenizers: about four characters of ASCII text
+/// per token, each non-ASCII character about one token (accents, CJK and emoji split finely), and
+/// at least one token per word (short words and numbers are whole tokens). It errs high for
+/// plain English, which keeps the real count under the budget.
+pub fn estimate_tokens(text: &str) -> usize {
+    let (mut ascii, mut other, mut words, mut in_word) = (0usize, 0usize, 0usize, false);
+    for c in text.chars() {
+        if c.is_ascii() { ascii += 1 } else { other += 1 }
+        let word_char = c.is_alphanumeric();
+        if word_char && !in_word {
+            words += 1;
+        }
+        in_word = word_char;
+    }
+    words.max(ascii.div_ceil(4) + other)
+}
+
+fn message_tokens(text: &str) -> usize {
+    estimate_tokens(text) + MESSAGE_OVERHEAD_TOKENS
+}
+
+const SECTION_HEADER: &str = "Memory: things said in earlier conversations with this user, oldest first. \
+Use them only when they help with the current request.";
+
+/// The assistant's side of a pair, marked when the user cut it short.
+fn spoken(ex: &Exchange) -> String {
+    match (ex.interrupted, ex.assistant.trim().is_empty()) {
+        (false, _) => ex.assistant.clone(),
+        (true, true) => "[interrupted before saying anything]".to_string(),
+        (true, false) => format!("{} [interrupted]", ex.assistant.trim_end()),
+    }
+}
+
+/// How long ago, in words an LLM reads well.
+pub fn age(now_ms: u64, at_ms: u64) -> String {
+    let mins = now_ms.saturating_sub(at_ms) / 60_000;
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" });
+    match mins {
+        0 => "just now".to_string(),
+        1..60 => plural(mins, "minute"),
+        60..1440 => plural(mins / 60, "hour"),
+        1440..86_400 => plural(mins / 1440, "day"),
+        86_400..525_600 => plural(mins / 43_200, "month"),
+        _ => plural(mins / 525_600, "year"),
+    }
+}
+
+fn memory_line(ex: &Exchange, now_ms: u64) -> String {
+    let mut line = format!("- {}: the user said \"{}\" and you answered \"{}\"", age(now_ms, ex.at_ms), ex.user, ex.assistant);
+    if ex.interrupted {
+        line.push_str(" (the user interrupted you there)");
+    }
+    line
+}
+
+/// Reads what `request` needs from `db` (one read transaction) and rewrites it: what the
+/// processor runs on a blocking thread for each request.
+pub fn apply(db: &MemoryDb, request: &mut LlmRequest, options: &InjectOptions, now_ms: u64) -> Result<Injected, MemoryError> {
+    if request.memory_injected {
+        return Ok(Injected::default());
+    }
+    let wanted = options.max_context_tokens > 0 && options.recent_exchanges + options.relevant_exchanges > 0;
+    let recall = if wanted {
+        db.recall(&request.speaker, request.last_user_message(), options.recent_exchanges, options.relevant_exchanges)?
+    } else {
+        Recall::default()
+    };
+    Ok(rewrite(request, &recall, options, now_ms))
+}
+
+/// Rewrites `request` in place with what `recall` holds. Returns what was added.
+pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOptions, now_ms: u64) -> Injected {
+    if request.memory_injected {
+        return Injected::default();
+    }
+    request.memory_injected = true;
+    let budget = options.max_context_tokens;
+    let wants_relevant = options.relevant_exchanges > 0 && !recall.relevant.is_empty();
+    let reserve = if wants_relevant { budget / 4 } else { 0 };
+    let mut used = 0usize;
+
+    // Newest first until one does not fit, then back in chronological order.
+    let mut pairs: Vec<[ChatMessage; 2]> = Vec::new();
+    for ex in recall.recent.iter().rev().take(options.recent_exchanges) {
+        let assistant = spoken(ex);
+        let cost = message_tokens(&ex.user) + message_tokens(&assistant);
+        if used + cost > budget - reserve {
+            break;
+        }
+        used += cost;
+        pairs.push([ChatMessage::new(Role::User, ex.user.clone()), ChatMessage::new(Role::Assistant, assistant)]);
+    }
+    pairs.reverse();
+
+    let mut lines: Vec<(u64, String)> = Vec::new();
+    if wants_relevant {
+        let header = estimate_tokens(SECTION_HEADER) + 2;
+        let mut section = header;
+        for (ex, _) in recall.relevant.iter().take(options.relevant_exchanges) {
+            let line = memory_line(ex, now_ms);
+            let cost = estimate_tokens(&line) + 1;
+            if used + section + cost <= budget {
+                section += cost;
+                lines.push((ex.id, line));
+            }
+        }
+        if !lines.is_empty() {
+            used += section;
+        }
+        lines.sort_unstable_by_key(|(id, _)| *id);
+    }
+
+    // Exactly one system message, first.
+    let mut system: Option<String> = None;
+    let mut rest = Vec::with_capacity(request.messages.len() + pairs.len() * 2);
+    for m in request.messages.drain(..) {
+        if m.role == Role::System {
+            match &mut system {
+                Some(s) => {
+                    s.push_str("\n\n");
+                    s.push_str(&m.content);
+                }
+                None => system = Some(m.content),
+            }
+        } else {
+            rest.push(m);
+        }
+    }
+    if !lines.is_empty() {
+        let s = system.get_or_insert_with(String::new);
+        if !s.is_empty() {
+            s.push_str("\n\n");
+        }
+        s.push_str(SECTION_HEADER);
+        for (_, line) in &lines {
+            s.push('\n');
+            s.push_str(line);
+        }
+    }
+    let at = rest.iter().rposition(|m| m.role == Role::User).unwrap_or(rest.len());
+    let injected = Injected { recent: pairs.len(), relevant: lines.len(), tokens: used };
+    let tail = rest.split_off(at);
+    rest.extend(pairs.into_iter().flatten());
+    rest.extend(tail);
+    if let Some(s) = system {
+        request.messages.push(ChatMessage::new(Role::System, s));
+    }
+    request.messages.extend(rest);
+    injected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(id: u64, user: &str, assistant: &str) -> Exchange {
+        Exchange { id, turn: id, at_ms: 0, interrupted: false, user: user.into(), assistant: assistant.into() }
+    }
+
+    fn request(messages: Vec<ChatMessage>) -> LlmRequest {
+        LlmRequest { messages, speaker: "default".into(), turn: 9, memory_injected: false }
+    }
+
+    #[test]
+    fn token_estimate_is_chars_over_four_with_a_word_floor() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcdefgh"), 2);
+        assert_eq!(estimate_tokens("a b c d e f"), 6);
+        assert_eq!(estimate_tokens("héllo"), 2);
+        assert_eq!(estimate_tokens("日本語"), 3);
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        let h = 3_600_000;
+        assert_eq!(age(10 * h, 10 * h), "just now");
+        assert_eq!(age(2 * h, h), "1 hour ago");
+        assert_eq!(age(100 * h, 0), "4 days ago");
+    }
+
+    #[test]
+    fn system_messages_are_merged_into_one_first() {
+        let mut r = request(vec![
+            ChatMessage::new(Role::User, "hi"),
+            ChatMessage::new(Role::System, "one"),
+            ChatMessage::new(Role::System, "two"),
+        ]);
+        let recall = Recall { recent: vec![], relevant: vec![(ex(1, "zebra", "stripes"), 1.0)] };
+        let opts = InjectOptions { max_context_tokens: 500, recent_exchanges: 2, relevant_exchanges: 2 };
+        rewrite(&mut r, &recall, &opts, 0);
+        assert_eq!(r.messages.iter().filter(|m| m.role == Role::System).count(), 1);
+        assert_eq!(r.messages[0].role, Role::System);
+        assert!(r.messages[0].content.starts_with("one\n\ntwo\n\nMemory:"));
+        assert!(r.messages[0].content.contains("zebra"));
+    }
+
+    #[test]
+    fn interrupted_replies_are_marked() {
+        let mut e = ex(1, "tell me a story", "once upon a");
+        e.interrupted = true;
+        assert_eq!(spoken(&e), "once upon a [interrupted]");
+        e.assistant.clear();
+        assert_eq!(spoken(&e), "[interrupted before saying anything]");
+    }
+}

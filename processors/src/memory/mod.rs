@@ -1,0 +1,475 @@
+//! Stateless memory: the LLM keeps no conversation state; every LLM request is rewritten in
+//! place with the memory that matters for this turn, so a turn costs the same at turn 10 and at
+//! turn 10,000.
+//!
+//! The processor sits before the LLM. Downstream it sees the user's final `Transcription` and the
+//! `LlmRequest` of each turn, and rewrites the request (see [`inject`]). Upstream it sees the
+//! `SpokenReply` the output device sends once a reply has been played (only the spoken part when
+//! the user interrupted), and stores the exchange — user text of that turn plus the reply as
+//! heard — pairing them by turn id. A turn whose reply never comes (the LLM failed, nothing was
+//! said) stores nothing: the user will repeat themselves, and a question without its answer
+//! would be injected as if it had been answered.
+//!
+//! Stores go to a writer thread and are acknowledged after their durable commit; before the next
+//! injection the processor waits for the acknowledgements still pending, so a turn always sees
+//! the exchange before it. Reads run on `spawn_blocking`. See [`store`] for the layout and
+//! [`index`] for relevance.
+
+pub mod bench;
+pub mod cli;
+pub mod codec;
+pub mod index;
+pub mod inject;
+pub mod store;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::frame::{Direction, Frame, LlmRequest, SpokenReply};
+use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
+use crate::registry::{BuildError, Problem, Settings};
+
+pub use inject::{InjectOptions, Injected, estimate_tokens};
+pub use store::{MemoryDb, MemoryStore, NewExchange, Recall, Retention, StoreOptions, StoreResult};
+
+/// One stored exchange: what the user said in a turn and what the assistant said back aloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Per-speaker id, increasing with time.
+    pub id: u64,
+    /// The conversation turn it came from.
+    pub turn: u64,
+    /// When the reply finished, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// True when the user cut the reply short (`assistant` then holds only what was said).
+    pub interrupted: bool,
+    /// The user's final transcript.
+    pub user: String,
+    /// The reply as it was spoken.
+    pub assistant: String,
+}
+
+/// What can go wrong with the memory database.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The directory cannot be created or used.
+    #[error("cannot use {path} for the memory database: {source}")]
+    Path {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data file is not a (readable) LMDB database.
+    #[error(
+        "the memory database {path} is damaged or not a memory database ({detail}); move its directory aside to \
+         start with an empty memory, or restore a backup"
+    )]
+    CorruptFile {
+        /// The data file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// A stored value does not decode.
+    #[error("the memory database is damaged: {0}")]
+    Corrupt(#[from] codec::Corrupt),
+    /// LMDB failed (a full disk shows up here).
+    #[error("{}", lmdb_message(.0))]
+    Lmdb(#[from] heed::Error),
+    /// Written by a newer layout.
+    #[error("the memory database {path} was written by a newer slowcat (format {found}); upgrade slowcat to use it")]
+    Format {
+        /// The directory.
+        path: PathBuf,
+        /// Its format version.
+        found: u8,
+    },
+    /// The database is already open in this process.
+    #[error(
+        "the memory database {0} is already open in this process (do two stateless_memory processors share one path?)"
+    )]
+    AlreadyOpen(PathBuf),
+    /// There is no database where one was expected.
+    #[error("there is no memory database in {0} (nothing has been remembered there yet)")]
+    Missing(PathBuf),
+    /// The writer's queue is full: the disk has stalled.
+    #[error("the memory writer is {WRITER_BEHIND}")]
+    Busy,
+    /// The writer has stopped.
+    #[error("the memory writer has stopped")]
+    Stopped,
+}
+
+const WRITER_BEHIND: &str = "behind (is the disk stalled?)";
+
+fn lmdb_message(e: &heed::Error) -> String {
+    match e {
+        heed::Error::Io(io) if matches!(io.raw_os_error(), Some(28 | 27 | 122)) => {
+            format!("the disk is full ({io}); free some space")
+        }
+        other => format!("LMDB error: {other}"),
+    }
+}
+
+impl MemoryError {
+    /// True when the disk (or the file size limit) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, MemoryError::Lmdb(heed::Error::Io(io)) if matches!(io.raw_os_error(), Some(28 | 27 | 122)))
+    }
+}
+
+/// Settings of `stateless_memory`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatelessMemorySettings {
+    /// Directory of the database; relative paths go under the data directory, `~/` is home.
+    pub path: PathBuf,
+    /// Most tokens memory adds to one LLM request.
+    pub max_context_tokens: usize,
+    /// Newest exchanges inserted as user/assistant messages.
+    pub recent_exchanges: usize,
+    /// Most older exchanges, relevant to the question, listed in the system message.
+    pub relevant_exchanges: usize,
+    /// Exchanges kept per speaker; the oldest beyond it are deleted (0: keep all).
+    pub max_exchanges: u64,
+    /// Exchanges older than this many days are deleted (0: keep them).
+    pub max_age_days: u32,
+    /// Compress stored exchanges with lz4.
+    pub compression: bool,
+    /// Newest exchanges per speaker kept one per record, read every turn; older ones are
+    /// compressed in blocks by a background thread.
+    pub hot_tier_size: usize,
+}
+
+impl Default for StatelessMemorySettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("memory"),
+            max_context_tokens: 1024,
+            recent_exchanges: 6,
+            relevant_exchanges: 4,
+            max_exchanges: 1_000_000,
+            max_age_days: 0,
+            compression: true,
+            hot_tier_size: 64,
+        }
+    }
+}
+
+impl StatelessMemorySettings {
+    /// The database directory these settings name.
+    pub fn db_path(&self, ctx: &BuildContext) -> PathBuf {
+        ctx.data_path(&self.path)
+    }
+
+    fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            compression: self.compression,
+            hot_tier_size: self.hot_tier_size,
+            retention: Retention { max_exchanges: self.max_exchanges, max_age_days: self.max_age_days },
+            ..StoreOptions::default()
+        }
+    }
+}
+
+/// Problems with a database directory visible without opening it.
+fn path_problem(path: &Path) -> Option<String> {
+    let mut existing = path;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => return None,
+        }
+    }
+    if !existing.is_dir() {
+        return Some(format!(
+            "{} cannot hold the memory database: {} is not a directory; choose another `path`",
+            path.display(),
+            existing.display()
+        ));
+    }
+    if existing.metadata().is_ok_and(|m| m.permissions().readonly()) {
+        return Some(format!("{} is read-only; choose a writable `path` for the memory database", existing.display()));
+    }
+    if existing == path
+        && let Err(e) = store::check_data_file(path)
+    {
+        return Some(e.to_string());
+    }
+    None
+}
+
+impl Settings for StatelessMemorySettings {
+    const TYPE: &'static str = "stateless_memory";
+    const ABOUT: &'static str =
+        "remembers every exchange per speaker (LMDB) and injects recent and relevant ones into each LLM request";
+
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.hot_tier_size == 0 || self.hot_tier_size > 100_000 {
+            problems.push(Problem::at("hot_tier_size", "must be between 1 and 100000"));
+        }
+        if self.recent_exchanges > self.hot_tier_size {
+            problems.push(Problem::at(
+                "hot_tier_size",
+                format!(
+                    "must be at least recent_exchanges ({}) so the newest exchanges are read from the hot tier",
+                    self.recent_exchanges
+                ),
+            ));
+        }
+        if self.recent_exchanges > 1000 {
+            problems.push(Problem::at("recent_exchanges", "must be at most 1000"));
+        }
+        if self.relevant_exchanges > 1000 {
+            problems.push(Problem::at("relevant_exchanges", "must be at most 1000"));
+        }
+        if self.max_context_tokens > 1_000_000 {
+            problems.push(Problem::at("max_context_tokens", "must be at most 1000000"));
+        }
+        if let Some(p) = path_problem(&self.db_path(ctx)) {
+            problems.push(Problem::at("path", p));
+        }
+        problems
+    }
+
+    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        if let Some(p) = self.check(ctx).into_iter().next() {
+            return Err(BuildError::Invalid(format!("{}: {}", p.key.unwrap_or("settings"), p.message)));
+        }
+        let path = self.db_path(ctx);
+        let db = MemoryDb::open(&path, self.store_options()).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
+        let store = MemoryStore::start(Arc::new(db)).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
+        Ok(Box::new(StatelessMemory::new(
+            store,
+            InjectOptions {
+                max_context_tokens: self.max_context_tokens,
+                recent_exchanges: self.recent_exchanges,
+                relevant_exchanges: self.relevant_exchanges,
+            },
+        )))
+    }
+}
+
+/// Turns whose user text is remembered while their reply is awaited.
+const PENDING_TURNS: usize = 16;
+/// Longest wait for earlier stores before an injection goes ahead without them.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for pending stores at end of stream.
+const END_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct TurnText {
+    turn: u64,
+    speaker: String,
+    user: String,
+    /// True once the text came from the LLM request (it wins over the transcription).
+    from_request: bool,
+}
+
+struct PendingStore {
+    turn: u64,
+    ack: oneshot::Receiver<StoreResult>,
+}
+
+/// The `stateless_memory` processor.
+pub struct StatelessMemory {
+    store: Option<MemoryStore>,
+    db: Arc<MemoryDb>,
+    options: InjectOptions,
+    turns: VecDeque<TurnText>,
+    pending: VecDeque<PendingStore>,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl StatelessMemory {
+    /// A processor over a started store.
+    pub fn new(store: MemoryStore, options: InjectOptions) -> Self {
+        let db = store.db().clone();
+        Self { store: Some(store), db, options, turns: VecDeque::new(), pending: VecDeque::new() }
+    }
+
+    fn remember_turn(&mut self, turn: u64, speaker: &str, user: &str, from_request: bool) {
+        let speaker = store::speaker_id(speaker).to_string();
+        if let Some(t) = self.turns.iter_mut().find(|t| t.turn == turn) {
+            if from_request || !t.from_request {
+                *t = TurnText { turn, speaker, user: user.to_string(), from_request };
+            }
+            return;
+        }
+        if self.turns.len() == PENDING_TURNS {
+            self.turns.pop_front();
+        }
+        self.turns.push_back(TurnText { turn, speaker, user: user.to_string(), from_request });
+    }
+
+    fn store_failed(&self, turn: u64, e: &MemoryError) -> String {
+        let what = if e.is_disk_full() { "free some disk space" } else { "check the memory database" };
+        format!(
+            "memory: the exchange of turn {turn} was not stored in {}: {e}; the conversation goes on without \
+             remembering it ({what})",
+            self.db.path().display()
+        )
+    }
+
+    /// Reports finished stores without waiting.
+    async fn reap(&mut self, ctx: &ProcessorContext) {
+        while let Some(p) = self.pending.front_mut() {
+            match p.ack.try_recv() {
+                Ok(result) => {
+                    let turn = p.turn;
+                    self.pending.pop_front();
+                    self.report(turn, result, ctx).await;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    let turn = p.turn;
+                    self.pending.pop_front();
+                    self.report(turn, Err(Arc::new(MemoryError::Stopped)), ctx).await;
+                }
+            }
+        }
+        if let Some(e) = self.store.as_ref().and_then(MemoryStore::take_upkeep_error) {
+            ctx.push_error(format!("memory: background upkeep of {} failed: {e}", self.db.path().display())).await;
+        }
+    }
+
+    /// Waits (up to `limit`) for every pending store, so what follows sees them.
+    async fn settle(&mut self, limit: Duration, ctx: &ProcessorContext) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Some(p) = self.pending.front_mut() {
+            // Popped only once resolved: an interruption dropping this wait loses nothing.
+            match tokio::time::timeout_at(deadline, &mut p.ack).await {
+                Ok(result) => {
+                    let turn = p.turn;
+                    self.pending.pop_front();
+                    let result = result.unwrap_or_else(|_| Err(Arc::new(MemoryError::Stopped)));
+                    self.report(turn, result, ctx).await;
+                }
+                Err(_) => {
+                    warn!(pending = self.pending.len(), "memory stores still pending; injecting without them");
+                    break;
+                }
+            }
+        }
+        self.reap(ctx).await;
+    }
+
+    async fn report(&self, turn: u64, result: StoreResult, ctx: &ProcessorContext) {
+        match result {
+            Ok(id) => debug!(turn, id, "exchange stored"),
+            Err(e) => ctx.push_error(self.store_failed(turn, &e)).await,
+        }
+    }
+
+    async fn on_request(&mut self, mut request: LlmRequest, ctx: &ProcessorContext) -> LlmRequest {
+        if let Some(user) = request.last_user_message() {
+            let user = user.to_string();
+            self.remember_turn(request.turn, &request.speaker.clone(), &user, true);
+        }
+        if request.memory_injected {
+            return request;
+        }
+        self.settle(ACK_WAIT, ctx).await;
+        let started = Instant::now();
+        let (db, options, turn) = (self.db.clone(), self.options, request.turn);
+        let original = request.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let injected = inject::apply(&db, &mut request, &options, unix_now_ms())?;
+            Ok::<_, MemoryError>((request, injected))
+        });
+        match job.await {
+            Ok(Ok((request, injected))) => {
+                let took = started.elapsed();
+                debug!(turn, recent = injected.recent, relevant = injected.relevant, tokens = injected.tokens, took_us = took.as_micros() as u64, "memory injected");
+                ctx.push_metric("memory_time", Some(turn), took).await;
+                request
+            }
+            Ok(Err(e)) => {
+                ctx.push_error(format!(
+                    "memory: could not read {} for turn {turn}: {e}; answering without memory",
+                    self.db.path().display()
+                ))
+                .await;
+                original
+            }
+            Err(e) => {
+                ctx.push_error(format!("memory: reading memory for turn {turn} failed: {e}; answering without memory"))
+                    .await;
+                original
+            }
+        }
+    }
+
+    async fn on_spoken(&mut self, reply: &SpokenReply, ctx: &ProcessorContext) {
+        let Some(pos) = self.turns.iter().position(|t| t.turn == reply.turn) else {
+            debug!(turn = reply.turn, "spoken reply with no user turn (greeting?); not stored");
+            return;
+        };
+        // Turns are answered in order: older turns still waiting will never get their reply.
+        let turn = self.turns.drain(..=pos).last().expect("position is in range");
+        if reply.text.trim().is_empty() && !reply.interrupted {
+            debug!(turn = reply.turn, "nothing was said; not stored");
+            return;
+        }
+        let exchange = NewExchange {
+            speaker: turn.speaker,
+            turn: turn.turn,
+            at_ms: unix_now_ms(),
+            interrupted: reply.interrupted,
+            user: turn.user,
+            assistant: reply.text.clone(),
+        };
+        let Some(store) = &self.store else { return };
+        match store.submit(exchange) {
+            Ok(ack) => self.pending.push_back(PendingStore { turn: reply.turn, ack }),
+            Err(e) => ctx.push_error(self.store_failed(reply.turn, &e)).await,
+        }
+        self.reap(ctx).await;
+    }
+}
+
+#[async_trait]
+impl Processor for StatelessMemory {
+    async fn process(&mut self, frame: Frame, direction: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        match (frame, direction) {
+            (Frame::Transcription(t), Direction::Downstream) => {
+                self.remember_turn(t.turn, &t.speaker, &t.text, false);
+                ctx.push(Frame::Transcription(t), direction).await;
+            }
+            (Frame::LlmRequest(request), Direction::Downstream) => {
+                let request = self.on_request(request, ctx).await;
+                ctx.push(Frame::LlmRequest(request), direction).await;
+            }
+            (Frame::SpokenReply(reply), Direction::Upstream) => {
+                self.on_spoken(&reply, ctx).await;
+                ctx.push(Frame::SpokenReply(reply), direction).await;
+            }
+            (frame, direction) => ctx.push(frame, direction).await,
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.settle(END_WAIT, ctx).await;
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `slowcat bench stt`: Whisper time per utterance length, and VAD time per 20 ms frame.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+
+use super::engine::{AudioCtx, WhisperEngine};
+use crate::PIPELINE_SAMPLE_RATE;
+use crate::audio::read_wav_mono;
+use crate::frame::AudioFrame;
+use crate::vad::{Decision, Detector, SileroDetector, VadCore, WebRtcDetector};
+
+/// Runs per measurement; the median is reported.
+const RUNS: usize = 5;
+/// Whisper threads, as the default config uses.
+const THREADS: usize = 2;
+/// Utterances of about 1, 3 and 8 s.
+const UTTERANCES: [(f32, &str); 3] = [
+    (1.0, "Yes, please."),
+    (3.0, "Can you remind me to call my mother at six o'clock?"),
+    (
+        8.0,
+        "What is the weather like tomorrow in Paris? I would like to go for a walk along the river \
+         and then have dinner with my friends.",
+    ),
+];
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Speech from espeak-ng at 16 kHz, padded or cut to `secs`.
+fn speech(text: &str, secs: f32, dir: &Path) -> anyhow::Result<Vec<i16>> {
+    let wav = dir.join("utterance.wav");
+    let out = Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&wav)
+        .arg(text)
+        .output()
+        .context("cannot run espeak-ng to make test speech; install it (scripts/setup-system.sh)")?;
+    if !out.status.success() {
+        return Err(anyhow!("espeak-ng failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let mut samples = read_wav_mono(&wav, PIPELINE_SAMPLE_RATE)?;
+    samples.resize((secs * PIPELINE_SAMPLE_RATE as f32) as usize, 0);
+    Ok(samples)
+}
+
+/// Measures and prints the speech-in figures: Whisper tiny.en on 2 threads for 1, 3 and 8 s
+/// utterances (encoder window sized to the utterance, and whisper's full window for
+/// comparison), and the time both VADs take per 20 ms frame. Needs espeak-ng for the speech.
+pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("slowcat-bench-stt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(models_dir, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
+    let tiny: PathBuf = models_dir.join("ggml-tiny.en.bin");
+    let mut engine = WhisperEngine::load(&tiny, THREADS, "en", AudioCtx::Auto)?;
+    println!("Whisper tiny.en ({}), {THREADS} threads, median of {RUNS} runs after one warm-up", tiny.display());
+    println!("{:>7}  {:>10}  {:>10}  {:>9}  {:>9}  text", "audio", "audio_ctx", "median ms", "min ms", "max ms");
+    for (secs, text) in UTTERANCES {
+        let audio: Vec<f32> = speech(text, secs, dir)?.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        for ctx in [AudioCtx::Auto, AudioCtx::Fixed(0)] {
+            let first = engine.transcribe_with(&audio, ctx)?;
+            let mut times = Vec::with_capacity(RUNS);
+            for _ in 0..RUNS {
+                times.push(engine.transcribe_with(&audio, ctx)?.elapsed);
+            }
+            let label = match ctx {
+                AudioCtx::Auto => format!("auto {}", first.audio_ctx),
+                AudioCtx::Fixed(_) => "full 1500".to_string(),
+            };
+            println!(
+                "{:>6.1}s  {:>10}  {:>10.0}  {:>9.0}  {:>9.0}  {:?}",
+                secs,
+                label,
+                ms(median(times.clone())),
+                ms(*times.iter().min().unwrap()),
+                ms(*times.iter().max().unwrap()),
+                first.text
+            );
+        }
+    }
+    drop(engine);
+
+    // 10 s: speech, silence, speech, as a microphone would deliver it.
+    let mut stream = speech(UTTERANCES[2].1, 8.0, dir)?;
+    stream.extend(std::iter::repeat_n(0i16, 2 * PIPELINE_SAMPLE_RATE as usize));
+    let frames: Vec<AudioFrame> = stream
+        .chunks(320)
+        .enumerate()
+        .map(|(i, c)| AudioFrame::new(c.to_vec(), PIPELINE_SAMPLE_RATE, 1, Duration::from_millis(20 * i as u64)))
+        .collect();
+    println!();
+    println!("VAD per 20 ms frame ({} frames of speech and silence), median of {RUNS} runs", frames.len());
+    println!("{:>10}  {:>14}  {:>12}", "vad", "median µs", "max µs");
+    let silero = models_dir.join("silero_vad.onnx");
+    let decision = Decision { on: 0.5, off: 0.35, min_volume_db: -45.0 };
+    time_vad("silero", &frames, decision, || SileroDetector::load(models_dir, &silero, 1))?;
+    let yes_no = Decision { on: 0.5, off: 0.5, ..decision };
+    time_vad("webrtc", &frames, yes_no, || Ok(WebRtcDetector::new(2, 20)))?;
+
+    // What moving each frame's detection to a blocking thread would cost instead.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hop = rt.block_on(async {
+        let mut times = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let t = Instant::now();
+            let _ = tokio::task::spawn_blocking(|| ()).await;
+            times.push(t.elapsed());
+        }
+        median(times)
+    });
+    println!("{:>10}  {:>14.1}  {:>12}", "(spawn_blocking hop, no work)", hop.as_secs_f64() * 1e6, "");
+    Ok(())
+}
+
+/// Prints the median time per frame of a fresh detector over `frames` (after one warm-up pass),
+/// and the slowest single frame seen.
+fn time_vad<D: Detector>(
+    name: &str,
+    frames: &[AudioFrame],
+    decision: Decision,
+    make: impl Fn() -> anyhow::Result<D>,
+) -> anyhow::Result<()> {
+    let start = Duration::from_millis(200);
+    let mut per_frame = Vec::with_capacity(RUNS);
+    let mut worst = Duration::ZERO;
+    for run in 0..=RUNS {
+        let mut core = VadCore::new(make()?, decision, start, start);
+        let started = Instant::now();
+        for f in frames {
+            let t = Instant::now();
+            core.push(f)?;
+            if run > 0 {
+                worst = worst.max(t.elapsed());
+            }
+        }
+        if run > 0 {
+            per_frame.push(started.elapsed() / frames.len() as u32);
+        }
+    }
+    println!("{:>10}  {:>14.1}  {:>12.1}", name, median(per_frame).as_secs_f64() * 1e6, worst.as_secs_f64() * 1e6);
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Whisper through whisper.cpp (whisper-rs): one loaded model and its decoding state, used from one
+//! blocking thread at a time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use serde::{Deserialize, Deserializer};
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+
+/// Encoder frames per second of audio (whisper's mel hop of 10 ms, halved by the encoder's stride).
+const ENCODER_FRAMES_PER_SEC: f64 = 50.0;
+/// Extra encoder frames past the end of the audio in `auto` mode: the last word needs some room
+/// or whisper drops it, and very small windows make it repeat itself.
+const AUDIO_CTX_MARGIN: u32 = 64;
+/// Whisper's full 30 s window.
+const AUDIO_CTX_MAX: u32 = 1500;
+/// Token budget per second of audio.
+const MAX_TOKENS_PER_SEC: f32 = 10.0;
+
+/// How much of whisper's 30 s encoder window to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCtx {
+    /// Sized to each utterance (50 encoder frames per second of audio plus a margin), so a
+    /// short turn costs a fraction of a full window.
+    Auto,
+    /// A fixed number of encoder frames (at most 1500); 0 is whisper's default, the full window.
+    Fixed(u32),
+}
+
+impl AudioCtx {
+    /// The `audio_ctx` to give whisper for `samples` samples at 16 kHz.
+    pub fn frames_for(self, samples: usize) -> u32 {
+        match self {
+            AudioCtx::Fixed(n) => n.min(AUDIO_CTX_MAX),
+            AudioCtx::Auto => {
+                let secs = samples as f64 / f64::from(crate::PIPELINE_SAMPLE_RATE);
+                let frames = (secs * ENCODER_FRAMES_PER_SEC).ceil() as u32 + AUDIO_CTX_MARGIN;
+                // Past the full window whisper slides over the audio anyway.
+                if frames >= AUDIO_CTX_MAX { 0 } else { frames }
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AudioCtx {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) if n <= AUDIO_CTX_MAX => Ok(AudioCtx::Fixed(n)),
+            Raw::Number(n) => {
+                Err(serde::de::Error::custom(format!("audio_ctx {n} is larger than whisper's window of 1500")))
+            }
+            Raw::Text(s) if s == "auto" => Ok(AudioCtx::Auto),
+            Raw::Text(s) => Err(serde::de::Error::custom(format!(
+                "audio_ctx must be \"auto\" or a number of encoder frames (0..=1500), not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// Routes whisper.cpp's and ggml's own logging (model loading chatter on stderr) to `tracing`,
+/// under the `whisper_rs` target.
+pub fn quiet_whisper_logs() {
+    whisper_rs::install_logging_hooks();
+}
+
+/// True when whisper knows `language` (a code such as `en`, or `auto`).
+pub fn known_language(language: &str) -> bool {
+    quiet_whisper_logs();
+    language == "auto"
+        || (!language.is_empty()
+            && language.bytes().all(|b| b.is_ascii_alphanumeric())
+            && whisper_rs::get_lang_id(language).is_some())
+}
+
+/// A loaded Whisper model with its decoding state.
+pub struct WhisperEngine {
+    state: WhisperState,
+    /// Token ids from here on are special (end of text, timestamps, language tags).
+    eot: i32,
+    multilingual: bool,
+    threads: usize,
+    language: String,
+    audio_ctx: AudioCtx,
+}
+
+/// One transcription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recognized {
+    /// The cleaned text; empty when whisper heard no words.
+    pub text: String,
+    /// What whisper returned before cleaning.
+    pub raw: String,
+    /// The encoder window used.
+    pub audio_ctx: u32,
+    /// Whisper's probability that the audio holds no speech.
+    pub no_speech: f32,
+    /// Mean probability of the text tokens (low when whisper is guessing).
+    pub confidence: f32,
+    /// The language whisper transcribed in (detected when `language` is `auto`).
+    pub language: String,
+    /// How long inference took.
+    pub elapsed: Duration,
+}
+
+impl WhisperEngine {
+    /// Loads a ggml model. Takes 0.1–0.5 s; call it from a blocking thread.
+    pub fn load(model: &Path, threads: usize, language: &str, audio_ctx: AudioCtx) -> anyhow::Result<Self> {
+        quiet_whisper_logs();
+        if !model.is_file() {
+            return Err(anyhow!(
+                "model file {} does not exist; fetch it with `scripts/fetch-models.sh`",
+                model.display()
+            ));
+        }
+        if !known_language(language) {
+            return Err(anyhow!(
+                "whisper does not know the language {language:?}; use a code such as \"en\" or \"auto\""
+            ));
+        }
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu(false);
+        let ctx = WhisperContext::new_with_params(model, params).map_err(|e| anyhow!("{e}")).with_context(|| {
+            format!("cannot load Whisper model {} (is it a whisper.cpp ggml file?)", model.display())
+        })?;
+        let multilingual = ctx.is_multilingual();
+        if !multilingual && !matches!(language, "en" | "auto") {
+            return Err(anyhow!(
+                "{} is an English-only model but language is {language:?}; set language = \"en\" or use a \
+                 multilingual model such as ggml-base.bin",
+                model.display()
+            ));
+        }
+        let eot = ctx.token_eot();
+        let state = ctx.create_state().map_err(|e| anyhow!("cannot allocate Whisper state: {e}"))?;
+        Ok(Self { state, eot, multilingual, threads: threads.max(1), language: language.to_string(), audio_ctx })
+    }
+
+    /// True for a multilingual model.
+    pub fn is_multilingual(&self) -> bool {
+        self.multilingual
+    }
+
+    /// Transcribes 16 kHz mono audio in [-1, 1]. Blocks for the length of the inference.
+    pub fn transcribe(&mut self, audio: &[f32]) -> anyhow::Result<Recognized> {
+        self.transcribe_with(audio, self.audio_ctx)
+    }
+
+    /// Transcribes with an explicit encoder window (for benchmarks).
+    pub fn transcribe_with(&mut self, audio: &[f32], audio_ctx: AudioCtx) -> anyhow::Result<Recognized> {
+        let started = Instant::now();
+        if audio.is_empty() {
+            return Ok(Recognized {
+                text: String::new(),
+                raw: String::new(),
+                audio_ctx: 0,
+                no_speech: 1.0,
+                confidence: 0.0,
+                language: String::new(),
+                elapsed: Duration::ZERO,
+            });
+        }
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(self.threads as i32);
+        // English-only models ignore the language; "auto" makes a multilingual one detect it.
+        params.set_language(Some(if self.multilingual { self.language.as_str() } else { "en" }));
+        // Each turn stands alone: no prompt from the previous one, one segment. Timestamp tokens
+        // stay on although nobody reads them: without them the decoder cannot tell where the
+        // audio ends and repeats the utterance until the token budget runs out, and whisper's
+        // no-speech probability (read after the start token) becomes meaningless, so noise
+        // turns into invented sentences instead of nothing.
+        params.set_no_context(true);
+        params.set_single_segment(true);
+        params.set_suppress_nst(true);
+        // No temperature fallback: a failed decode is retried up to five times at higher
+        // temperatures, which turns 0.1 s into seconds exactly when the audio is noise. A bad
+        // result is filtered out below instead.
+        params.set_temperature_inc(0.0);
+        // Nobody says more than ~6 tokens a second; a decoder looping on a phrase stops here.
+        let secs = audio.len() as f32 / crate::PIPELINE_SAMPLE_RATE as f32;
+        params.set_max_tokens((secs * MAX_TOKENS_PER_SEC) as i32 + 16);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        // Whisper pads the window with zeros; shorter than 1 s it tends to hallucinate, so pad to
+        // 1 s of silence ourselves (cheap: the encoder window grows by at most 50 frames).
+        let min = crate::PIPELINE_SAMPLE_RATE as usize;
+        let padded;
+        let audio = if audio.len() < min {
+            padded = {
+                let mut v = audio.to_vec();
+                v.resize(min, 0.0);
+                v
+            };
+            &padded[..]
+        } else {
+            audio
+        };
+        let n_ctx = audio_ctx.frames_for(audio.len());
+        params.set_audio_ctx(n_ctx as i32);
+        self.state.full(params, audio).map_err(|e| anyhow!("Whisper failed: {e}"))?;
+        let mut raw = String::new();
+        let mut no_speech = 0f32;
+        let (mut p_sum, mut p_n) = (0f32, 0usize);
+        for segment in self.state.as_iter() {
+            raw.push_str(&segment.to_str_lossy().map_err(|e| anyhow!("Whisper failed: {e}"))?);
+            no_speech = no_speech.max(segment.no_speech_probability());
+            for i in 0..segment.n_tokens() {
+                if let Some(token) = segment.get_token(i)
+                    && token.token_id() < self.eot
+                {
+                    p_sum += token.token_probability();
+                    p_n += 1;
+                }
+            }
+        }
+        let confidence = if p_n == 0 { 0.0 } else { p_sum / p_n as f32 };
+        let language = whisper_rs::get_lang_str(self.state.full_lang_id_from_state()).unwrap_or("").to_string();
+        let text = clean_transcript(&raw);
+        Ok(Recognized {
+            text,
+            raw: raw.trim().to_string(),
+            audio_ctx: n_ctx,
+            no_speech,
+            confidence,
+            language,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Removes whisper's non-speech annotations (`[BLANK_AUDIO]`, `(music)`, `[ Silence ]`, `*sighs*`,
+/// music notes) and collapses whitespace. Returns an empty string when no word is left.
+pub fn clean_transcript(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut closing: Option<char> = None;
+    for c in raw.chars() {
+        match closing {
+            Some(close) if c == close => closing = None,
+            Some(_) => {}
+            None => match c {
+                '[' => closing = Some(']'),
+                '(' => closing = Some(')'),
+                '*' => closing = Some('*'),
+                '♪' | '♫' => {}
+                c => out.push(c),
+            },
+        }
+    }
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().any(char::is_alphanumeric) { text } else { String::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_speech_markers_leave_nothing() {
+        for raw in ["[BLANK_AUDIO]", " (music)", "[ Silence ]", " ...", "♪ ♪", "*sighs*", " - ", ""] {
+            assert_eq!(clean_transcript(raw), "", "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn words_survive_cleaning() {
+        assert_eq!(clean_transcript(" Hello there. [BLANK_AUDIO]"), "Hello there.");
+        assert_eq!(clean_transcript("(laughs) OK,  fine!"), "OK, fine!");
+        assert_eq!(clean_transcript("It costs 5 dollars."), "It costs 5 dollars.");
+    }
+
+    #[test]
+    fn audio_ctx_grows_with_the_utterance_and_caps() {
+        assert_eq!(AudioCtx::Auto.frames_for(16_000), 50 + AUDIO_CTX_MARGIN);
+        assert_eq!(AudioCtx::Auto.frames_for(3 * 16_000), 150 + AUDIO_CTX_MARGIN);
+        assert_eq!(AudioCtx::Auto.frames_for(40 * 16_000), 0);
+        assert_eq!(AudioCtx::Fixed(0).frames_for(16_000), 0);
+        assert_eq!(AudioCtx::Fixed(700).frames_for(16_000), 700);
+    }
+
+    #[test]
+    fn audio_ctx_parses_auto_or_a_number() {
+        #[derive(Deserialize)]
+        struct S {
+            a: AudioCtx,
+        }
+        assert_eq!(toml::from_str::<S>("a = \"auto\"").unwrap().a, AudioCtx::Auto);
+        assert_eq!(toml::from_str::<S>("a = 0").unwrap().a, AudioCtx::Fixed(0));
+        assert_eq!(toml::from_str::<S>("a = 512").unwrap().a, AudioCtx::Fixed(512));
+        assert!(toml::from_str::<S>("a = \"big\"").is_err());
+        assert!(toml::from_str::<S>("a = 4000").is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! `whisper_stt`: keeps the audio of the user's turn and transcribes it with Whisper when the
+//! turn ends.
+//!
+//! Audio is kept in three parts: a pre-roll ring of the last `pre_roll_ms` before speech starts
+//! (the VAD reports speech `start_ms` late, so the first syllable lives there), the speech in
+//! progress, and the turn so far: every utterance up to the last `UserStoppedSpeaking`. When the
+//! user pauses and speaks again before the turn ends, the pause is dropped except for its pre-roll
+//! and the new utterance joins the same turn. When the turn ends (`UserTurnEnded`, or
+//! `UserStoppedSpeaking` with `end_turn_on = "user_stopped_speaking"`), the turn so far is
+//! transcribed; speech already in progress again (the turn-end signal raced the user's next
+//! words) starts the next turn.
+//!
+//! Transcription runs on a blocking thread fed by a worker task, one turn at a time in order, so
+//! audio keeps flowing while whisper works and an interruption (which concerns the assistant's
+//! reply) never cancels the transcription of what the user said.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{AudioCtx, WhisperEngine, known_language};
+use crate::PIPELINE_SAMPLE_RATE;
+use crate::frame::{DEFAULT_SPEAKER, Direction, ErrorFrame, Frame, Metric, Transcription};
+use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
+use crate::registry::{BuildError, Problem, Settings};
+use crate::vad::{SPEECH_END_METRIC, SPEECH_START_METRIC, To16kMono};
+
+/// Metric: from the turn's end signal to its transcription being ready.
+pub const STT_TIME_METRIC: &str = "stt_time";
+/// Longest turn kept: past it the turn is transcribed as it stands and a new one begins.
+const MAX_TURN: Duration = Duration::from_secs(30);
+/// Turns waiting for the transcriber (a live speaker cannot queue more than one or two; a WAV
+/// file read faster than real time can). Past it a turn is dropped and the user is told.
+const QUEUE: usize = 16;
+/// How long `End` waits for pending transcriptions.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What ends the user's turn and starts transcription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndTurnOn {
+    /// `UserTurnEnded`, from an end-of-turn detector (`smart_turn`) after the user stopped.
+    UserTurnEnded,
+    /// `UserStoppedSpeaking` from the VAD: for pipelines without an end-of-turn detector.
+    UserStoppedSpeaking,
+}
+
+/// Settings of `whisper_stt`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhisperSttSettings {
+    /// The whisper.cpp ggml model (in the models directory unless absolute).
+    pub model: PathBuf,
+    /// Language code (`en`, `de`, …), or `auto` to detect it (multilingual models only).
+    pub language: String,
+    /// Threads whisper.cpp computes with.
+    pub threads: usize,
+    /// Encoder window: `"auto"` sizes it to the utterance (fast for short turns), a number of
+    /// encoder frames (50 per second, at most 1500), or 0 for whisper's full 30 s window.
+    pub audio_ctx: AudioCtx,
+    /// Audio kept from before the VAD reported speech, in milliseconds; should exceed the VAD's
+    /// `start_ms` or the first syllable is lost.
+    pub pre_roll_ms: u32,
+    /// What ends the turn: `"user_turn_ended"` (an end-of-turn detector follows the VAD) or
+    /// `"user_stopped_speaking"` (transcribe as soon as the VAD hears silence).
+    pub end_turn_on: EndTurnOn,
+    /// The speaker id given to transcriptions.
+    pub speaker: String,
+    /// Forward the input audio downstream; by default this processor consumes it.
+    pub forward_audio: bool,
+}
+
+impl Default for WhisperSttSettings {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("ggml-tiny.en.bin"),
+            language: "en".into(),
+            threads: 2,
+            audio_ctx: AudioCtx::Auto,
+            pre_roll_ms: 300,
+            end_turn_on: EndTurnOn::UserTurnEnded,
+            speaker: DEFAULT_SPEAKER.into(),
+            forward_audio: false,
+        }
+    }
+}
+
+impl Settings for WhisperSttSettings {
+    const TYPE: &'static str = "whisper_stt";
+    const ABOUT: &'static str = "Whisper speech-to-text (whisper.cpp): transcribes the user's turn when it ends";
+
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let model = ctx.model_path(&self.model);
+        if !model.is_file() {
+            problems.push(if self.model.as_os_str() == "ggml-base.bin" {
+                Problem::at(
+                    "model",
+                    format!(
+                        "model file {} does not exist; fetch it with `scripts/fetch-models.sh --only whisper-base`",
+                        model.display()
+                    ),
+                )
+            } else {
+                Problem::missing_model("model", &model)
+            });
+        }
+        if !known_language(&self.language) {
+            problems.push(Problem::at(
+                "language",
+                format!(
+                    "whisper does not know the language {:?}; use a code such as \"en\", or \"auto\"",
+                    self.language
+                ),
+            ));
+        }
+        if !(1..=32).contains(&self.threads) {
+            problems.push(Problem::at("threads", "`threads` must be between 1 and 32"));
+        }
+        if self.pre_roll_ms > 2000 {
+            problems.push(Problem::at("pre_roll_ms", "`pre_roll_ms` must be at most 2000"));
+        }
+        if self.speaker.trim().is_empty() {
+            problems.push(Problem::at("speaker", "`speaker` must not be empty"));
+        }
+        problems
+    }
+
+    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        if let Some(p) = self.check(ctx).into_iter().next() {
+            return Err(BuildError::Invalid(p.message));
+        }
+        let model = ctx.model_path(&self.model);
+        let loaded = Instant::now();
+        let engine = WhisperEngine::load(&model, self.threads, &self.language, self.audio_ctx)?;
+        tracing::info!(model = %model.display(), ms = loaded.elapsed().as_millis() as u64, "Whisper model loaded");
+        Ok(Box::new(WhisperStt::new(self, engine)))
+    }
+}
+
+/// One turn handed to the transcriber.
+struct Job {
+    audio: Vec<f32>,
+    start: Duration,
+    end: Duration,
+    /// When the turn's end was signalled, for `stt_time`.
+    queued: Instant,
+}
+
+enum Work {
+    Turn(Job),
+    /// Answered once every turn before it has been transcribed and pushed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The running `whisper_stt` processor.
+pub struct WhisperStt {
+    settings: WhisperSttSettings,
+    engine: Option<WhisperEngine>,
+    worker: Option<(mpsc::Sender<Work>, JoinHandle<()>)>,
+    convert: To16kMono,
+    pre_roll: VecDeque<i16>,
+    pre_roll_cap: usize,
+    /// Timeline position just past the newest sample received.
+    cursor: Duration,
+    /// Speech in progress (pre-roll included).
+    open: Vec<i16>,
+    open_start: Duration,
+    /// The turn so far: utterances up to the last `UserStoppedSpeaking`.
+    turn: Vec<i16>,
+    turn_start: Option<Duration>,
+    turn_end: Duration,
+    speaking: bool,
+    /// Speech boundaries reported by the VAD's metrics, more precise than the event arrival.
+    vad_start: Option<Duration>,
+    vad_end: Option<Duration>,
+}
+
+fn duration_of(samples: usize) -> Duration {
+    Duration::from_nanos(samples as u64 * 1_000_000_000 / u64::from(PIPELINE_SAMPLE_RATE))
+}
+
+impl WhisperStt {
+    /// A processor around a loaded engine.
+    pub fn new(settings: WhisperSttSettings, engine: WhisperEngine) -> Self {
+        let pre_roll_cap = (u64::from(PIPELINE_SAMPLE_RATE) * u64::from(settings.pre_roll_ms) / 1000) as usize;
+        Self {
+            settings,
+            engine: Some(engine),
+            worker: None,
+            convert: To16kMono::default(),
+            pre_roll: VecDeque::with_capacity(pre_roll_cap),
+            pre_roll_cap,
+            cursor: Duration::ZERO,
+            open: Vec::new(),
+            open_start: Duration::ZERO,
+            turn: Vec::new(),
+            turn_start: None,
+            turn_end: Duration::ZERO,
+            speaking: false,
+            vad_start: None,
+            vad_end: None,
+        }
+    }
+
+    fn on_audio(&mut self, samples: &[i16], pts: Duration) {
+        self.cursor = pts + duration_of(samples.len());
+        if self.speaking {
+            self.open.extend_from_slice(samples);
+        } else {
+            for &s in samples {
+                if self.pre_roll.len() == self.pre_roll_cap {
+                    self.pre_roll.pop_front();
+                }
+                if self.pre_roll_cap > 0 {
+                    self.pre_roll.push_back(s);
+                }
+            }
+        }
+    }
+
+    fn on_started(&mut self) {
+        if self.speaking {
+            return;
+        }
+        self.speaking = true;
+        self.open.clear();
+        self.open.extend(self.pre_roll.drain(..));
+        self.open_start = self.cursor.saturating_sub(duration_of(self.open.len()));
+    }
+
+    /// Moves the speech in progress into the turn.
+    fn commit_open(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let speech_start = self.vad_start.take().filter(|&t| t >= self.open_start).unwrap_or(self.open_start);
+        self.turn_start.get_or_insert(speech_start);
+        self.turn.append(&mut self.open);
+        self.turn_end = self.vad_end.take().filter(|&t| t <= self.cursor).unwrap_or(self.cursor);
+    }
+
+    fn on_stopped(&mut self) {
+        if !self.speaking {
+            return;
+        }
+        self.speaking = false;
+        self.commit_open();
+    }
+
+    /// Takes the turn so far as a transcription job.
+    fn take_turn(&mut self) -> Option<Job> {
+        let start = self.turn_start.take()?;
+        let audio: Vec<f32> = self.turn.drain(..).map(|s| f32::from(s) / 32768.0).collect();
+        if audio.is_empty() {
+            return None;
+        }
+        Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now() })
+    }
+
+    async fn submit(&mut self, job: Job, ctx: &ProcessorContext) {
+        let Some((tx, _)) = &self.worker else {
+            ctx.push_error("speech-to-text is not running (the processor was not started)").await;
+            return;
+        };
+        let secs = job.audio.len() as f64 / f64::from(PIPELINE_SAMPLE_RATE);
+        tracing::debug!(processor = ctx.id(), secs, "transcribing turn");
+        if tx.try_send(Work::Turn(job)).is_err() {
+            ctx.push_error(format!(
+                "speech-to-text cannot keep up: {QUEUE} turns are waiting, so a turn of {secs:.1} s was dropped; \
+                 use a smaller model or more `threads`"
+            ))
+            .await;
+        }
+    }
+
+    async fn end_turn(&mut self, ctx: &ProcessorContext) {
+        if let Some(job) = self.take_turn() {
+            self.submit(job, ctx).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Processor for WhisperStt {
+    async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        let Some(engine) = self.engine.take() else { return Ok(()) };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let worker = Worker {
+            id: ctx.id().to_string(),
+            speaker: self.settings.speaker.clone(),
+            sender: ctx.sender(),
+            cancel: ctx.cancellation(),
+            turn: 0,
+        };
+        self.worker = Some((tx, tokio::spawn(worker.run(engine, rx))));
+        Ok(())
+    }
+
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
+        if direction == Direction::Upstream {
+            ctx.push(frame, direction).await;
+            return Ok(());
+        }
+        match &frame {
+            Frame::InputAudio(audio) => {
+                let samples = self.convert.convert(audio).into_owned();
+                self.on_audio(&samples, audio.pts);
+                if self.speaking && duration_of(self.turn.len() + self.open.len()) >= MAX_TURN {
+                    tracing::warn!(processor = ctx.id(), "turn longer than 30 s; transcribing it as it stands");
+                    self.commit_open();
+                    self.end_turn(ctx).await;
+                    self.open_start = self.cursor;
+                }
+                if !self.settings.forward_audio {
+                    return Ok(());
+                }
+            }
+            Frame::Metrics(Metric { name, value, .. }) if *name == SPEECH_START_METRIC => self.vad_start = Some(*value),
+            Frame::Metrics(Metric { name, value, .. }) if *name == SPEECH_END_METRIC => self.vad_end = Some(*value),
+            Frame::UserStartedSpeaking => self.on_started(),
+            Frame::UserStoppedSpeaking => {
+                self.on_stopped();
+                if self.settings.end_turn_on == EndTurnOn::UserStoppedSpeaking {
+                    self.end_turn(ctx).await;
+                }
+            }
+            Frame::UserTurnEnded if self.settings.end_turn_on == EndTurnOn::UserTurnEnded => {
+                self.end_turn(ctx).await;
+            }
+            _ => {}
+        }
+        ctx.push(frame, direction).await;
+        Ok(())
+    }
+
+    async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        // The stream ended: what the user said so far is the last turn.
+        self.on_stopped();
+        self.end_turn(ctx).await;
+        if let Some((tx, _)) = &self.worker {
+            let (done_tx, done_rx) = oneshot::channel();
+            if tx.send(Work::Flush(done_tx)).await.is_ok()
+                && tokio::time::timeout(FLUSH_TIMEOUT, done_rx).await.is_err()
+            {
+                return Err(ProcessError::recoverable(
+                    "speech-to-text did not finish within 120 s of the end of input",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some((_, handle)) = self.worker.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// The task that feeds turns to whisper on a blocking thread, one at a time, and pushes the
+/// results downstream.
+struct Worker {
+    id: String,
+    speaker: String,
+    sender: FrameSender,
+    cancel: CancellationToken,
+    turn: u64,
+}
+
+impl Worker {
+    async fn run(mut self, engine: WhisperEngine, mut rx: mpsc::Receiver<Work>) {
+        let mut engine = Some(engine);
+        loop {
+            let work = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                work = rx.recv() => match work { Some(w) => w, None => return },
+            };
+            let job = match work {
+                Work::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Work::Turn(job) => job,
+            };
+            let Some(mut e) = engine.take() else { return };
+            let audio = job.audio;
+            let result = tokio::task::spawn_blocking(move || {
+                let r = e.transcribe(&audio);
+                (e, r)
+            })
+            .await;
+            let recognized = match result {
+                Ok((e, r)) => {
+                    engine = Some(e);
+                    r
+                }
+                Err(join) => {
+                    // whisper.cpp panicked or the runtime is shutting down; the model is gone.
+                    self.error(format!("speech-to-text stopped: {join}"), false).await;
+                    return;
+                }
+            };
+            match recognized {
+                Ok(r) if r.text.is_empty() => {
+                    tracing::debug!(processor = %self.id, raw = %r.raw, "no words in the turn");
+                }
+                Ok(r) => {
+                    self.turn += 1;
+                    let stt_time = job.queued.elapsed();
+                    tracing::info!(
+                        processor = %self.id, turn = self.turn, text = %r.text, audio_ctx = r.audio_ctx,
+                        ms = r.elapsed.as_millis() as u64, "transcribed"
+                    );
+                    let t = Transcription {
+                        text: r.text,
+                        speaker: self.speaker.clone(),
+                        turn: self.turn,
+                        start: job.start,
+                        end: job.end,
+                        processing: r.elapsed,
+                    };
+                    let metric = Metric {
+                        source: self.id.clone(),
+                        turn: Some(self.turn),
+                        name: STT_TIME_METRIC,
+                        value: stt_time,
+                    };
+                    self.sender.downstream(Frame::Metrics(metric)).await;
+                    self.sender.downstream(Frame::Transcription(t)).await;
+                }
+                Err(e) => self.error(format!("{e:#}"), true).await,
+            }
+        }
+    }
+
+    async fn error(&self, message: String, recoverable: bool) {
+        tracing::warn!(processor = %self.id, error = %message, "speech-to-text failed");
+        let frame = Frame::Error(ErrorFrame { source: self.id.clone(), message, recoverable });
+        self.sender.downstream(frame).await;
+    }
+}

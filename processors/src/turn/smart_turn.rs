@@ -1,0 +1,578 @@
+//! `smart_turn`: decides when the user's turn is over, and when the user's speech interrupts the
+//! assistant.
+//!
+//! End of turn: when the VAD reports that the user stopped speaking, Smart Turn v3.2 listens to
+//! the turn's last 8 s and says how likely the utterance is complete. Likely → `UserTurnEnded` at
+//! once; unlikely → wait: the user resuming keeps the turn open, and silence lasting
+//! `incomplete_timeout_ms` ends it anyway.
+//!
+//! Barge-in: user speech overlapping the assistant's speech for `barge_in_min_ms` pushes
+//! `Interruption`, so shorter sounds (a cough, a click) do not interrupt.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use async_trait::async_trait;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use super::mel::{self, MelSpectrogram};
+use crate::PIPELINE_SAMPLE_RATE;
+use crate::frame::{AudioFrame, Direction, Frame};
+use crate::onnx;
+use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
+use crate::registry::{BuildError, Problem, Settings};
+
+/// The model file `scripts/fetch-models.sh` puts in the models directory.
+pub const DEFAULT_MODEL: &str = "smart-turn-v3.2-cpu.onnx";
+/// The model hears at most 8 s (800 feature frames).
+const WINDOW_SAMPLES: usize = 8 * mel::SAMPLE_RATE as usize;
+const N_FRAMES: usize = WINDOW_SAMPLES / mel::HOP_LENGTH;
+/// Metric: where the user's speech ended on the pipeline timeline. The VADs measure it from the
+/// audio; smart_turn pushes it only when no VAD did.
+const SPEECH_END_METRIC: &str = "user_speech_end_at";
+/// Metric: when the turn ended (`UserTurnEnded` pushed), on the pipeline timeline; minus
+/// `user_speech_end_at` it is the time end-of-turn detection added.
+const TURN_END_METRIC: &str = "user_turn_end_at";
+/// Audio kept from before the VAD's start event: the VAD fires only after some speech, and the
+/// reference pipeline the model was tuned with hears the onset too.
+const PRE_ROLL: Duration = Duration::from_millis(500);
+
+/// Settings of `smart_turn`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmartTurnSettings {
+    /// The Smart Turn v3 ONNX model, relative to the models directory.
+    pub model: PathBuf,
+    /// Probability from which the model's verdict counts as "the utterance is complete".
+    pub threshold: f32,
+    /// Silence after an utterance the model found incomplete before the turn ends anyway.
+    pub incomplete_timeout_ms: u64,
+    /// How much of the turn's most recent audio the model hears, in seconds (at most 8).
+    pub max_duration_s: f32,
+    /// ONNX Runtime intra-op threads for inference.
+    pub threads: usize,
+    /// Interrupt the assistant when the user talks over it.
+    pub barge_in: bool,
+    /// How long the user must talk over the assistant before it is interrupted.
+    pub barge_in_min_ms: u64,
+}
+
+impl Default for SmartTurnSettings {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from(DEFAULT_MODEL),
+            threshold: 0.5,
+            incomplete_timeout_ms: 2500,
+            max_duration_s: 8.0,
+            threads: 1,
+            barge_in: true,
+            barge_in_min_ms: 300,
+        }
+    }
+}
+
+impl SmartTurnSettings {
+    /// Problems with the values themselves, without looking at files.
+    fn value_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !(0.0..=1.0).contains(&self.threshold) {
+            problems.push(Problem::at("threshold", "`threshold` is a probability: it must be between 0 and 1"));
+        }
+        if !(self.max_duration_s > 0.0 && self.max_duration_s <= 8.0) {
+            problems.push(Problem::at(
+                "max_duration_s",
+                "`max_duration_s` must be more than 0 and at most 8 (the model hears at most 8 s)",
+            ));
+        }
+        if self.threads == 0 {
+            problems.push(Problem::at("threads", "`threads` must be at least 1"));
+        }
+        problems
+    }
+}
+
+impl Settings for SmartTurnSettings {
+    const TYPE: &'static str = "smart_turn";
+    const ABOUT: &'static str = "ends the user's turn when Smart Turn v3 hears a complete utterance (or after a timeout); interrupts the \
+         assistant when the user talks over it";
+
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let path = ctx.model_path(&self.model);
+        if !path.is_file() {
+            problems.push(Problem::missing_model("model", &path));
+        }
+        problems.extend(self.value_problems());
+        problems
+    }
+
+    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        let problems = self.value_problems();
+        if !problems.is_empty() {
+            let messages: Vec<_> = problems.into_iter().map(|p| p.message).collect();
+            return Err(BuildError::Invalid(messages.join("; ")));
+        }
+        let model = SmartTurnModel::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)?;
+        Ok(Box::new(SmartTurn::new(self, model)))
+    }
+}
+
+/// Smart Turn v3 with its feature extraction: 16 kHz audio in, probability of a complete
+/// utterance out.
+pub struct SmartTurnModel {
+    session: Session,
+    mel: MelSpectrogram,
+}
+
+impl SmartTurnModel {
+    /// Loads the model with `threads` intra-op threads and checks that it is a Smart Turn model.
+    pub fn load(models_dir: &Path, model: &Path, threads: usize) -> anyhow::Result<Self> {
+        let session = onnx::session(models_dir, model, threads)?;
+        let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        if !inputs.contains(&"input_features") || !outputs.contains(&"logits") {
+            bail!(
+                "{} is not a Smart Turn v3 model (it has inputs {inputs:?} and outputs {outputs:?}, not \
+                 `input_features` and `logits`); set `model` to {DEFAULT_MODEL}, which `scripts/fetch-models.sh` fetches",
+                model.display()
+            );
+        }
+        Ok(Self { session, mel: MelSpectrogram::new() })
+    }
+
+    /// The model's input for 16 kHz mono `audio`: its last 8 s, zero-padded at the front,
+    /// normalized to zero mean and unit variance, as a log-mel spectrogram `[80, 800]`
+    /// (what `WhisperFeatureExtractor(chunk_length=8, do_normalize=True)` gives).
+    pub fn features(&mut self, audio: &[i16]) -> Vec<f32> {
+        window_features(&mut self.mel, audio)
+    }
+
+    /// Runs the model on features from [`SmartTurnModel::features`]; returns the probability that
+    /// the utterance is complete.
+    pub fn infer(&mut self, features: Vec<f32>) -> anyhow::Result<f32> {
+        if features.len() != mel::N_MELS * N_FRAMES {
+            bail!("smart turn features must be {}×{N_FRAMES} values, got {}", mel::N_MELS, features.len());
+        }
+        let input = Tensor::from_array(([1usize, mel::N_MELS, N_FRAMES], features)).map_err(|e| anyhow!("{e}"))?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["input_features" => input])
+            .map_err(|e| anyhow!("smart turn inference failed: {e}"))?;
+        let (_, probabilities) =
+            outputs["logits"].try_extract_tensor::<f32>().map_err(|e| anyhow!("smart turn output: {e}"))?;
+        match probabilities.first() {
+            Some(&p) if p.is_finite() => Ok(p),
+            other => bail!("smart turn returned no usable probability ({other:?})"),
+        }
+    }
+
+    /// Probability that the utterance ending `audio` (16 kHz mono) is complete.
+    pub fn predict(&mut self, audio: &[i16]) -> anyhow::Result<f32> {
+        let features = self.features(audio);
+        self.infer(features)
+    }
+}
+
+/// See [`SmartTurnModel::features`].
+fn window_features(mel: &mut MelSpectrogram, audio: &[i16]) -> Vec<f32> {
+    let tail = &audio[audio.len().saturating_sub(WINDOW_SAMPLES)..];
+    let mut window = vec![0f32; WINDOW_SAMPLES];
+    for (out, &s) in window[WINDOW_SAMPLES - tail.len()..].iter_mut().zip(tail) {
+        *out = f32::from(s) / 32768.0;
+    }
+    mel::normalize(&mut window);
+    mel.compute(&window).data
+}
+
+/// Where the user's turn stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Turn {
+    /// No turn in progress.
+    Idle,
+    /// The user is talking; the turn's audio starts at sample `start` (pre-roll included).
+    Speaking { start: u64 },
+    /// The user paused and the model found the utterance incomplete: the turn ends at
+    /// `deadline` unless the user resumes.
+    Waiting { start: u64, speech_end_at: Duration, deadline: tokio::time::Instant },
+}
+
+/// The `smart_turn` processor. Forwards every frame unchanged; adds `UserTurnEnded`,
+/// `Interruption` and metrics.
+///
+/// The fallback timeout is a deadline checked whenever a frame arrives rather than a timer task:
+/// input audio arrives every 20 ms, so it costs at most one frame of delay, and the turn state
+/// never races with a task ending the turn behind the processor's back.
+pub struct SmartTurn {
+    settings: SmartTurnSettings,
+    model: Arc<Mutex<SmartTurnModel>>,
+    /// The most recent audio, at most `window` samples.
+    audio: VecDeque<i16>,
+    window: usize,
+    /// Samples received since start: the timeline `Turn::start` is on.
+    received: u64,
+    turn: Turn,
+    /// Between the VAD's `UserStartedSpeaking` and `UserStoppedSpeaking`.
+    user_speaking: bool,
+    /// Between `BotStartedSpeaking` and `BotStoppedSpeaking` (or our interruption).
+    bot_speaking: bool,
+    /// How long the user has talked over the assistant in the current stretch of speech.
+    overlap: Duration,
+    /// The VAD reported where the current stretch of speech ended.
+    vad_measured_end: bool,
+    format_reported: bool,
+}
+
+impl SmartTurn {
+    /// A processor around a loaded model.
+    pub fn new(settings: SmartTurnSettings, model: SmartTurnModel) -> Self {
+        let window = ((settings.max_duration_s.clamp(0.0, 8.0) * PIPELINE_SAMPLE_RATE as f32) as usize).max(1);
+        Self {
+            settings,
+            model: Arc::new(Mutex::new(model)),
+            audio: VecDeque::with_capacity(window),
+            window,
+            received: 0,
+            turn: Turn::Idle,
+            user_speaking: false,
+            bot_speaking: false,
+            overlap: Duration::ZERO,
+            vad_measured_end: false,
+            format_reported: false,
+        }
+    }
+
+    /// Keeps the audio for the model; returns how long it plays (zero when it cannot be used).
+    async fn keep_audio(&mut self, audio: &AudioFrame, ctx: &ProcessorContext) -> Duration {
+        if audio.sample_rate != PIPELINE_SAMPLE_RATE {
+            if !self.format_reported {
+                self.format_reported = true;
+                ctx.push_error(format!(
+                    "smart_turn needs {PIPELINE_SAMPLE_RATE} Hz input audio but got {} Hz; end-of-turn detection \
+                     falls back to the {} ms timeout. Put smart_turn after the input and the VAD, which deliver \
+                     {PIPELINE_SAMPLE_RATE} Hz",
+                    audio.sample_rate, self.settings.incomplete_timeout_ms
+                ))
+                .await;
+            }
+            return Duration::ZERO;
+        }
+        let channels = usize::from(audio.channels.max(1));
+        if channels == 1 {
+            self.audio.extend(audio.samples.iter());
+        } else {
+            self.audio.extend(
+                audio
+                    .samples
+                    .chunks_exact(channels)
+                    .map(|f| (f.iter().map(|&s| i32::from(s)).sum::<i32>() / channels as i32) as i16),
+            );
+        }
+        self.received += audio.frames() as u64;
+        let excess = self.audio.len().saturating_sub(self.window);
+        self.audio.drain(..excess);
+        audio.duration()
+    }
+
+    /// The turn's audio from sample `start` on, at most the window.
+    fn turn_audio(&self, start: u64) -> Vec<i16> {
+        let n = (self.received.saturating_sub(start)).min(self.audio.len() as u64) as usize;
+        self.audio.range(self.audio.len() - n..).copied().collect()
+    }
+
+    fn user_started(&mut self) {
+        self.user_speaking = true;
+        self.overlap = Duration::ZERO;
+        self.vad_measured_end = false;
+        self.turn = match self.turn {
+            Turn::Idle => {
+                let pre_roll = PRE_ROLL.as_millis() as u64 * u64::from(PIPELINE_SAMPLE_RATE) / 1000;
+                Turn::Speaking { start: self.received.saturating_sub(pre_roll) }
+            }
+            Turn::Waiting { start, .. } => {
+                debug!("user resumed an incomplete utterance; the turn goes on");
+                Turn::Speaking { start }
+            }
+            speaking @ Turn::Speaking { .. } => speaking,
+        };
+    }
+
+    async fn user_stopped(&mut self, ctx: &ProcessorContext) {
+        self.user_speaking = false;
+        self.overlap = Duration::ZERO;
+        let Turn::Speaking { start } = self.turn else { return };
+        let speech_end_at = ctx.now();
+        let audio = self.turn_audio(start);
+        let seconds = audio.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
+        let began = Instant::now();
+        let model = self.model.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // A panic in an earlier call leaves the model itself intact: keep using it.
+            model.lock().unwrap_or_else(PoisonError::into_inner).predict(&audio)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
+        let took = began.elapsed();
+        match result {
+            Ok(probability) => {
+                ctx.push_metric("smart_turn_time", None, took).await;
+                let complete = probability >= self.settings.threshold;
+                info!(probability, complete, audio_s = seconds, inference_ms = took.as_millis() as u64, "smart turn");
+                if complete {
+                    self.end_turn(ctx, speech_end_at).await;
+                } else {
+                    let wait = Duration::from_millis(self.settings.incomplete_timeout_ms);
+                    self.turn = Turn::Waiting { start, speech_end_at, deadline: tokio::time::Instant::now() + wait };
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "smart turn failed; ending the turn on silence alone");
+                ctx.push_error(format!("end-of-turn detection failed, so the turn ends on silence alone: {e:#}")).await;
+                self.end_turn(ctx, speech_end_at).await;
+            }
+        }
+    }
+
+    /// Ends the turn. `speech_end_at` is when the stop reached us, pushed as the end of speech only
+    /// when the VAD did not measure it (it knows better: the stop comes its `stop_ms` later).
+    async fn end_turn(&mut self, ctx: &ProcessorContext, speech_end_at: Duration) {
+        self.turn = Turn::Idle;
+        ctx.push_downstream(Frame::UserTurnEnded).await;
+        if !self.vad_measured_end {
+            ctx.push_metric(SPEECH_END_METRIC, None, speech_end_at).await;
+        }
+        ctx.push_metric(TURN_END_METRIC, None, ctx.now()).await;
+    }
+
+    async fn end_turn_if_timed_out(&mut self, ctx: &ProcessorContext) {
+        if let Turn::Waiting { speech_end_at, deadline, .. } = self.turn
+            && tokio::time::Instant::now() >= deadline
+        {
+            info!(timeout_ms = self.settings.incomplete_timeout_ms, "no more speech; the turn ends after the timeout");
+            self.end_turn(ctx, speech_end_at).await;
+        }
+    }
+
+    /// Counts user speech heard while the assistant speaks, and interrupts once it is long enough.
+    async fn count_overlap(&mut self, heard: Duration, ctx: &ProcessorContext) {
+        if !(self.settings.barge_in && self.user_speaking && self.bot_speaking) {
+            return;
+        }
+        self.overlap += heard;
+        if self.overlap >= Duration::from_millis(self.settings.barge_in_min_ms) {
+            info!(overlap_ms = self.overlap.as_millis() as u64, "user talks over the assistant; interrupting");
+            // The speaker falls silent on the interruption; its next BotStartedSpeaking sets this
+            // again. Without this, a later pause-and-resume of the user would interrupt the next
+            // reply before it is even heard.
+            self.bot_speaking = false;
+            self.overlap = Duration::ZERO;
+            ctx.push_downstream(Frame::Interruption).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Processor for SmartTurn {
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
+        self.end_turn_if_timed_out(ctx).await;
+        match frame {
+            Frame::InputAudio(ref audio) => {
+                let heard = self.keep_audio(audio, ctx).await;
+                ctx.push(frame, direction).await;
+                self.count_overlap(heard, ctx).await;
+            }
+            Frame::UserStartedSpeaking => {
+                ctx.push(frame, direction).await;
+                self.user_started();
+            }
+            Frame::UserStoppedSpeaking => {
+                ctx.push(frame, direction).await;
+                self.user_stopped(ctx).await;
+            }
+            Frame::Metrics(ref metric) => {
+                if metric.name == SPEECH_END_METRIC {
+                    self.vad_measured_end = true;
+                }
+                ctx.push(frame, direction).await;
+            }
+            Frame::BotStartedSpeaking => {
+                self.bot_speaking = true;
+                ctx.push(frame, direction).await;
+            }
+            Frame::BotStoppedSpeaking => {
+                self.bot_speaking = false;
+                ctx.push(frame, direction).await;
+            }
+            frame => ctx.push(frame, direction).await,
+        }
+        Ok(())
+    }
+
+    async fn interrupted(&mut self, _ctx: &ProcessorContext) {
+        self.bot_speaking = false;
+        self.overlap = Duration::ZERO;
+    }
+
+    /// At end of stream a turn still open ends, so its last words are transcribed.
+    async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        match self.turn {
+            Turn::Idle => {}
+            Turn::Speaking { .. } => self.end_turn(ctx, ctx.now()).await,
+            Turn::Waiting { speech_end_at, .. } => self.end_turn(ctx, speech_end_at).await,
+        }
+        Ok(())
+    }
+}
+
+/// `slowcat bench turn`: times Smart Turn on a full 8 s window, feature extraction and model
+/// separately, with one intra-op thread (the default) and with two, and prints the medians.
+pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
+    const WARMUP: usize = 2;
+    const RUNS: usize = 15;
+    let path = models_dir.join(DEFAULT_MODEL);
+    if !path.is_file() {
+        bail!("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", path.display());
+    }
+    let audio = bench_audio(WINDOW_SAMPLES);
+    println!("smart turn v3.2 ({}), 8 s window: {RUNS} runs after {WARMUP} warm-up runs", path.display());
+    for threads in [1, 2] {
+        let began = Instant::now();
+        let mut model = SmartTurnModel::load(models_dir, &path, threads)?;
+        let load = began.elapsed();
+        for _ in 0..WARMUP {
+            model.predict(&audio)?;
+        }
+        let (mut features_ms, mut model_ms, mut total_ms, mut cpu_ms) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let cpu0 = thread_cpu_time();
+            let t0 = Instant::now();
+            let features = model.features(&audio);
+            let t1 = Instant::now();
+            model.infer(features)?;
+            let t2 = Instant::now();
+            features_ms.push((t1 - t0).as_secs_f64() * 1000.0);
+            model_ms.push((t2 - t1).as_secs_f64() * 1000.0);
+            total_ms.push((t2 - t0).as_secs_f64() * 1000.0);
+            if let (Some(a), Some(b)) = (cpu0, thread_cpu_time()) {
+                cpu_ms.push((b - a).as_secs_f64() * 1000.0);
+            }
+        }
+        println!("{threads} thread(s), model load {:.0} ms:", load.as_secs_f64() * 1000.0);
+        for (name, values) in [("log-mel features", features_ms), ("model", model_ms), ("mel + model", total_ms)] {
+            let (median, min, max) = summary(values);
+            println!("  {name:<17} median {median:7.2} ms   min {min:7.2} ms   max {max:7.2} ms");
+        }
+        // With one intra-op thread ONNX Runtime computes on the calling thread, so its CPU time is
+        // what the run costs on an idle core, even when other processes share the machine.
+        if threads == 1 && !cpu_ms.is_empty() {
+            let (median, min, max) = summary(cpu_ms);
+            println!("  {:<17} median {median:7.2} ms   min {min:7.2} ms   max {max:7.2} ms", "CPU time");
+        }
+    }
+    Ok(())
+}
+
+/// CPU time of the calling thread, where Linux tells it (user + system time from
+/// `/proc/thread-self/stat`, in 10 ms ticks: USER_HZ is 100 on Linux).
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn summary(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    (median, values[0], values[values.len() - 1])
+}
+
+/// Speech-like test audio: a voiced tone with harmonics, modulated at syllable rate, plus noise.
+/// Inference time does not depend on what is said.
+fn bench_audio(n: usize) -> Vec<i16> {
+    let mut seed = 0x2545_f491_u32;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / PIPELINE_SAMPLE_RATE as f32;
+            let tau = std::f32::consts::TAU;
+            let voiced: f32 = (1..6).map(|h| (tau * 140.0 * h as f32 * t).sin() / h as f32).sum();
+            let envelope = 0.5 + 0.5 * (tau * 4.0 * t).sin();
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let noise = (seed >> 16) as f32 / 65536.0 - 0.5;
+            ((0.2 * voiced * envelope + 0.02 * noise) * 32767.0) as i16
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values from the numpy reference (matches transformers' `WhisperFeatureExtractor(chunk_length=8)`
+    /// with `do_normalize=True` to 4e-7) for 0.5 s of a 440 Hz tone plus a chirp, as i16.
+    #[test]
+    fn model_input_is_the_front_padded_normalized_log_mel_of_the_last_8_s() {
+        let audio: Vec<i16> = (0..8000)
+            .map(|i| {
+                let t = i as f64 / 16_000.0;
+                let tau = std::f64::consts::TAU;
+                let x = 0.3 * (tau * 440.0 * t).sin() + 0.2 * (tau * (100.0 * t + 3950.0 * t * t)).sin();
+                (f64::from(x as f32) * 32767.0).round() as i16
+            })
+            .collect();
+        let features = window_features(&mut MelSpectrogram::new(), &audio);
+        assert_eq!(features.len(), 80 * 800);
+        let expected = [
+            (0, 0, -0.007622),
+            (40, 300, -0.036478),
+            (11, 760, 1.924286),
+            (11, 790, 1.924274),
+            (79, 799, -0.036478),
+            (2, 750, 1.695895),
+            (3, 750, 1.642855),
+            (49, 780, 1.736058),
+            (50, 780, 1.695931),
+        ];
+        for (m, f, want) in expected {
+            let got = features[m * 800 + f];
+            assert!((got - want).abs() < 1e-3, "mel {m} frame {f}: got {got}, numpy says {want}");
+        }
+        // Longer audio: only the last 8 s count.
+        let mut long = vec![1000i16; 16_000];
+        long.extend(std::iter::repeat_n(audio.clone(), 16).flatten());
+        let tail = window_features(&mut MelSpectrogram::new(), &long[long.len() - 128_000..]);
+        assert_eq!(window_features(&mut MelSpectrogram::new(), &long), tail);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_reported_with_their_key() {
+        let settings =
+            SmartTurnSettings { threshold: 1.5, max_duration_s: 9.0, threads: 0, ..SmartTurnSettings::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let problems = settings.check(&BuildContext::for_dir(dir.path()));
+        let keys: Vec<_> = problems.iter().filter_map(|p| p.key).collect();
+        assert_eq!(keys, ["model", "threshold", "max_duration_s", "threads"]);
+        assert!(problems[0].message.contains("scripts/fetch-models.sh"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn defaults_parse_from_an_empty_table_and_unknown_keys_are_rejected() {
+        let s: SmartTurnSettings = toml::from_str("").unwrap();
+        assert_eq!(s.threshold, 0.5);
+        assert_eq!(s.model, PathBuf::from(DEFAULT_MODEL));
+        assert!(s.barge_in);
+        assert!(toml::from_str::<SmartTurnSettings>("treshold = 0.4").is_err());
+    }
+}

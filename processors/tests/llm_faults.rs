@@ -1,0 +1,194 @@
+//! `openai_llm` against a server that misbehaves on purpose (the real server cannot be made to):
+//! each fault gives an error frame, a closed reply, a spoken apology, and the next turn works.
+
+mod llm_support;
+
+use std::time::Duration;
+
+use llm_support::{FakeServer, Reply, assert_fault, assert_reply, free_port, llm, texts, turn};
+use slowcat_processors::Frame;
+use slowcat_processors::harness::Harness;
+use slowcat_processors::llm::OpenAiLlmSettings;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn settings(base_url: String) -> OpenAiLlmSettings {
+    OpenAiLlmSettings {
+        base_url,
+        model: "fake-model".into(),
+        warmup: false,
+        retries: 2,
+        retry_backoff_ms: 20,
+        connect_timeout_ms: 1_000,
+        first_token_timeout_ms: 2_000,
+        total_timeout_ms: 5_000,
+        ..Default::default()
+    }
+}
+
+async fn harness(settings: OpenAiLlmSettings) -> Harness {
+    Harness::start(vec![llm(settings)]).await
+}
+
+#[tokio::test]
+async fn a_good_stream_becomes_separate_text_frames_and_the_request_is_openai_shaped() {
+    let server = FakeServer::start(vec![Reply::Stream(vec!["Paris", " is", " the", " capital."])]).await;
+    let mut h = harness(settings(server.base_url())).await;
+    let frames = turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
+    assert_eq!(assert_reply(&frames, 1, 4), ["Paris", " is", " the", " capital."]);
+    let ttfb = frames.iter().find_map(|f| match f {
+        Frame::Metrics(m) if m.name == "llm_ttfb" => Some(m.turn),
+        _ => None,
+    });
+    assert_eq!(ttfb, Some(Some(1)), "llm_ttfb is reported for the turn");
+
+    let sent: serde_json::Value = serde_json::from_str(&server.chat_requests()[0]).unwrap();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["model"], "fake-model");
+    assert_eq!(sent["messages"][1]["role"], "user");
+    assert_eq!(sent["messages"][1]["content"], "What is the capital of France?");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_true_still_gets_its_answer_through() {
+    let json =
+        r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there."}}]}"#;
+    let server = FakeServer::start(vec![Reply::Status(200, json)]).await;
+    let mut h = harness(settings(server.base_url())).await;
+    assert_eq!(assert_reply(&turn(&mut h, 1, "Hi", LIMIT).await, 1, 1), ["Hi there."]);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn malformed_event_streams_are_errors_and_the_next_turn_works() {
+    let server = FakeServer::start(vec![
+        // Garbage lines (ignored by the SSE rules), one good piece, then JSON that is not JSON.
+        Reply::RawSse(
+            "garbage without a colon\n: a comment\nnonsense: field\n\n\
+             data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+             data: {\"choices\": [oops\n\n",
+        ),
+        // Not an event stream at all.
+        Reply::RawSse("<html><body>502 Bad Gateway</body></html>\n"),
+        // An error reported inside the stream.
+        Reply::RawSse("data: {\"error\":{\"message\":\"context length exceeded\"}}\n\n"),
+    ])
+    .await;
+    let mut h = harness(settings(server.base_url())).await;
+
+    let frames = turn(&mut h, 1, "Hi", LIMIT).await;
+    assert_fault(&frames, 1, &["malformed", &server.base_url(), "oops"]);
+    assert_eq!(texts(&frames), ["Hel"], "text before the bad event still goes out");
+
+    let frames = turn(&mut h, 2, "Hi", LIMIT).await;
+    assert_fault(&frames, 2, &["malformed", "no server-sent events"]);
+    assert!(texts(&frames).is_empty());
+
+    let frames = turn(&mut h, 3, "Hi", LIMIT).await;
+    assert_fault(&frames, 3, &["reported an error", "context length exceeded"]);
+
+    let frames = turn(&mut h, 4, "Hi", LIMIT).await;
+    assert_reply(&frames, 4, 2);
+    assert_eq!(server.chat_requests().len(), 4, "malformed replies are not retried");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_5xx_shows_its_body_is_retried_a_bounded_number_of_times_and_the_next_turn_works() {
+    let body = r#"{"error":"model crashed: out of memory"}"#;
+    let server = FakeServer::start(vec![Reply::Status(500, body); 3]).await;
+    let mut h = harness(settings(server.base_url())).await;
+
+    let frames = turn(&mut h, 1, "Hi", LIMIT).await;
+    assert_fault(&frames, 1, &["HTTP 500", "model crashed: out of memory", &server.base_url()]);
+    assert_eq!(server.chat_requests().len(), 3, "one request and `retries` = 2 retries");
+
+    let frames = turn(&mut h, 2, "Hi", LIMIT).await;
+    assert_reply(&frames, 2, 2);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_4xx_is_not_retried() {
+    let server = FakeServer::start(vec![Reply::Status(400, "unknown model 'fake-model'")]).await;
+    let mut h = harness(settings(server.base_url())).await;
+    let frames = turn(&mut h, 1, "Hi", LIMIT).await;
+    assert_fault(&frames, 1, &["HTTP 400", "unknown model 'fake-model'"]);
+    assert_eq!(server.chat_requests().len(), 1);
+    assert_reply(&turn(&mut h, 2, "Hi", LIMIT).await, 2, 2);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_server_busy_at_first_is_retried_before_the_first_token_without_the_user_noticing() {
+    let server = FakeServer::start(vec![
+        Reply::Status(503, "model loading"),
+        Reply::DropAfter(vec![]),
+        Reply::Stream(vec!["Hi", " there."]),
+    ])
+    .await;
+    let mut h = harness(settings(server.base_url())).await;
+    let frames = turn(&mut h, 1, "Hi", LIMIT).await;
+    assert_eq!(assert_reply(&frames, 1, 2), ["Hi", " there."]);
+    assert_eq!(server.chat_requests().len(), 3);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn no_token_before_the_first_token_timeout_is_an_error_and_the_next_turn_works() {
+    let server = FakeServer::start(vec![Reply::Silent]).await;
+    let mut h = harness(OpenAiLlmSettings { first_token_timeout_ms: 300, ..settings(server.base_url()) }).await;
+    let frames = turn(&mut h, 1, "Hi", LIMIT).await;
+    assert_fault(&frames, 1, &["within 300 ms", "first_token_timeout_ms"]);
+    assert_eq!(server.chat_requests().len(), 1, "a slow server is not sent more requests");
+    assert_reply(&turn(&mut h, 2, "Hi", LIMIT).await, 2, 2);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_disconnect_mid_stream_keeps_the_text_so_far_then_apologises_and_the_next_turn_works() {
+    let server = FakeServer::start(vec![Reply::DropAfter(vec!["Once", " upon"])]).await;
+    let mut h = harness(settings(server.base_url())).await;
+    let frames = turn(&mut h, 1, "Tell me a story", LIMIT).await;
+    assert_fault(&frames, 1, &["closed the connection"]);
+    assert_eq!(texts(&frames), ["Once", " upon"]);
+    assert_eq!(server.chat_requests().len(), 1, "no retry once text went out: it would repeat it");
+    assert_reply(&turn(&mut h, 2, "Hi", LIMIT).await, 2, 2);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn connection_refused_names_the_url_and_what_to_start_and_a_server_started_later_is_used() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let mut h = harness(settings(url.clone())).await;
+    let frames = turn(&mut h, 1, "Hi", LIMIT).await;
+    let message = assert_fault(&frames, 1, &[&url, "scripts/llm-server.sh start", "LM Studio"]);
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+
+    let server = FakeServer::start_on(port, vec![]).await;
+    assert_reply(&turn(&mut h, 2, "Hi", LIMIT).await, 2, 2);
+    assert_eq!(server.chat_requests().len(), 1);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_server_down_at_start_gives_a_warning_naming_the_url_and_the_pipeline_still_runs() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let mut h = harness(OpenAiLlmSettings { warmup: true, model: String::new(), ..settings(url.clone()) }).await;
+    let warning = h.wait_for(LIMIT, |f, _| matches!(f, Frame::Error(_))).await.expect("a warm-up warning");
+    let Frame::Error(e) = warning else { unreachable!() };
+    assert!(e.message.contains("warm-up") && e.message.contains(&url), "{}", e.message);
+    assert!(e.message.contains("scripts/llm-server.sh start"), "{}", e.message);
+    assert!(e.recoverable);
+    assert!(!h.output().downstream.iter().any(|f| matches!(f, Frame::Speak(_))), "nothing is said at start");
+
+    // The server comes up; with `model` empty the client asks it which model to use.
+    let server = FakeServer::start_on(port, vec![]).await;
+    assert_reply(&turn(&mut h, 1, "Hi", LIMIT).await, 1, 2);
+    let sent: serde_json::Value = serde_json::from_str(&server.chat_requests()[0]).unwrap();
+    assert_eq!(sent["model"], "fake-model");
+    h.finish(LIMIT).await;
+}

@@ -1,0 +1,275 @@
+//! The `speaker` on real devices: ALSA's default device routed to a PulseAudio null sink, whose
+//! monitor is recorded back (`scripts/pulse.sh start` sets this up).
+
+mod speech_out_util;
+
+use std::io::Read as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slowcat_processors::audio::resample::resample_clip;
+use slowcat_processors::audio::{Speaker, SpeakerSettings};
+use slowcat_processors::frame::SpokenReply;
+use slowcat_processors::harness::{Harness, Output};
+use slowcat_processors::tts::{Overrides, Piper, PiperSettings, PiperVoice};
+use slowcat_processors::{AudioFrame, Direction, Frame, Settings};
+use speech_out_util::*;
+
+const RECORD_RATE: u32 = 16_000;
+
+fn require_pulse() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pulse.sh");
+    let status = Command::new(&script).arg("status").output().expect("scripts/pulse.sh runs");
+    assert!(
+        status.status.success(),
+        "PulseAudio with the slowcat_null sink is not running ({}): run `scripts/pulse.sh start`",
+        String::from_utf8_lossy(&status.stdout).trim()
+    );
+}
+
+/// Records the null sink's monitor (what is played) as 16 kHz mono.
+struct Recorder {
+    child: Child,
+    data: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start() -> Self {
+        let mut child = Command::new("parec")
+            .args(["-d", "slowcat_null.monitor", "--format=s16le", "--rate=16000", "--channels=1", "--latency-msec=20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("parec (pulseaudio-utils) runs; run scripts/setup-system.sh");
+        let mut stdout = child.stdout.take().unwrap();
+        let data = Arc::new(Mutex::new(Vec::new()));
+        let sink = data.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        // Capture delivers nothing for a while after it starts; play only once data flows.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while data.lock().unwrap().len() < 3200 {
+            assert!(Instant::now() < deadline, "parec recorded nothing from slowcat_null.monitor in 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, data, reader: Some(reader) }
+    }
+
+    fn stop(mut self) -> Vec<f32> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let bytes = self.data.lock().unwrap();
+        bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect()
+    }
+}
+
+fn voice() -> Piper {
+    let model = model("en_US-joe-medium.onnx");
+    Piper::new(
+        PiperVoice::load(&models_dir(), &model, &model.with_extension("onnx.json"), 2, Overrides::default()).unwrap(),
+    )
+}
+
+fn frames_of(samples: &[i16], rate: u32) -> Vec<Frame> {
+    let chunk = rate as usize / 25;
+    samples.chunks(chunk).map(|c| Frame::OutputAudio(AudioFrame::new(c.to_vec(), rate, 1, Duration::ZERO))).collect()
+}
+
+/// Best normalised correlation of `clip` inside `rec`, and where: a coarse search on 10 ms
+/// energy envelopes, refined sample by sample around the best envelope match.
+fn locate(rec: &[f32], clip: &[f32]) -> (f64, usize) {
+    let env = |x: &[f32]| -> Vec<f32> { x.chunks(160).map(|c| c.iter().map(|s| s * s).sum::<f32>().sqrt()).collect() };
+    let (re, ce) = (env(rec), env(clip));
+    let corr = |a: &[f32], b: &[f32]| -> f64 {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+    };
+    let coarse = (0..re.len().saturating_sub(ce.len()))
+        .max_by(|&a, &b| corr(&re[a..a + ce.len()], &ce).total_cmp(&corr(&re[b..b + ce.len()], &ce)))
+        .unwrap_or(0)
+        * 160;
+    let lo = coarse.saturating_sub(320);
+    let hi = (coarse + 320).min(rec.len().saturating_sub(clip.len()));
+    (lo..=hi)
+        .map(|lag| (corr(&rec[lag..lag + clip.len()], clip), lag))
+        .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+}
+
+fn count(out: &Output, dir: Direction, pred: impl Fn(&Frame) -> bool) -> usize {
+    let frames = match dir {
+        Direction::Downstream => &out.downstream,
+        Direction::Upstream => &out.upstream,
+    };
+    frames.iter().filter(|f| pred(f)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_played_on_the_null_sink_is_recorded_back() {
+    require_pulse();
+    let sentence = "The speaker plays this sentence on the null sink.";
+    let clip = voice().synthesize_clip(sentence).await.unwrap();
+    let recorder = Recorder::start();
+    let speaker = Speaker::open(SpeakerSettings::default()).expect("the default output device opens");
+    let mut h = Harness::start(vec![Box::new(speaker)]).await;
+    h.send(Frame::TtsStarted { text: sentence.into(), turn: 5 }).await;
+    for f in frames_of(&clip, 22_050) {
+        h.send(f).await;
+    }
+    h.send(Frame::TtsStopped).await;
+    let reply = h
+        .wait_for(Duration::from_secs(20), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream)
+        .await;
+    assert_eq!(reply, Some(Frame::SpokenReply(SpokenReply { text: sentence.into(), interrupted: false, turn: 5 })));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let recording = recorder.stop();
+    let out = h.finish(Duration::from_secs(10)).await;
+    for dir in [Direction::Upstream, Direction::Downstream] {
+        assert_eq!(count(&out, dir, |f| matches!(f, Frame::BotStartedSpeaking)), 1, "{dir:?}");
+        assert_eq!(count(&out, dir, |f| matches!(f, Frame::BotStoppedSpeaking)), 1, "{dir:?}");
+    }
+    let first = out.downstream.iter().find_map(|f| match f {
+        Frame::Metrics(m) if m.name == "first_audio_at" => Some(m.clone()),
+        _ => None,
+    });
+    assert_eq!(first.map(|m| m.turn), Some(Some(5)), "first_audio_at with the turn");
+
+    let played: Vec<f32> = clip.iter().map(|&s| f32::from(s) / 32768.0).collect();
+    let played = resample_clip(&played, 22_050, RECORD_RATE).unwrap();
+    let (correlation, at) = locate(&recording, &played);
+    println!(
+        "recorded {:.2} s; the clip is at {:.3} s with correlation {correlation:.3}",
+        recording.len() as f64 / 16e3,
+        at as f64 / 16e3
+    );
+    assert!(correlation >= 0.9, "what was recorded is not what was played: correlation {correlation:.3}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interruption_silences_the_speaker_within_one_chunk() {
+    require_pulse();
+    let speaker = Speaker::open(SpeakerSettings::default()).expect("the default output device opens");
+    let stats = speaker.stats();
+    let rate = stats.sample_rate();
+    let mut h = Harness::start(vec![Box::new(speaker)]).await;
+    let sentence = "one two three four five six seven eight nine ten";
+    // 4 s of a tone stands for the sentence's audio.
+    let tone: Vec<i16> = (0..22_050 * 4).map(|i| ((i as f32 * 0.125).sin() * 8000.0) as i16).collect();
+    h.send(Frame::LlmResponseStart { turn: 6 }).await;
+    h.send(Frame::TtsStarted { text: sentence.into(), turn: 6 }).await;
+    let mut frames = frames_of(&tone, 22_050).into_iter();
+    // The data lane holds about 2.5 s; the rest is sent once playback has made room.
+    for f in frames.by_ref().take(40) {
+        h.send(f).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.played_frames() < u64::from(rate) {
+        assert!(Instant::now() < deadline, "the speaker played nothing in 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for f in frames.by_ref().take(20) {
+        h.send(f).await;
+    }
+    let before = stats.played_frames();
+    h.send(Frame::Interruption).await;
+    let reply =
+        h.wait_for(Duration::from_secs(5), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = stats.played_frames();
+    let chunk = stats.chunk_frames() as u64;
+    println!(
+        "played {:.3} s before the interruption, {} frames after it (one chunk is {chunk}); {} callbacks",
+        before as f64 / f64::from(rate),
+        after - before,
+        stats.callbacks()
+    );
+    assert!(
+        after - before <= chunk,
+        "{} frames played after the interruption, more than one chunk ({chunk})",
+        after - before
+    );
+    let Some(Frame::SpokenReply(reply)) = reply else { panic!("no SpokenReply after the interruption") };
+    assert!(reply.interrupted && reply.turn == 6, "{reply:?}");
+    // About a quarter of the audio was heard: the first two to four words.
+    let words: Vec<&str> = reply.text.split_whitespace().collect();
+    assert!((2..=4).contains(&words.len()) && sentence.starts_with(&reply.text), "{reply:?}");
+    assert!(h.output().upstream.contains(&Frame::BotStoppedSpeaking), "BotStoppedSpeaking after the interruption");
+
+    // The next reply plays.
+    h.send(Frame::TtsStarted { text: "Next.".into(), turn: 7 }).await;
+    for f in frames_of(&tone[..22_050 / 2], 22_050) {
+        h.send(f).await;
+    }
+    h.send(Frame::TtsStopped).await;
+    let next = h
+        .wait_for(Duration::from_secs(10), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream)
+        .await;
+    assert_eq!(next, Some(Frame::SpokenReply(SpokenReply { text: "Next.".into(), interrupted: false, turn: 7 })));
+    assert!(stats.played_frames() >= after + u64::from(rate) / 2 - u64::from(rate) / 10);
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
+    require_pulse();
+    let reply = "Hello there, your assistant is ready. The park looks lovely today.";
+    let recorder = Recorder::start();
+    let piper = PiperSettings::default().build(&build_context()).unwrap();
+    let speaker = SpeakerSettings::default().build(&build_context()).unwrap();
+    let mut h = Harness::start(vec![piper, speaker]).await;
+    h.send(Frame::LlmResponseStart { turn: 11 }).await;
+    for t in tokens(reply) {
+        h.send(Frame::LlmText(t)).await;
+    }
+    h.send(Frame::LlmResponseEnd).await;
+    let spoken = h
+        .wait_for(Duration::from_secs(40), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream)
+        .await;
+    assert_eq!(spoken, Some(Frame::SpokenReply(SpokenReply { text: reply.into(), interrupted: false, turn: 11 })));
+    let recording = recorder.stop();
+    let out = h.finish(Duration::from_secs(10)).await;
+    let started = out.upstream.iter().position(|f| matches!(f, Frame::BotStartedSpeaking));
+    let stopped = out.upstream.iter().rposition(|f| matches!(f, Frame::BotStoppedSpeaking));
+    assert!(started.is_some() && started < stopped, "BotStartedSpeaking then BotStoppedSpeaking upstream");
+    let metrics: Vec<(&str, Option<u64>)> = out
+        .downstream
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Metrics(m) => Some((m.name, m.turn)),
+            _ => None,
+        })
+        .collect();
+    assert!(metrics.contains(&("first_audio_at", Some(11))), "{metrics:?}");
+    assert!(metrics.contains(&("tts_ttfb", Some(11))), "{metrics:?}");
+    let samples: Vec<i16> = recording.iter().map(|&s| (s * 32767.0) as i16).collect();
+    let heard = transcribe(&mut whisper(), trim_silence(&samples, RECORD_RATE), RECORD_RATE);
+    let wer = wer(reply, &heard);
+    println!("heard from the null sink: {heard:?} (WER {wer:.2})");
+    assert!(wer <= 0.2, "WER {wer:.2}: {heard:?}");
+}
+
+#[test]
+fn an_absent_device_is_a_clear_error_listing_the_devices() {
+    require_pulse();
+    let settings = SpeakerSettings { device: "no such loudspeaker".into(), ..SpeakerSettings::default() };
+    let e = match Speaker::open(settings) {
+        Ok(_) => panic!("opened a device that does not exist"),
+        Err(e) => e.to_string(),
+    };
+    println!("{e}");
+    assert!(e.contains("no such loudspeaker"), "{e}");
+    assert!(e.contains("default") && e.contains("slowcat devices"), "the message lists the devices: {e}");
+}

@@ -1,0 +1,214 @@
+//! The whole assistant end to end, with every real part: Silero VAD, Smart Turn, Whisper
+//! tiny.en, stateless memory, the local llama.cpp server, Piper, WAV files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{build, build_ctx, llm_url, say, transcribe, words};
+use slowcat_processors::harness::Harness;
+use slowcat_processors::{Direction, Frame, Transcription};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slowcat");
+
+fn repo_config() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")
+}
+
+/// `slowcat run` on the default config with the devices swapped for WAV files.
+fn run_assistant(dir: &Path, input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(repo_config())
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(["--llm-url", &llm_url()])
+        .args(["--set", &format!("data_dir={:?}", dir.join("data").to_str().unwrap())])
+        .args(["--set", "processors.llm.max_tokens=40"])
+        .args(extra);
+    cmd.output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoken_question_gets_a_spoken_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let question = dir.path().join("question.wav");
+    let answer = dir.path().join("answer.wav");
+    let metrics = dir.path().join("turns.jsonl");
+    say(dir.path(), "What is the capital of France?", &question).await;
+
+    let (d, q, a, m) = (dir.path().to_path_buf(), question.clone(), answer.clone(), metrics.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        run_assistant(&d, &q, &a, &["--metrics-file", m.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "slowcat run failed:\n{stderr}");
+    assert!(stderr.contains("capital") && stderr.contains("France"), "Whisper should hear the question:\n{stderr}");
+
+    let heard = transcribe(dir.path(), &answer).await;
+    eprintln!("the assistant said: {heard:?}");
+    assert!(!words(&heard).is_empty(), "the answer WAV holds no intelligible speech:\n{stderr}");
+
+    let line = std::fs::read_to_string(&metrics).unwrap_or_default();
+    let turn: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or("{}")).unwrap();
+    eprintln!("turn metrics: {turn}");
+    assert_eq!(turn["turn"], 1, "one turn of metrics expected: {line:?}");
+    let v2v = turn["voice_to_voice_ms"].as_f64().expect("voice-to-voice latency is measured");
+    assert!(v2v > 0.0 && v2v < 30_000.0, "implausible voice-to-voice {v2v} ms");
+}
+
+/// Starts a private llama.cpp server on `port` with the project's script.
+fn llm_server(cmd: &str, port: u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llm-server.sh");
+    let out = Command::new(script).args([cmd, "--port", &port.to_string()]).output().unwrap();
+    assert!(out.status.success(), "llm-server.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn transcription(turn: u64, text: &str) -> Frame {
+    Frame::Transcription(Transcription {
+        text: text.into(),
+        speaker: "default".into(),
+        turn,
+        start: Duration::ZERO,
+        end: Duration::ZERO,
+        processing: Duration::ZERO,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_is_back() {
+    use slowcat_processors::audio::WavOutputSettings;
+    use slowcat_processors::llm::{OpenAiLlmSettings, UserTurnSettings};
+    use slowcat_processors::memory::StatelessMemorySettings;
+    use slowcat_processors::tts::PiperSettings;
+
+    let port = 18_190;
+    llm_server("start", port);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = build_ctx(dir.path());
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let procs = vec![
+        build::<UserTurnSettings>(&ctx, ""),
+        build::<StatelessMemorySettings>(&ctx, ""),
+        build::<OpenAiLlmSettings>(&ctx, &format!("base_url = {url:?}\nmax_tokens = 16\nretries = 1\nwarmup = false")),
+        build::<PiperSettings>(&ctx, ""),
+        build::<WavOutputSettings>(&ctx, &format!("path = {:?}", dir.path().join("out.wav").to_str().unwrap())),
+    ];
+    let mut h = Harness::start(procs).await;
+    h.send(transcription(1, "Hello there, how are you today?")).await;
+    let replied = h.wait_for(Duration::from_secs(60), |f, _| matches!(f, Frame::LlmResponseEnd)).await;
+    assert!(replied.is_some(), "first turn must be answered");
+
+    // Kill the server the hard way, mid-conversation.
+    let pid = std::fs::read_to_string(
+        std::env::var("SLOWCAT_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/slowcat"))
+            .join(format!("llm-server-{port}.pid")),
+    )
+    .unwrap();
+    Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = h.output().downstream.len();
+    h.send(transcription(2, "Can you still hear me?")).await;
+    let apology = h
+        .wait_for(Duration::from_secs(30), |f, _| matches!(f, Frame::TtsStarted { text, .. } if text.to_lowercase().contains("sorry")))
+        .await;
+    assert!(apology.is_some(), "the assistant must say it is sorry: {:?}", &h.output().downstream[before..]);
+    assert!(
+        h.output().downstream[before..].iter().any(|f| matches!(f, Frame::Error(e) if e.message.contains(&port.to_string()))),
+        "the error names the server"
+    );
+
+    llm_server("start", port);
+    let before = h.output().downstream.len();
+    h.send(transcription(3, "Are you back now?")).await;
+    // The TTS consumes the text; the LLM's time-to-first-token metric says tokens arrived.
+    let got_text = h
+        .wait_for(Duration::from_secs(60), |f, _| matches!(f, Frame::Metrics(m) if m.name == "llm_ttfb" && m.turn == Some(3)))
+        .await;
+    assert!(got_text.is_some(), "the next turn works once the server is back: {:?}", &h.output().downstream[before..]);
+    let errors_after = h.output().downstream[before..].iter().filter(|f| matches!(f, Frame::Error(_))).count();
+    assert_eq!(errors_after, 0, "no error once the server is back");
+    let _ = h.finish(Duration::from_secs(60)).await;
+    llm_server("stop", port);
+}
+
+/// Records every LLM request passing by, in a chain under test.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<slowcat_processors::LlmRequest>>>);
+
+#[async_trait::async_trait]
+impl slowcat_processors::Processor for Capture {
+    async fn process(
+        &mut self,
+        frame: Frame,
+        dir: Direction,
+        ctx: &slowcat_processors::ProcessorContext,
+    ) -> Result<(), slowcat_processors::ProcessError> {
+        if let Frame::LlmRequest(r) = &frame {
+            self.0.lock().unwrap().push(r.clone());
+        }
+        ctx.push(frame, dir).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_said_in_turn_one_is_in_the_llm_request_of_turn_thirty() {
+    use slowcat_processors::audio::WavOutputSettings;
+    use slowcat_processors::llm::{OpenAiLlmSettings, UserTurnSettings};
+    use slowcat_processors::memory::StatelessMemorySettings;
+    use slowcat_processors::tts::PiperSettings;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Turn 1 is spoken; Whisper's transcript of it is what memory gets.
+    let intro = dir.path().join("intro.wav");
+    say(dir.path(), "Hello! My name is Margaret and I grow tomatoes.", &intro).await;
+    let heard = transcribe(dir.path(), &intro).await;
+    assert!(heard.contains("Margaret"), "Whisper must hear the name: {heard:?}");
+
+    let ctx = build_ctx(dir.path());
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let procs = vec![
+        build::<UserTurnSettings>(&ctx, ""),
+        build::<StatelessMemorySettings>(&ctx, "recent_exchanges = 4"),
+        Box::new(Capture(requests.clone())) as slowcat_processors::BoxProcessor,
+        build::<OpenAiLlmSettings>(&ctx, &format!("base_url = {:?}\nmax_tokens = 12\nwarmup = false", llm_url())),
+        build::<PiperSettings>(&ctx, ""),
+        build::<WavOutputSettings>(&ctx, &format!("path = {:?}", dir.path().join("out.wav").to_str().unwrap())),
+    ];
+    let mut h = Harness::start(procs).await;
+    let small_talk = [
+        "What a lovely morning it is.",
+        "Tell me something about the weather.",
+        "Do you like music?",
+        "What should I cook tonight?",
+        "How far away is the moon?",
+    ];
+    for turn in 1..=30u64 {
+        let text = match turn {
+            1 => heard.clone(),
+            30 => "Do you remember my name?".to_string(),
+            t => small_talk[t as usize % small_talk.len()].to_string(),
+        };
+        h.send(transcription(turn, &text)).await;
+        let spoken = h.wait_for(Duration::from_secs(60), |f, d| matches!(f, Frame::SpokenReply(_)) || (matches!(f, Frame::BotStoppedSpeaking) && d == Direction::Upstream)).await;
+        assert!(spoken.is_some(), "turn {turn} was not answered");
+    }
+    let _ = h.finish(Duration::from_secs(60)).await;
+
+    let requests = requests.lock().unwrap();
+    let last = requests.iter().find(|r| r.turn == 30).expect("turn 30 reached the LLM");
+    let all: String = last.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+    assert!(all.contains("Margaret"), "turn 30's request must carry the name from turn 1:\n{all}");
+    let systems = last.messages.iter().filter(|m| m.role == slowcat_processors::Role::System).count();
+    assert_eq!(systems, 1, "exactly one system message");
+}
