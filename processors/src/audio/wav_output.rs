@@ -76,6 +76,9 @@ impl Settings for WavOutputSettings {
             cursor: 0,
             resamplers: HashMap::new(),
             played: PlayedText::new(rate),
+            speaking: false,
+            turn: 0,
+            first_audio_turn: 0,
         }))
     }
 }
@@ -90,6 +93,12 @@ pub struct WavOutput {
     resamplers: HashMap<u32, StreamResampler>,
     /// What the assistant said, reported like a speaker does (everything written is "played").
     played: PlayedText,
+    /// Between the first audio of a reply and its end, like a loudspeaker playing.
+    speaking: bool,
+    /// The turn of the sentence being written (from `TtsStarted`).
+    turn: u64,
+    /// The last turn whose first audio was reported.
+    first_audio_turn: u64,
 }
 
 impl WavOutput {
@@ -131,13 +140,33 @@ impl WavOutput {
 }
 
 impl WavOutput {
-    /// Reports the reply written so far upstream, as heard (all of it: a file plays everything).
+    /// Reports the reply written so far upstream, as heard (all of it: a file plays everything),
+    /// and that the assistant stopped speaking.
     async fn report(&mut self, interrupted: bool, ctx: &ProcessorContext) {
         let written = self.played.written();
         if let Some(reply) = self.played.take(written, interrupted)
             && self.settings.report_spoken
         {
             ctx.push_upstream(Frame::SpokenReply(reply)).await;
+        }
+        if self.speaking {
+            self.speaking = false;
+            ctx.push_upstream(Frame::BotStoppedSpeaking).await;
+            ctx.push_downstream(Frame::BotStoppedSpeaking).await;
+        }
+    }
+
+    /// The assistant's audio is starting: tell both directions, and measure the turn's first
+    /// sample (placed at `at` on the timeline) once.
+    async fn on_reply_audio(&mut self, at: Duration, ctx: &ProcessorContext) {
+        if !self.speaking {
+            self.speaking = true;
+            ctx.push_upstream(Frame::BotStartedSpeaking).await;
+            ctx.push_downstream(Frame::BotStartedSpeaking).await;
+        }
+        if self.turn > 0 && self.first_audio_turn != self.turn {
+            self.first_audio_turn = self.turn;
+            ctx.push_metric("first_audio_at", Some(self.turn), at).await;
         }
     }
 }
@@ -156,8 +185,15 @@ impl Processor for WavOutput {
     ) -> Result<(), ProcessError> {
         let result = match &frame {
             Frame::OutputAudio(audio) => {
+                let rate = f64::from(self.settings.sample_rate);
+                let at = ctx.now().max(Duration::from_secs_f64(self.cursor as f64 / rate));
+                self.on_reply_audio(at, ctx).await;
                 self.played.on_audio(samples_len(audio, self.settings.sample_rate));
                 self.write(audio, ctx.now())
+            }
+            Frame::TtsStarted { turn, .. } => {
+                self.turn = *turn;
+                Ok(())
             }
             Frame::InputAudio(audio) if self.settings.record_input => self.write(audio, audio.pts),
             _ => Ok(()),
