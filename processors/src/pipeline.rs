@@ -143,37 +143,44 @@ impl Pipeline {
     /// processor handles the upstream frames still travelling (the last spoken reply reaching
     /// memory), then stops the tasks. Every wait is bounded.
     pub async fn finish(mut self) -> Shutdown {
-        let mut frames = Vec::new();
         self.send_upstream(Frame::End).await;
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
-        while let Ok(Some((frame, dir))) = timeout_at(deadline, self.out_rx.recv()).await {
-            let done = matches!((&frame, dir), (Frame::End, Direction::Upstream));
-            frames.push((frame, dir));
-            if done {
-                break;
-            }
-        }
-        let mut shutdown = self.join().await;
-        frames.append(&mut shutdown.frames);
-        shutdown.frames = frames;
-        shutdown
+        let frames = self.drain_until(deadline, Frame::End, Direction::Upstream).await;
+        self.join_after(frames).await
     }
 
     /// Stops at once: sends `Cancel`, which overtakes all queued data and drops in-flight work,
     /// then stops the tasks. Returns within `cancel_timeout + join_timeout` even when a
     /// processor hangs; the hung ones are named in the result.
     pub async fn cancel(mut self) -> Shutdown {
-        let mut frames = Vec::new();
         let deadline = tokio::time::Instant::now() + self.options.cancel_timeout;
-        if timeout_at(deadline, self.head.downstream(Frame::Cancel)).await.is_ok() {
-            while let Ok(Some((frame, dir))) = timeout_at(deadline, self.out_rx.recv()).await {
-                let done = matches!((&frame, dir), (Frame::Cancel, Direction::Downstream));
-                frames.push((frame, dir));
-                if done {
-                    break;
-                }
+        let frames = if timeout_at(deadline, self.head.downstream(Frame::Cancel)).await.is_ok() {
+            self.drain_until(deadline, Frame::Cancel, Direction::Downstream).await
+        } else {
+            Vec::new()
+        };
+        self.join_after(frames).await
+    }
+
+    /// Collects output until `last` comes out travelling `dir`, or until `deadline`.
+    async fn drain_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        last: Frame,
+        dir: Direction,
+    ) -> Vec<(Frame, Direction)> {
+        let mut frames = Vec::new();
+        while let Ok(Some((frame, d))) = timeout_at(deadline, self.out_rx.recv()).await {
+            let done = frame == last && d == dir;
+            frames.push((frame, d));
+            if done {
+                break;
             }
         }
+        frames
+    }
+
+    async fn join_after(self, mut frames: Vec<(Frame, Direction)>) -> Shutdown {
         let mut shutdown = self.join().await;
         frames.append(&mut shutdown.frames);
         shutdown.frames = frames;
