@@ -62,7 +62,7 @@ step "build"
 cargo build --workspace --all-targets
 
 step "tests"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
 
 if [ "${SLOWCAT_SKIP_LINT:-0}" != 1 ] && [ $# -eq 0 ]; then
     step "lint"
