@@ -40,6 +40,117 @@ pub enum Command {
     Bench(BenchCommand),
     /// List the audio input and output devices (names to use as `device` in config.toml).
     Devices,
+    /// See and delete what the assistant remembers (the `stateless_memory` database).
+    Memory(MemoryArgs),
+}
+
+/// Options of `slowcat memory`.
+#[derive(Debug, Clone, Args)]
+pub struct MemoryArgs {
+    /// The config file whose `stateless_memory` processor names the database.
+    #[arg(long, short, global = true, default_value = "config.toml", env = "SLOWCAT_CONFIG", value_name = "PATH")]
+    pub config: PathBuf,
+
+    /// The database directory itself (the config is then not read).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: MemoryCommandArgs,
+}
+
+/// The `slowcat memory` commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum MemoryCommandArgs {
+    /// The speakers memory knows, with how many exchanges each.
+    Speakers,
+    /// A speaker's newest exchanges, newest first, with their ids.
+    List {
+        /// Whose memories.
+        #[arg(long, default_value = "default")]
+        speaker: String,
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+    /// A speaker's exchanges most relevant to some words (as the assistant ranks them), best first.
+    Search {
+        /// The words to look for.
+        #[arg(required = true)]
+        query: Vec<String>,
+        /// Whose memories.
+        #[arg(long, default_value = "default")]
+        speaker: String,
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        limit: usize,
+    },
+    /// One exchange in full.
+    Show {
+        /// The exchange id (as `list` shows it).
+        id: u64,
+        /// Whose memories.
+        #[arg(long, default_value = "default")]
+        speaker: String,
+    },
+    /// Delete one exchange by id, or every exchange of the speaker with --all.
+    Forget {
+        /// The exchange id (as `list` shows it).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Delete everything remembered for the speaker.
+        #[arg(long)]
+        all: bool,
+        /// Whose memories.
+        #[arg(long, default_value = "default")]
+        speaker: String,
+    },
+    /// Every exchange as JSON lines, oldest first (every speaker's unless --speaker).
+    Export {
+        /// Only this speaker's.
+        #[arg(long)]
+        speaker: Option<String>,
+    },
+}
+
+impl MemoryCommandArgs {
+    fn into_command(self) -> slowcat_processors::memory::cli::MemoryCommand {
+        use slowcat_processors::memory::cli::MemoryCommand as M;
+        match self {
+            Self::Speakers => M::Speakers,
+            Self::List { speaker, limit } => M::List { speaker, limit },
+            Self::Search { query, speaker, limit } => M::Search { speaker, query: query.join(" "), limit },
+            Self::Show { id, speaker } => M::Show { speaker, id },
+            Self::Forget { id, all, speaker } => M::Forget { speaker, id, all },
+            Self::Export { speaker } => M::Export { speaker },
+        }
+    }
+}
+
+/// The memory database `slowcat memory` works on: --path, or the config's `stateless_memory` processor's.
+fn memory_db_path(args: &MemoryArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.path {
+        return Ok(path.clone());
+    }
+    let cfg = config::load(&args.config, &[], &config::Rewire::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let source = std::fs::read_to_string(&args.config)?;
+    let paths = slowcat_processors::memory::cli::db_paths_in_config(&source, &cfg.build)?;
+    match paths.as_slice() {
+        [(_, path)] => Ok(path.clone()),
+        [] => anyhow::bail!(
+            "{} has no `stateless_memory` processor; give the database directory with --path",
+            args.config.display()
+        ),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|(id, _)| id.as_str()).collect();
+            anyhow::bail!(
+                "{} has several `stateless_memory` processors ({}); choose a database with --path",
+                args.config.display(),
+                ids.join(", ")
+            )
+        }
+    }
 }
 
 /// Where the config comes from.
@@ -139,6 +250,57 @@ pub enum BenchCommand {
     Turn(ModelsArgs),
     /// Whisper tiny.en time for 1, 3 and 8 s utterances, and VAD time per 20 ms frame (needs espeak-ng).
     Stt(ModelsArgs),
+    /// The whole assistant of the config, microphone and speaker swapped for WAV files: spoken
+    /// questions (made once with Piper) in real time, each after the previous answer has played;
+    /// p50/p95 per stage, voice-to-voice, and the pipeline's overhead.
+    Conversation {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Spoken turns per run.
+        #[arg(long, default_value_t = 10)]
+        turns: usize,
+        /// Runs (each with an empty memory); the figures pool every turn.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Use this OpenAI-compatible server for every `openai_llm` processor.
+        #[arg(long, env = "SLOWCAT_LLM_URL", value_name = "URL")]
+        llm_url: Option<String>,
+    },
+    /// Many turns through the assistant as fast as it goes (audio not paced, short replies):
+    /// resident memory and per-turn latency as the turns pile up.
+    Soak {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Turns.
+        #[arg(long, default_value_t = 1000)]
+        turns: usize,
+        /// Longest reply, in tokens (sets `max_tokens` of every `openai_llm` processor).
+        #[arg(long, default_value_t = 24)]
+        max_tokens: u32,
+        /// Turns to report (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [10usize, 100, 250, 500, 750, 1000])]
+        at: Vec<usize>,
+        /// Use this OpenAI-compatible server for every `openai_llm` processor.
+        #[arg(long, env = "SLOWCAT_LLM_URL", value_name = "URL")]
+        llm_url: Option<String>,
+    },
+    /// LLM time to first token as a text conversation grows: stateless memory against the whole
+    /// history sent every turn. Start a server with a large context for it, e.g.
+    /// `scripts/llm-server.sh start --port 8090 --ctx 16384`.
+    History {
+        /// The OpenAI-compatible server.
+        #[arg(long, env = "SLOWCAT_LLM_URL", value_name = "URL")]
+        llm_url: String,
+        /// Turns per variant.
+        #[arg(long, default_value_t = 200)]
+        turns: usize,
+        /// Longest reply, in tokens.
+        #[arg(long, default_value_t = 24)]
+        max_tokens: u32,
+        /// Turns to report (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 50, 100, 200])]
+        at: Vec<usize>,
+    },
 }
 
 /// Where benchmarks find the models.
@@ -169,6 +331,10 @@ fn load_config(args: &RunArgs) -> Result<config::Config, ExitCode> {
     })
 }
 
+fn assistant(config: ConfigArgs, llm_url: Option<String>) -> crate::bench_conversation::AssistantConfig {
+    crate::bench_conversation::AssistantConfig { config: config.config, overrides: config.overrides, llm_url }
+}
+
 fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Result<()> {
     use slowcat_processors::{llm, memory, stt, tts, turn};
     match bench {
@@ -181,6 +347,17 @@ fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Resul
         BenchCommand::Tts(m) => tts::bench(&m.models_dir)?,
         BenchCommand::Turn(m) => turn::bench(&m.models_dir)?,
         BenchCommand::Stt(m) => stt::bench(&m.models_dir)?,
+        BenchCommand::Conversation { config, turns, runs, llm_url } => {
+            let base = assistant(config, llm_url);
+            rt.block_on(crate::bench_conversation::conversation(&base, turns, runs))?
+        }
+        BenchCommand::Soak { config, turns, max_tokens, at, llm_url } => {
+            let base = assistant(config, llm_url);
+            rt.block_on(crate::bench_conversation::soak(&base, turns, max_tokens, &at))?
+        }
+        BenchCommand::History { llm_url, turns, max_tokens, at } => {
+            rt.block_on(crate::bench_conversation::history(&llm_url, turns, max_tokens, &at))?
+        }
     }
     Ok(())
 }
@@ -232,6 +409,18 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Memory(args) => {
+            let result = memory_db_path(&args).and_then(|path| {
+                slowcat_processors::memory::cli::run(&path, args.command.into_command(), &mut std::io::stdout())
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Devices => match slowcat_processors::audio::devices::list_devices() {
             Ok(text) => {
                 print!("{text}");

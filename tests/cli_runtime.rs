@@ -31,7 +31,7 @@ fn test_signal(rate: u32, secs: f32) -> Vec<i16> {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let noise = ((x >> 16) as f32 / 65536.0 - 0.5) * 0.2;
             let t = i as f32 / rate as f32;
-            let env = if (t * 4.0) as usize % 2 == 0 { 1.0 } else { 0.3 };
+            let env = if ((t * 4.0) as usize).is_multiple_of(2) { 1.0 } else { 0.3 };
             ((((t * 330.0 * std::f32::consts::TAU).sin() * 0.5 + noise) * env) * 20000.0) as i16
         })
         .collect()

@@ -172,8 +172,8 @@ pub struct Metric {
     pub turn: Option<u64>,
     /// What was measured. Durations: `stt_time`, `memory_time`, `llm_ttfb` (request to first
     /// token), `tts_ttfb` (sentence complete to first audio). Instants on the pipeline timeline
-    /// (time since start): `user_speech_end_at`, `first_audio_at` (first reply sample handed to
-    /// the output device).
+    /// (time since start): `user_speech_start_at`, `user_speech_end_at`, `first_audio_at` (first
+    /// reply sample handed to the output device).
     pub name: &'static str,
     /// The measured duration.
     pub value: Duration,

@@ -137,6 +137,7 @@ pub fn kinds() -> Vec<Kind> {
         Kind::of::<crate::vad::WebRtcVadSettings>(),
         Kind::of::<crate::stt::WhisperSttSettings>(),
         Kind::of::<crate::llm::UserTurnSettings>(),
+        Kind::of::<crate::memory::StatelessMemorySettings>(),
         Kind::of::<crate::llm::OpenAiLlmSettings>(),
         Kind::of::<crate::turn::SmartTurnSettings>(),
         Kind::of::<crate::tts::PiperSettings>(),

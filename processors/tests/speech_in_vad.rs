@@ -130,3 +130,23 @@ fn missing_silero_model_is_named() {
     let err = SileroVadSettings::default().build(&ctx).err().expect("build fails");
     assert!(err.to_string().contains("silero_vad.onnx"), "{err}");
 }
+
+#[tokio::test]
+async fn speech_below_min_volume_is_ignored() {
+    let ctx = build_context();
+    model("silero_vad.onnx");
+    // Speech 40 dB down (far away, or someone else's quiet conversation), no noise floor.
+    let speech: Vec<i16> =
+        espeak("Please turn off the lights in the kitchen", "en-us").iter().map(|&s| s / 100).collect();
+    let mut clip = vec![0i16; 16_000];
+    clip.extend(&speech);
+    clip.extend(vec![0i16; 16_000]);
+    let f = run(SileroVadSettings::default().build(&ctx).unwrap(), &clip, Duration::ZERO).await;
+    assert_eq!(f.started, 0, "speech 40 dB down passed the default min_volume_db of -45");
+    let f = run(WebRtcVadSettings::default().build(&ctx).unwrap(), &clip, Duration::ZERO).await;
+    assert_eq!(f.started, 0, "webrtc: speech 40 dB down passed the default min_volume_db of -45");
+    // With the floor lowered, the same audio is speech.
+    let low = SileroVadSettings { min_volume_db: -90.0, ..Default::default() };
+    let f = run(low.build(&ctx).unwrap(), &clip, Duration::ZERO).await;
+    assert_eq!(f.started, 1, "silero with min_volume_db = -90 should hear the quiet speech");
+}

@@ -122,7 +122,8 @@ async fn tricky_text_is_spoken_as_words() {
     println!("heard: {heard:?}");
     assert!(heard[0].contains("smith") && heard[0].contains("29"), "{:?}", heard[0]);
     assert!(heard[1].contains("example") && heard[1].contains('8'), "{:?}", heard[1]);
-    assert!(heard[2].contains("c") && heard[2].contains("plus"), "{:?}", heard[2]);
+    // Whisper writes what it heard as "C++" (or spells it out): either way not "Cplusplus".
+    assert!(heard[2].contains("c++") || heard[2].contains("c plus plus"), "{:?}", heard[2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +174,7 @@ async fn other_frames_pass_both_ways_and_speak_frames_are_spoken() {
     assert!(out.upstream.contains(&Frame::SpokenReply(reply)));
     let data = out.downstream_data();
     assert!(matches!(data[0], Frame::UserTurnEnded));
-    assert!(data.iter().any(|f| matches!(f, Frame::TtsStarted { text, turn: 0 } if text.starts_with("Sorry,"))));
+    assert!(data.iter().any(|f| matches!(f, Frame::TtsStarted { text, turn: 0 } if text.starts_with("Sorry"))));
     assert!(data.iter().filter(|f| matches!(f, Frame::OutputAudio(_))).count() > 10);
 }
 

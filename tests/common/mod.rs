@@ -65,7 +65,8 @@ pub async fn transcribe(dir: &Path, path: &Path) -> String {
     let stt = build::<WhisperSttSettings>(&ctx, "end_turn_on = \"user_stopped_speaking\"");
     let mut h = Harness::start(vec![input, vad, stt]).await;
     // End of stream from the file travels behind its audio and every transcription.
-    let ended = h.wait_for(Duration::from_secs(120), |f, d| matches!(f, Frame::End) && d == Direction::Downstream).await;
+    let ended =
+        h.wait_for(Duration::from_secs(120), |f, d| matches!(f, Frame::End) && d == Direction::Downstream).await;
     assert!(ended.is_some(), "transcribing {} did not finish", path.display());
     let out = h.cancel().await;
     out.downstream

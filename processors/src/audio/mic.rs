@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle as ThreadHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -65,6 +64,7 @@ impl Default for MicSettings {
 impl Settings for MicSettings {
     const TYPE: &'static str = "mic";
     const ABOUT: &'static str = "captures an input device (cpal) as 16 kHz mono audio frames of 20 ms";
+    const SOURCE: bool = true;
 
     fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -153,7 +153,6 @@ pub struct Mic {
 
 struct Capture {
     stop: Arc<AtomicBool>,
-    thread: Option<ThreadHandle<()>>,
     forward: JoinHandle<()>,
 }
 
@@ -174,7 +173,9 @@ impl Processor for Mic {
             stop: stop.clone(),
             tx,
         };
-        let thread = std::thread::Builder::new()
+        // Detached: it stops by itself within one poll of the flag or of the channel closing, and
+        // is not joined so that a driver stuck in close cannot hold up shutdown.
+        std::thread::Builder::new()
             .name("slowcat-mic".into())
             .spawn(move || job.run())
             .map_err(|e| ProcessError::fatal(format!("cannot start the capture thread: {e}")))?;
@@ -198,7 +199,7 @@ impl Processor for Mic {
                 }
             }
         });
-        self.capture = Some(Capture { stop, thread: Some(thread), forward });
+        self.capture = Some(Capture { stop, forward });
         Ok(())
     }
 
@@ -213,12 +214,9 @@ impl Processor for Mic {
     }
 
     async fn stop(&mut self) {
-        if let Some(mut c) = self.capture.take() {
+        if let Some(c) = self.capture.take() {
             c.stop.store(true, Ordering::Relaxed);
             c.forward.abort();
-            // The thread notices the flag within one poll (10 ms) and closes the stream itself;
-            // it is not joined here so a driver stuck in close cannot hold up shutdown.
-            drop(c.thread.take());
         }
     }
 }

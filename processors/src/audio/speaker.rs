@@ -158,6 +158,9 @@ const CLEAR_TIMEOUT: Duration = Duration::from_millis(200);
 const STALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the monitor looks at the counters.
 const MONITOR_PERIOD: Duration = Duration::from_millis(10);
+/// At most one device error frame this often: after an underrun, ALSA's PulseAudio plugin can
+/// fail the same call hundreds of times a second until it recovers.
+const ERROR_EVERY: Duration = Duration::from_secs(5);
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // Only plain bookkeeping happens under the lock; a poisoned one still holds valid data.
@@ -373,23 +376,22 @@ struct Monitor {
     errors: Receiver<String>,
     epoch: Instant,
     stop_after: Duration,
+    /// When a device error was last reported, and how many came after it unreported.
+    last_error: Option<Instant>,
+    unreported_errors: u64,
 }
 
 impl Monitor {
-    async fn run(self, cancel: tokio_util::sync::CancellationToken) {
+    async fn run(mut self, cancel: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(MONITOR_PERIOD) => {}
             }
             while let Ok(message) = self.errors.try_recv() {
-                tracing::warn!(processor = %self.id, error = %message, "output device error");
-                let frame = Frame::Error(ErrorFrame {
-                    source: self.id.clone(),
-                    message: format!("output device error: {message}"),
-                    recoverable: true,
-                });
-                self.sender.push(frame, Direction::Downstream).await;
+                if let Some(frame) = self.error_frame(message) {
+                    self.sender.push(frame, Direction::Downstream).await;
+                }
             }
             for (frame, both) in self.tick() {
                 if both {
@@ -404,6 +406,23 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// The frame reporting a device error, unless one was reported less than `ERROR_EVERY` ago.
+    fn error_frame(&mut self, message: String) -> Option<Frame> {
+        let now = Instant::now();
+        if self.last_error.is_some_and(|at| now.duration_since(at) < ERROR_EVERY) {
+            self.unreported_errors += 1;
+            return None;
+        }
+        self.last_error = Some(now);
+        let unreported = std::mem::take(&mut self.unreported_errors);
+        tracing::warn!(processor = %self.id, error = %message, unreported, "output device error");
+        let mut message = format!("output device error: {message}");
+        if unreported > 0 {
+            message.push_str(&format!(" ({unreported} more device errors since the last one reported)"));
+        }
+        Some(Frame::Error(ErrorFrame { source: self.id.clone(), message, recoverable: true }))
     }
 
     /// One look at the counters; returns the frames to send (and whether both ways).
@@ -472,6 +491,8 @@ impl Processor for Speaker {
             errors,
             epoch: ctx.epoch(),
             stop_after: Duration::from_millis(u64::from(self.settings.stop_after_ms)),
+            last_error: None,
+            unreported_errors: 0,
         };
         self.monitor = Some(tokio::spawn(monitor.run(ctx.cancellation())));
         Ok(())

@@ -30,11 +30,16 @@ pub struct WavOutputSettings {
     /// Report upstream what the assistant said (`SpokenReply`, for memory) once each reply is
     /// written, as a speaker does; turn off when a `speaker` after this processor reports it.
     pub report_spoken: bool,
+    /// Report `BotStoppedSpeaking` when the reply has played out on the file's real-time timeline,
+    /// as a loudspeaker does, instead of as soon as it is written. For scripted conversations
+    /// with a real-time `wav_input` (`next = "after_reply"`): otherwise the next question starts
+    /// while the previous answer still plays, and the next answer queues behind it.
+    pub realtime: bool,
 }
 
 impl Default for WavOutputSettings {
     fn default() -> Self {
-        Self { path: PathBuf::new(), sample_rate: 16_000, record_input: true, report_spoken: true }
+        Self { path: PathBuf::new(), sample_rate: 16_000, record_input: true, report_spoken: true, realtime: false }
     }
 }
 
@@ -77,6 +82,7 @@ impl Settings for WavOutputSettings {
             resamplers: HashMap::new(),
             played: PlayedText::new(rate),
             speaking: false,
+            stop_timer: None,
             turn: 0,
             first_audio_turn: 0,
         }))
@@ -95,6 +101,8 @@ pub struct WavOutput {
     played: PlayedText,
     /// Between the first audio of a reply and its end, like a loudspeaker playing.
     speaking: bool,
+    /// With `realtime`: reports `BotStoppedSpeaking` once the reply has played out.
+    stop_timer: Option<tokio::task::JoinHandle<()>>,
     /// The turn of the sentence being written (from `TtsStarted`).
     turn: u64,
     /// The last turn whose first audio was reported.
@@ -149,17 +157,44 @@ impl WavOutput {
         {
             ctx.push_upstream(Frame::SpokenReply(reply)).await;
         }
-        if self.speaking {
-            self.speaking = false;
-            ctx.push_upstream(Frame::BotStoppedSpeaking).await;
-            ctx.push_downstream(Frame::BotStoppedSpeaking).await;
+        if !self.is_speaking() {
+            return;
         }
+        if let Some(timer) = self.stop_timer.take() {
+            timer.abort();
+        }
+        let played_out = Duration::from_secs_f64(self.cursor as f64 / f64::from(self.settings.sample_rate));
+        if self.settings.realtime && !interrupted && played_out > ctx.now() {
+            let (sender, at) = (ctx.sender(), tokio::time::Instant::from_std(ctx.epoch()) + played_out);
+            self.stop_timer = Some(tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                sender.upstream(Frame::BotStoppedSpeaking).await;
+                sender.downstream(Frame::BotStoppedSpeaking).await;
+            }));
+            return;
+        }
+        self.speaking = false;
+        ctx.push_upstream(Frame::BotStoppedSpeaking).await;
+        ctx.push_downstream(Frame::BotStoppedSpeaking).await;
+    }
+
+    /// True while the assistant's audio plays (a scheduled stop that has fired ends it).
+    fn is_speaking(&mut self) -> bool {
+        if self.stop_timer.as_ref().is_some_and(|t| t.is_finished()) {
+            self.stop_timer = None;
+            self.speaking = false;
+        }
+        self.speaking
     }
 
     /// The assistant's audio is starting: tell both directions, and measure the turn's first
     /// sample (placed at `at` on the timeline) once.
     async fn on_reply_audio(&mut self, at: Duration, ctx: &ProcessorContext) {
-        if !self.speaking {
+        if let Some(timer) = self.stop_timer.take_if(|t| !t.is_finished()) {
+            // More audio before the last reply played out: the speaker never fell silent.
+            timer.abort();
+        }
+        if !self.is_speaking() {
             self.speaking = true;
             ctx.push_upstream(Frame::BotStartedSpeaking).await;
             ctx.push_downstream(Frame::BotStartedSpeaking).await;
@@ -217,10 +252,20 @@ impl Processor for WavOutput {
 
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         self.report(false, ctx).await;
+        // The stream ends here: a stop still waiting for the timeline is reported now.
+        if let Some(timer) = self.stop_timer.take_if(|t| !t.is_finished()) {
+            timer.abort();
+            self.speaking = false;
+            ctx.push_upstream(Frame::BotStoppedSpeaking).await;
+            ctx.push_downstream(Frame::BotStoppedSpeaking).await;
+        }
         self.finalize()
     }
 
     async fn stop(&mut self) {
+        if let Some(timer) = self.stop_timer.take() {
+            timer.abort();
+        }
         if let Err(e) = self.finalize() {
             tracing::warn!(error = %e, "could not finish the output WAV");
         }

@@ -1,8 +1,11 @@
 //! Byte layouts of what the memory database stores: varints, exchange records, cold blocks.
 //!
-//! Hot records are one exchange each; cold blocks hold many consecutive exchanges of one
-//! speaker compressed together, which is where most of the space saving comes from (lz4 finds
-//! the words and phrases exchanges share, which a single short exchange does not have).
+//! A hot record is one exchange: time, turn, flags, the two texts (lz4 only when that helps,
+//! which for one short exchange it rarely does). A cold block is a header (count, last id,
+//! newest time, dictionary, frame table) and frames of [`FRAME_EXCHANGES`] exchanges, each
+//! compressed on its own against the speaker's dictionary: one exchange is read by decompressing
+//! one small frame, and the dictionary supplies the words and phrases that make small frames
+//! compress as well as big blocks. Ids inside a block and times are stored as deltas.
 
 use super::Exchange;
 
@@ -226,6 +229,13 @@ pub struct BlockHeader {
     frames: Vec<(u64, usize, usize)>,
 }
 
+impl BlockHeader {
+    /// Id of the oldest exchange in the block.
+    pub fn first_id(&self) -> u64 {
+        self.frames.first().map_or(self.last_id, |f| f.0)
+    }
+}
+
 /// Encodes consecutive exchanges (ascending ids, at least one) as a cold block whose key holds
 /// `first_key_id` (≤ the first id), in frames compressed against `dict` (id, bytes) if given.
 pub fn encode_block(first_key_id: u64, exchanges: &[Exchange], compress: bool, dict: Option<(u32, &[u8])>) -> Vec<u8> {
@@ -314,7 +324,7 @@ mod tests {
             id,
             turn: id * 2,
             at_ms: 1_700_000_000_000 + id * 1500,
-            interrupted: id % 3 == 0,
+            interrupted: id.is_multiple_of(3),
             user: user.into(),
             assistant: assistant.into(),
         }

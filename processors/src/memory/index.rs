@@ -53,18 +53,170 @@ pub fn range<'a>(lo: &'a [u8], hi: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]
 
 /// Words too common to tell exchanges apart; never indexed, ignored in questions.
 const STOP_WORDS: &[&str] = &[
-    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "aren",
-    "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could",
-    "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "else", "even",
-    "ever", "few", "for", "from", "further", "get", "got", "had", "hadn", "has", "hasn", "have", "haven", "having",
-    "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "isn",
-    "it", "its", "itself", "just", "let", "ll", "me", "might", "more", "most", "much", "must", "my", "myself", "no",
-    "nor", "not", "now", "of", "off", "oh", "ok", "okay", "on", "once", "only", "or", "other", "our", "ours",
-    "ourselves", "out", "over", "own", "re", "really", "same", "shall", "she", "should", "shouldn", "so", "some",
-    "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they",
-    "this", "those", "through", "to", "too", "uh", "um", "under", "until", "up", "us", "ve", "very", "was", "wasn",
-    "we", "well", "were", "weren", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with",
-    "won", "would", "wouldn", "yeah", "yes", "you", "your", "yours", "yourself", "yourselves",
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "all",
+    "also",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "aren",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "could",
+    "couldn",
+    "did",
+    "didn",
+    "do",
+    "does",
+    "doesn",
+    "doing",
+    "don",
+    "down",
+    "during",
+    "each",
+    "else",
+    "even",
+    "ever",
+    "few",
+    "for",
+    "from",
+    "further",
+    "get",
+    "got",
+    "had",
+    "hadn",
+    "has",
+    "hasn",
+    "have",
+    "haven",
+    "having",
+    "he",
+    "her",
+    "here",
+    "hers",
+    "herself",
+    "him",
+    "himself",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "isn",
+    "it",
+    "its",
+    "itself",
+    "just",
+    "let",
+    "ll",
+    "me",
+    "might",
+    "more",
+    "most",
+    "much",
+    "must",
+    "my",
+    "myself",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "oh",
+    "ok",
+    "okay",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "re",
+    "really",
+    "same",
+    "shall",
+    "she",
+    "should",
+    "shouldn",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "through",
+    "to",
+    "too",
+    "uh",
+    "um",
+    "under",
+    "until",
+    "up",
+    "us",
+    "ve",
+    "very",
+    "was",
+    "wasn",
+    "we",
+    "well",
+    "were",
+    "weren",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "won",
+    "would",
+    "wouldn",
+    "yeah",
+    "yes",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
 ];
 
 fn is_stop_word(w: &str) -> bool {
@@ -376,9 +528,7 @@ impl Hasher for IdHasher {
 pub type Scores = HashMap<u64, f32, BuildHasherDefault<IdHasher>>;
 
 /// The ids of a speaker's exchanges most relevant to `query` by BM25, best first (newer first
-/// on equal scores), leaving out `exclude`. `docs` is the speaker's number of exchanges and
-/// `newest` its newest id.
-#[allow(clippy::too_many_arguments)]
+/// on equal scores). `docs` is the speaker's number of exchanges and `newest` its newest id.
 pub fn search(
     txn: &RoTxn,
     db: Db,
@@ -387,7 +537,6 @@ pub fn search(
     newest: u64,
     query: &str,
     limit: usize,
-    exclude: &[u64],
 ) -> Result<Vec<(u64, f32)>, MemoryError> {
     if limit == 0 || docs == 0 {
         return Ok(Vec::new());
@@ -409,9 +558,6 @@ pub fn search(
     ACCUMULATOR.with_borrow_mut(|acc| {
         acc.reset(newest);
         accumulate(txn, db, speaker, docs, &weighted, acc)?;
-        for &id in exclude {
-            acc.remove(id);
-        }
         // Top `limit` in one pass: most candidates fall below the current last place at once.
         let better = |a: &(u64, f32), b: &(u64, f32)| a.1 > b.1 || (a.1 == b.1 && a.0 > b.0);
         let mut top: Vec<(u64, f32)> = Vec::with_capacity(limit + 1);
@@ -510,16 +656,6 @@ impl Accumulator {
             *slot += score;
         } else {
             *self.sparse.entry(id).or_insert(0.0) += score;
-        }
-    }
-
-    fn remove(&mut self, id: u64) {
-        let offset = self.newest.wrapping_sub(id);
-        if offset < WINDOW as u64 {
-            // Left in `touched`; a zero score is skipped when reading.
-            self.dense[offset as usize] = 0.0;
-        } else {
-            self.sparse.remove(&id);
         }
     }
 

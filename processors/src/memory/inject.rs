@@ -49,7 +49,11 @@ pub struct Injected {
 pub fn estimate_tokens(text: &str) -> usize {
     let (mut ascii, mut other, mut words, mut in_word) = (0usize, 0usize, 0usize, false);
     for c in text.chars() {
-        if c.is_ascii() { ascii += 1 } else { other += 1 }
+        if c.is_ascii() {
+            ascii += 1
+        } else {
+            other += 1
+        }
         let word_char = c.is_alphanumeric();
         if word_char && !in_word {
             words += 1;
@@ -90,7 +94,8 @@ pub fn age(now_ms: u64, at_ms: u64) -> String {
 }
 
 fn memory_line(ex: &Exchange, now_ms: u64) -> String {
-    let mut line = format!("- {}: the user said \"{}\" and you answered \"{}\"", age(now_ms, ex.at_ms), ex.user, ex.assistant);
+    let mut line =
+        format!("- {}: the user said \"{}\" and you answered \"{}\"", age(now_ms, ex.at_ms), ex.user, ex.assistant);
     if ex.interrupted {
         line.push_str(" (the user interrupted you there)");
     }
@@ -99,7 +104,12 @@ fn memory_line(ex: &Exchange, now_ms: u64) -> String {
 
 /// Reads what `request` needs from `db` (one read transaction) and rewrites it: what the
 /// processor runs on a blocking thread for each request.
-pub fn apply(db: &MemoryDb, request: &mut LlmRequest, options: &InjectOptions, now_ms: u64) -> Result<Injected, MemoryError> {
+pub fn apply(
+    db: &MemoryDb,
+    request: &mut LlmRequest,
+    options: &InjectOptions,
+    now_ms: u64,
+) -> Result<Injected, MemoryError> {
     if request.memory_injected {
         return Ok(Injected::default());
     }
@@ -119,7 +129,8 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
     }
     request.memory_injected = true;
     let budget = options.max_context_tokens;
-    let wants_relevant = options.relevant_exchanges > 0 && !recall.relevant.is_empty();
+    let older = |ex: &Exchange| !recall.recent.iter().any(|r| r.id == ex.id);
+    let wants_relevant = options.relevant_exchanges > 0 && recall.relevant.iter().any(|(ex, _)| older(ex));
     let reserve = if wants_relevant { budget / 4 } else { 0 };
     let mut used = 0usize;
 
@@ -140,7 +151,9 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
     if wants_relevant {
         let header = estimate_tokens(SECTION_HEADER) + 2;
         let mut section = header;
-        for (ex, _) in recall.relevant.iter().take(options.relevant_exchanges) {
+        let injected = &recall.recent[recall.recent.len() - pairs.len()..];
+        let candidates = recall.relevant.iter().filter(|(ex, _)| !injected.iter().any(|p| p.id == ex.id));
+        for (ex, _) in candidates.take(options.relevant_exchanges) {
             let line = memory_line(ex, now_ms);
             let cost = estimate_tokens(&line) + 1;
             if used + section + cost <= budget {

@@ -100,6 +100,9 @@ pub enum MemoryError {
     /// There is no database where one was expected.
     #[error("there is no memory database in {0} (nothing has been remembered there yet)")]
     Missing(PathBuf),
+    /// Writing the output of a command failed.
+    #[error("writing the output failed: {0}")]
+    Output(std::io::Error),
     /// The writer's queue is full: the disk has stalled.
     #[error("the memory writer is {WRITER_BEHIND}")]
     Busy,
@@ -110,19 +113,25 @@ pub enum MemoryError {
 
 const WRITER_BEHIND: &str = "behind (is the disk stalled?)";
 
+/// Errors of a write that ran out of space: ENOSPC, EFBIG (file size limit), EDQUOT, and EIO,
+/// which LMDB reports when a write comes back short, as it does on a full disk.
+fn out_of_space(io: &std::io::Error) -> bool {
+    matches!(io.raw_os_error(), Some(28 | 27 | 122 | 5))
+}
+
 fn lmdb_message(e: &heed::Error) -> String {
     match e {
-        heed::Error::Io(io) if matches!(io.raw_os_error(), Some(28 | 27 | 122)) => {
-            format!("the disk is full ({io}); free some space")
+        heed::Error::Io(io) if out_of_space(io) => {
+            format!("a write to disk failed ({io}): the disk is full or failing")
         }
         other => format!("LMDB error: {other}"),
     }
 }
 
 impl MemoryError {
-    /// True when the disk (or the file size limit) is full.
+    /// True when a write failed as it does on a full disk.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, MemoryError::Lmdb(heed::Error::Io(io)) if matches!(io.raw_os_error(), Some(28 | 27 | 122)))
+        matches!(self, MemoryError::Lmdb(heed::Error::Io(io)) if out_of_space(io))
     }
 }
 
@@ -316,7 +325,7 @@ impl StatelessMemory {
     }
 
     fn store_failed(&self, turn: u64, e: &MemoryError) -> String {
-        let what = if e.is_disk_full() { "free some disk space" } else { "check the memory database" };
+        let what = if e.is_disk_full() { "free some disk space" } else { "see the error above" };
         format!(
             "memory: the exchange of turn {turn} was not stored in {}: {e}; the conversation goes on without \
              remembering it ({what})",
@@ -393,7 +402,14 @@ impl StatelessMemory {
         match job.await {
             Ok(Ok((request, injected))) => {
                 let took = started.elapsed();
-                debug!(turn, recent = injected.recent, relevant = injected.relevant, tokens = injected.tokens, took_us = took.as_micros() as u64, "memory injected");
+                debug!(
+                    turn,
+                    recent = injected.recent,
+                    relevant = injected.relevant,
+                    tokens = injected.tokens,
+                    took_us = took.as_micros() as u64,
+                    "memory injected"
+                );
                 ctx.push_metric("memory_time", Some(turn), took).await;
                 request
             }
@@ -419,7 +435,7 @@ impl StatelessMemory {
             return;
         };
         // Turns are answered in order: older turns still waiting will never get their reply.
-        let turn = self.turns.drain(..=pos).last().expect("position is in range");
+        let turn = self.turns.drain(..=pos).next_back().expect("position is in range");
         if reply.text.trim().is_empty() && !reply.interrupted {
             debug!(turn = reply.turn, "nothing was said; not stored");
             return;
@@ -443,7 +459,12 @@ impl StatelessMemory {
 
 #[async_trait]
 impl Processor for StatelessMemory {
-    async fn process(&mut self, frame: Frame, direction: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
         match (frame, direction) {
             (Frame::Transcription(t), Direction::Downstream) => {
                 self.remember_turn(t.turn, &t.speaker, &t.text, false);

@@ -3,21 +3,29 @@
 //!
 //! Databases inside the environment (keys big-endian so they sort by speaker, then by time):
 //! - `meta`: format version and the next speaker number.
-//! - `speakers`: speaker name → [`SpeakerMeta`] (number, next id, counts).
+//! - `speakers`: speaker name → [`SpeakerMeta`] (number, next id, counts, current dictionary).
 //! - `hot`: speaker number + exchange id → one exchange (lz4 when it helps). Holds the newest
-//!   exchanges: between `hot_tier_size` and `hot_tier_size + block_size - 1` of them.
-//! - `cold`: speaker number + first id → a block of `block_size` consecutive exchanges compressed
-//!   together, with an uncompressed header (count, last id, newest time).
+//!   exchanges, read every turn: between `hot_tier_size` and `hot_tier_size + block_size - 1`.
+//! - `cold`: speaker number + first id → a block of `block_size` consecutive older exchanges in
+//!   frames of 16, each compressed against the speaker's dictionary (see [`super::codec`]).
+//! - `dicts`: speaker number + dictionary number → 64 KiB of the speaker's own earlier
+//!   exchanges, what cold frames are compressed against; a new one every 32,768 exchanges.
 //! - `postings`: the inverted index (see [`super::index`]).
 //!
 //! Ids are a per-speaker counter kept in `speakers` and bumped inside the write transaction that
 //! stores the exchange, so they never collide (not even across processes: LMDB serializes
 //! writers) and never repeat after a deletion.
 //!
-//! Durability: default LMDB flags, so every commit is flushed to disk before it returns; an
-//! exchange is acknowledged only after its commit. The map starts small and doubles when a write
-//! hits `MDB_MAP_FULL` (the write is then retried), under a lock that keeps every transaction of
-//! this process out while the map is resized, as LMDB requires.
+//! Who writes: [`MemoryStore`] runs a writer thread that commits queued stores (several at once
+//! when they queue up) and acknowledges each after its commit, and an upkeep thread that moves
+//! full blocks from the hot to the cold tier and applies retention, one short transaction at a
+//! time, never inside a store.
+//!
+//! Durability: default LMDB flags, so every commit is flushed to disk before it returns. The map
+//! starts small and doubles when a write hits `MDB_MAP_FULL` (the write is then retried), under a
+//! lock that keeps every transaction of this process out while the map is resized, as LMDB
+//! requires; a map grown by another process (`slowcat memory forget` while the assistant runs)
+//! is adopted on `MDB_MAP_RESIZED`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -169,8 +177,8 @@ impl SpeakerMeta {
 pub struct Recall {
     /// The newest exchanges, oldest first.
     pub recent: Vec<Exchange>,
-    /// Older exchanges relevant to the question with their BM25 scores, best first; none of
-    /// them is in `recent`.
+    /// Exchanges relevant to the question with their BM25 scores, best first (some may also be
+    /// in `recent`).
     pub relevant: Vec<(Exchange, f32)>,
 }
 
@@ -179,7 +187,7 @@ pub struct Recall {
 pub struct DiskUsage {
     /// Size of the data file.
     pub file_bytes: u64,
-    /// Bytes in pages LMDB has handed out (the rest of the file is not yet used).
+    /// Bytes in pages holding live data (the rest of the file is free pages LMDB reuses).
     pub used_bytes: u64,
 }
 
@@ -304,20 +312,24 @@ impl MemoryDb {
         check_data_file(path)?;
         let page = 4096usize;
         let map_size = options.initial_map_size.max(page).div_ceil(page) * page;
+        // Read transactions keep a reader slot per thread that ever read, and tokio's blocking
+        // pool may run many threads: room for 1024 (64 bytes each in lock.mdb).
         // SAFETY: the environment is opened with default (safe) flags, and heed refuses to
         // open the same path twice in this process.
-        let env = unsafe { EnvOpenOptions::new().map_size(map_size).max_dbs(8).open(path) }.map_err(|e| match e {
-            heed::Error::EnvAlreadyOpened => MemoryError::AlreadyOpen(path.to_path_buf()),
-            heed::Error::Mdb(MdbError::Invalid) | heed::Error::Mdb(MdbError::Corrupted) => {
-                MemoryError::CorruptFile { path: path.join(DATA_FILE), detail: e.to_string() }
-            }
-            heed::Error::Mdb(MdbError::VersionMismatch) => MemoryError::CorruptFile {
-                path: path.join(DATA_FILE),
-                detail: "it was written by an incompatible LMDB version".into(),
+        let env = unsafe { EnvOpenOptions::new().map_size(map_size).max_dbs(8).max_readers(1024).open(path) }.map_err(
+            |e| match e {
+                heed::Error::EnvAlreadyOpened => MemoryError::AlreadyOpen(path.to_path_buf()),
+                heed::Error::Mdb(MdbError::Invalid) | heed::Error::Mdb(MdbError::Corrupted) => {
+                    MemoryError::CorruptFile { path: path.join(DATA_FILE), detail: e.to_string() }
+                }
+                heed::Error::Mdb(MdbError::VersionMismatch) => MemoryError::CorruptFile {
+                    path: path.join(DATA_FILE),
+                    detail: "it was written by an incompatible LMDB version".into(),
+                },
+                heed::Error::Io(source) => MemoryError::Path { path: path.to_path_buf(), source },
+                other => MemoryError::Lmdb(other),
             },
-            heed::Error::Io(source) => MemoryError::Path { path: path.to_path_buf(), source },
-            other => MemoryError::Lmdb(other),
-        })?;
+        )?;
         for name in [DATA_FILE, "lock.mdb"] {
             let file = path.join(name);
             if let Ok(m) = std::fs::metadata(&file)
@@ -569,7 +581,8 @@ impl MemoryDb {
         } else {
             None
         };
-        let value = encode_block(first, &moved, self.options.compression, dict.as_ref().map(|(id, d)| (*id, d.as_slice())));
+        let value =
+            encode_block(first, &moved, self.options.compression, dict.as_ref().map(|(id, d)| (*id, d.as_slice())));
         dbs.cold.put(txn, &ex_key(meta.number, first), &value)?;
         let (lo, hi) = (ex_key(meta.number, first), ex_key(meta.number, last));
         dbs.hot.delete_range(txn, &range(&lo, &hi))?;
@@ -582,12 +595,48 @@ impl MemoryDb {
     /// One step of background upkeep (retention, then tier moves), in one transaction. True
     /// when it did something (call again until false).
     pub fn maintain_step(&self, now_ms: u64) -> Result<bool, MemoryError> {
-        for (name, _) in self.speakers()? {
-            if self.write(|txn, dbs| self.maintain_speaker(txn, dbs, &name, now_ms))? {
-                return Ok(true);
+        // Looked for in a read transaction first: the write lock (which stores wait for) is
+        // taken only when there is something to do.
+        let due = self.read(|txn, dbs| {
+            for item in dbs.speakers.iter(txn)? {
+                let (name, meta) = item?;
+                if self.upkeep_due(txn, dbs, &SpeakerMeta::decode(meta)?, now_ms)? {
+                    return Ok(Some(String::from_utf8(name.to_vec()).map_err(|_| Corrupt("speaker name"))?));
+                }
             }
+            Ok(None)
+        })?;
+        match due {
+            Some(name) => self.write(|txn, dbs| self.maintain_speaker(txn, dbs, &name, now_ms)),
+            None => Ok(false),
         }
-        Ok(false)
+    }
+
+    fn upkeep_due(&self, txn: &RoTxn, dbs: &Dbs, meta: &SpeakerMeta, now_ms: u64) -> Result<bool, MemoryError> {
+        let Retention { max_exchanges, max_age_days } = self.options.retention;
+        if (max_exchanges > 0 && meta.count > max_exchanges)
+            || meta.hot_count >= (self.options.hot_tier_size + self.options.block_size.max(1)) as u64
+        {
+            return Ok(true);
+        }
+        if max_age_days == 0 || meta.count == 0 {
+            return Ok(false);
+        }
+        let cutoff = now_ms.saturating_sub(u64::from(max_age_days) * 86_400_000);
+        let prefix = meta.number.to_be_bytes();
+        let oldest = match dbs.cold.prefix_iter(txn, &prefix)?.next().transpose()? {
+            Some((key, value)) => {
+                let first = key_id(key)?;
+                let header = block_header(first, value)?;
+                let dict = Self::dict_bytes(txn, dbs, meta.number, header.dict)?;
+                find_in_block(first, value, dict, header.first_id())?
+            }
+            None => match dbs.hot.prefix_iter(txn, &prefix)?.next().transpose()? {
+                Some((key, value)) => Some(decode_hot(key_id(key)?, value)?),
+                None => None,
+            },
+        };
+        Ok(oldest.is_some_and(|e| e.at_ms < cutoff))
     }
 
     /// Runs upkeep until there is nothing left to do.
@@ -749,7 +798,13 @@ impl MemoryDb {
     }
 
     /// All exchanges of a block, oldest first.
-    fn decode_block_in(txn: &RoTxn, dbs: &Dbs, speaker: u32, first: u64, value: &[u8]) -> Result<Vec<Exchange>, MemoryError> {
+    fn decode_block_in(
+        txn: &RoTxn,
+        dbs: &Dbs,
+        speaker: u32,
+        first: u64,
+        value: &[u8],
+    ) -> Result<Vec<Exchange>, MemoryError> {
         let dict = Self::dict_bytes(txn, dbs, speaker, block_header(first, value)?.dict)?;
         Ok(decode_block(first, value, dict)?)
     }
@@ -811,39 +866,57 @@ impl MemoryDb {
         })
     }
 
+    /// The `limit` best matches for `query` outside `known` (whose matches come along too,
+    /// without being read again), best first.
     fn fetch_ranked(
         txn: &RoTxn,
         dbs: &Dbs,
         meta: &SpeakerMeta,
         query: &str,
         limit: usize,
-        exclude: &[u64],
+        known: &[Exchange],
     ) -> Result<Vec<(Exchange, f32)>, MemoryError> {
         // A few spare hits cover postings whose exchange a concurrent deletion just removed.
-        let ranked = index::search(txn, dbs.postings, meta.number, meta.count, meta.next_id.saturating_sub(1), query, limit + 4, exclude)?;
-        let mut out = Vec::with_capacity(limit);
+        let ranked = index::search(
+            txn,
+            dbs.postings,
+            meta.number,
+            meta.count,
+            meta.next_id.saturating_sub(1),
+            query,
+            limit + known.len() + 4,
+        )?;
+        let mut out = Vec::with_capacity(limit + known.len());
+        let mut fetched = 0;
         for (id, score) in ranked {
-            if out.len() == limit {
+            if fetched == limit {
                 break;
             }
-            if let Some(ex) = Self::get_in(txn, dbs, meta.number, id)? {
+            if let Some(ex) = known.iter().find(|e| e.id == id) {
+                out.push((ex.clone(), score));
+            } else if let Some(ex) = Self::get_in(txn, dbs, meta.number, id)? {
                 out.push((ex, score));
+                fetched += 1;
             }
         }
         Ok(out)
     }
 
-    /// What one LLM request needs, from one snapshot: the newest `recent` exchanges and up to
-    /// `relevant` older ones that share rare words with `query`.
-    pub fn recall(&self, speaker: &str, query: Option<&str>, recent: usize, relevant: usize) -> Result<Recall, MemoryError> {
+    /// What one LLM request needs, from one snapshot: the newest `recent` exchanges and the
+    /// `relevant` best older matches for `query`, plus the newest that match (the rewrite
+    /// leaves out those it inserts as pairs, and budget permitting inserts them all).
+    pub fn recall(
+        &self,
+        speaker: &str,
+        query: Option<&str>,
+        recent: usize,
+        relevant: usize,
+    ) -> Result<Recall, MemoryError> {
         self.read(|txn, dbs| {
             let Some(meta) = Self::meta(txn, dbs, speaker_id(speaker))? else { return Ok(Recall::default()) };
             let mut newest = Self::recent_in(txn, dbs, meta.number, recent)?;
             let relevant = match query {
-                Some(q) if relevant > 0 => {
-                    let exclude: Vec<u64> = newest.iter().map(|e| e.id).collect();
-                    Self::fetch_ranked(txn, dbs, &meta, q, relevant, &exclude)?
-                }
+                Some(q) if relevant > 0 => Self::fetch_ranked(txn, dbs, &meta, q, relevant, &newest)?,
                 _ => Vec::new(),
             };
             newest.reverse();
@@ -852,22 +925,25 @@ impl MemoryDb {
     }
 
     /// Calls `f` on every exchange of a speaker, oldest first, from one snapshot.
-    pub fn for_each(&self, speaker: &str, mut f: impl FnMut(&Exchange) -> std::io::Result<()>) -> Result<u64, MemoryError> {
+    pub fn for_each(
+        &self,
+        speaker: &str,
+        mut f: impl FnMut(&Exchange) -> std::io::Result<()>,
+    ) -> Result<u64, MemoryError> {
         self.read(|txn, dbs| {
             let Some(meta) = Self::meta(txn, dbs, speaker_id(speaker))? else { return Ok(0) };
             let prefix = meta.number.to_be_bytes();
             let mut n = 0u64;
-            let io = |e: std::io::Error| MemoryError::Path { path: PathBuf::from("<output>"), source: e };
             for item in dbs.cold.prefix_iter(txn, &prefix)? {
                 let (key, value) = item?;
                 for ex in Self::decode_block_in(txn, dbs, meta.number, key_id(key)?, value)? {
-                    f(&ex).map_err(io)?;
+                    f(&ex).map_err(MemoryError::Output)?;
                     n += 1;
                 }
             }
             for item in dbs.hot.prefix_iter(txn, &prefix)? {
                 let (key, value) = item?;
-                f(&decode_hot(key_id(key)?, value)?).map_err(io)?;
+                f(&decode_hot(key_id(key)?, value)?).map_err(MemoryError::Output)?;
                 n += 1;
             }
             Ok(n)
@@ -929,12 +1005,17 @@ impl MemoryDb {
         })
     }
 
-    /// Size of the data file and of its used part.
+    /// Size of the data file and of the pages live data takes (the rest are pages freed by
+    /// earlier transactions, which later writes reuse).
     pub fn disk_usage(&self) -> Result<DiskUsage, MemoryError> {
         let file = self.path.join(DATA_FILE);
         let file_bytes =
             std::fs::metadata(&file).map_err(|source| MemoryError::Path { path: file.clone(), source })?.len();
-        let used_bytes = (self.env.info().last_page_number as u64 + 1) * 4096;
+        let pages = |s: &heed::DatabaseStat| (s.leaf_pages + s.branch_pages + s.overflow_pages) as u64;
+        let main = self.env.unnamed_database_stat();
+        let named: u64 = self.page_stats()?.iter().map(|(_, s)| pages(s)).sum();
+        // Two meta pages head every LMDB file.
+        let used_bytes = (named + pages(&main) + 2) * u64::from(main.page_size);
         Ok(DiskUsage { file_bytes, used_bytes })
     }
 
@@ -942,9 +1023,14 @@ impl MemoryDb {
     pub fn page_stats(&self) -> Result<Vec<(&'static str, heed::DatabaseStat)>, MemoryError> {
         self.read(|txn, dbs| {
             let mut out = Vec::new();
-            for (name, db) in
-                [("meta", dbs.meta), ("speakers", dbs.speakers), ("hot", dbs.hot), ("cold", dbs.cold), ("dicts", dbs.dicts), ("postings", dbs.postings)]
-            {
+            for (name, db) in [
+                ("meta", dbs.meta),
+                ("speakers", dbs.speakers),
+                ("hot", dbs.hot),
+                ("cold", dbs.cold),
+                ("dicts", dbs.dicts),
+                ("postings", dbs.postings),
+            ] {
                 out.push((name, db.stat(txn)?));
             }
             Ok(out)
@@ -1184,34 +1270,4 @@ fn upkeep_loop(db: &MemoryDb, maintenance: &Maintenance) {
         maintenance.changed.notify_all();
     }
     debug!("memory upkeep stopped");
-}
-impl MemoryDb {
-    #[doc(hidden)]
-    pub fn search_ids(&self, speaker: &str, query: &str, limit: usize) -> Result<Vec<(u64, f32)>, MemoryError> {
-        self.read(|txn, dbs| {
-            let meta = Self::meta(txn, dbs, speaker)?.unwrap();
-            index::search(txn, dbs.postings, meta.number, meta.count, meta.next_id - 1, query, limit, &[])
-        })
-    }
-    #[doc(hidden)]
-    pub fn df(&self, speaker: &str, term: &str) -> u64 {
-        self.read(|txn, dbs| {
-            let meta = Self::meta(txn, dbs, speaker)?.unwrap();
-            index::doc_freq(txn, dbs.postings, meta.number, term)
-        }).unwrap()
-    }
-}
-impl MemoryDb {
-    #[doc(hidden)]
-    pub fn content_bytes(&self) -> Vec<(&'static str, u64, u64)> {
-        self.read(|txn, dbs| {
-            let mut out = vec![];
-            for (n, db) in [("hot", dbs.hot), ("cold", dbs.cold), ("postings", dbs.postings)] {
-                let (mut k, mut v) = (0u64, 0u64);
-                for item in db.iter(txn)? { let (a, b) = item?; k += a.len() as u64; v += b.len() as u64; }
-                out.push((n, k, v));
-            }
-            Ok(out)
-        }).unwrap()
-    }
 }

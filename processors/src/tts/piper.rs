@@ -27,7 +27,9 @@ pub struct PiperSettings {
     pub model: PathBuf,
     /// The voice's config; empty means the model's path with `.json` added.
     pub config: PathBuf,
-    /// ONNX Runtime threads for synthesis.
+    /// ONNX Runtime threads for synthesis. One is the default: on two cores the LLM server
+    /// generates while Piper synthesizes, and ONNX Runtime's threads spin-wait for each other,
+    /// which collapses when another process holds a core (`slowcat bench tts` compares).
     pub threads: usize,
     /// Speaking rate: 1.0 is the voice's own, 1.2 is 20 % faster (divides `length_scale`).
     pub speed: f32,
@@ -55,7 +57,7 @@ impl Default for PiperSettings {
         Self {
             model: PathBuf::from("en_US-joe-medium.onnx"),
             config: PathBuf::new(),
-            threads: 2,
+            threads: 1,
             speed: 1.0,
             length_scale: None,
             noise_scale: None,
@@ -63,7 +65,9 @@ impl Default for PiperSettings {
             speaker: 0,
             max_chars: split.max_chars,
             first_clause_words: split.first_clause_words,
-            first_max_words: 8,
+            // Measured with `slowcat bench tts`: each word of the first segment costs about 55 ms of
+            // one core before anything is heard; 6 words keeps the seam rare and the wait short.
+            first_max_words: 6,
             chunk_ms: 40,
         }
     }

@@ -69,6 +69,11 @@ impl AudioOut<'_> {
     }
 }
 
+/// Metric: from the reply's first text reaching the TTS to its first complete segment (the time
+/// the LLM took to write the rest of its first sentence); with `llm_ttfb` before it and `tts_ttfb`
+/// after it, the stages of a turn tile the voice-to-voice interval.
+pub const FIRST_SENTENCE_METRIC: &str = "llm_first_sentence";
+
 /// A TTS processor: forwards everything but `LlmText` and `Speak`, which it turns into
 /// `TtsStarted`, `OutputAudio`… and `TtsStopped` per segment.
 pub struct StreamingTts<S> {
@@ -77,13 +82,15 @@ pub struct StreamingTts<S> {
     splitter: SentenceSplitter,
     turn: u64,
     pts: Duration,
+    /// Between a reply's start and its first spoken segment: when its first text arrived.
+    first_sentence: Option<Option<Instant>>,
 }
 
 impl<S: Synthesizer> StreamingTts<S> {
     /// A processor speaking through `synth`.
     pub fn new(synth: S, opts: StreamOptions) -> Self {
         let splitter = SentenceSplitter::new(opts.split.clone());
-        Self { synth, opts, splitter, turn: 0, pts: Duration::ZERO }
+        Self { synth, opts, splitter, turn: 0, pts: Duration::ZERO, first_sentence: None }
     }
 
     /// The synthesizer (for benchmarks).
@@ -104,6 +111,9 @@ impl<S: Synthesizer> StreamingTts<S> {
             return;
         }
         let started = Instant::now();
+        if let Some(Some(first_text)) = self.first_sentence.take() {
+            ctx.push_metric(FIRST_SENTENCE_METRIC, Some(self.turn), started - first_text).await;
+        }
         let shown = text::display_text(segment);
         ctx.push_downstream(Frame::TtsStarted { text: shown.clone(), turn: self.turn }).await;
         let mut out =
@@ -137,9 +147,13 @@ impl<S: Synthesizer> Processor for StreamingTts<S> {
             Frame::LlmResponseStart { turn } => {
                 self.turn = turn;
                 self.splitter.reset();
+                self.first_sentence = Some(None);
                 ctx.push(frame, direction).await;
             }
             Frame::LlmText(chunk) => {
+                if let Some(first_text @ None) = &mut self.first_sentence {
+                    *first_text = Some(Instant::now());
+                }
                 let segments = self.splitter.push(&chunk);
                 self.speak_all(segments, ctx).await;
             }

@@ -289,6 +289,7 @@ regex!(HEADER, r"(?m)^[ \t]*#{1,6}[ \t]+");
 regex!(BULLET, r"(?m)^[ \t]*(?:[-*+•]|>+)[ \t]+");
 regex!(RULE, r"(?m)^[ \t]*(?:[-*_=][ \t]*){3,}$");
 regex!(TABLE_RULE, r"(?m)^[ \t]*\|?[ \t]*:?-{3,}:?[ \t]*(?:\|[ \t]*:?-{3,}:?[ \t]*)*\|?[ \t]*$");
+regex!(TABLE_EDGE, r"(?m)^[ \t]*\||\|[ \t]*$");
 regex!(STRONG, r"\*\*|__|~~");
 regex!(TIMES_STAR, r"(\d)\s*\*\s*(\d)");
 regex!(UNDERSCORE_EDGE, r"(^|[^\w])_+|_+([^\w]|$)");
@@ -364,13 +365,13 @@ pub fn display_text(text: &str) -> String {
     let t = TIMES_STAR.replace_all(&t, "$1 times $2");
     let t: String = t.chars().filter(|&c| c != '*' && !is_emoji(c)).collect();
     let t = UNDERSCORE_EDGE.replace_all(&t, "$1$2");
+    let t = TABLE_EDGE.replace_all(&t, "");
     let t = t.replace('|', ", ");
     let t = LINES.replace_all(&t, " ");
     let t = SPACES.replace_all(&t, " ");
     let t = SPACE_BEFORE_PUNCT.replace_all(&t, "$1");
     let t = REPEATED_COMMA.replace_all(&t, "$1");
-    // A table row's last cell leaves a dangling comma; ";" and ":" are the author's, kept.
-    t.trim().trim_start_matches([',', ';', ':']).trim_end_matches(',').trim().to_string()
+    t.trim().trim_start_matches([',', ';', ':']).trim().to_string()
 }
 
 /// Reads a web address aloud: "https://www.example.com/docs?q=1" → "example dot com slash docs".
@@ -644,6 +645,10 @@ mod tests {
             opts.clone(),
         );
         assert_eq!(out, vec!["Well, the weather today,", "as you asked, is sunny.", "It is warm, too."]);
+        // Over the word limit with a clause boundary before it: cut there, comma kept.
+        let out = SentenceSplitter::split_all("Sorry, I could not reach the language model now.", opts.clone());
+        assert_eq!(out, vec!["Sorry,", "I could not reach the language model now."]);
+        assert_eq!(speakable("Sorry,"), "Sorry,");
         let out = SentenceSplitter::split_all("The quick brown fox jumps over the lazy dog today. Yes.", opts);
         assert_eq!(out, vec!["The quick brown fox jumps over", "the lazy dog today.", "Yes."]);
     }

@@ -1,0 +1,246 @@
+//! The memory processor rewriting LLM requests, on a real LMDB database: order, budget, no
+//! duplicates, one system message, no double injection, speaker isolation, rare-word recall,
+//! interrupted replies, and every frame forwarded.
+
+mod memory_util;
+
+use std::time::Duration;
+
+use memory_util::*;
+use slowcat_processors::memory::bench::Generator;
+use slowcat_processors::memory::{MemoryDb, NewExchange, StatelessMemorySettings, StoreOptions, estimate_tokens};
+use slowcat_processors::{ChatMessage, Direction, Frame, Role};
+
+#[tokio::test]
+async fn recent_exchanges_go_in_as_pairs_in_order_before_the_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    let first =
+        turn(&mut h, "default", 1, "my sister is called Ingrid", Some(("Nice, Ingrid is a lovely name.", false))).await;
+    assert_eq!(roles(&first), [Role::System, Role::User], "the first turn has nothing to remember");
+    assert!(first.memory_injected);
+    turn(&mut h, "default", 2, "she lives in Bergen", Some(("Bergen is rainy but beautiful.", false))).await;
+    turn(&mut h, "default", 3, "she visits in May", Some(("May is a good time for a visit.", false))).await;
+    let r = turn(&mut h, "default", 4, "what is my sister called", None).await;
+
+    assert_eq!(
+        roles(&r),
+        [
+            Role::System,
+            Role::User,
+            Role::Assistant,
+            Role::User,
+            Role::Assistant,
+            Role::User,
+            Role::Assistant,
+            Role::User
+        ]
+    );
+    let contents: Vec<&str> = r.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        contents[1..],
+        [
+            "my sister is called Ingrid",
+            "Nice, Ingrid is a lovely name.",
+            "she lives in Bergen",
+            "Bergen is rainy but beautiful.",
+            "she visits in May",
+            "May is a good time for a visit.",
+            "what is my sister called",
+        ]
+    );
+    assert!(r.messages[0].content.starts_with(SYSTEM), "the original system prompt stays first");
+    assert!(r.memory_injected);
+    assert!(errors(&h).is_empty(), "{:?}", errors(&h));
+    let metrics = h
+        .output()
+        .downstream
+        .iter()
+        .filter(|f| matches!(f, Frame::Metrics(m) if m.name == "memory_time" && m.turn == Some(4)))
+        .count();
+    assert_eq!(metrics, 1, "one memory_time metric per injected turn");
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_request_passing_twice_gets_memory_once_and_never_a_second_system_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "default", 1, "the wifi password is hunter2", Some(("Noted, hunter2.", false))).await;
+    let once = turn(&mut h, "default", 2, "what is the wifi password", None).await;
+    h.send(Frame::LlmRequest(once.clone())).await;
+    let twice = h
+        .wait_for(Duration::from_secs(10), |f, d| {
+            d == Direction::Downstream && matches!(f, Frame::LlmRequest(r) if r.turn == 2)
+        })
+        .await
+        .expect("the resent request came out");
+    assert_eq!(twice, Frame::LlmRequest(once.clone()), "a second pass changes nothing");
+    assert_eq!(once.messages.iter().filter(|m| m.role == Role::System).count(), 1);
+
+    // A request with no system message gets one only when there is memory to put in it, and
+    // two system messages become one.
+    let mut bare = request("default", 3, "and the wifi password again?");
+    bare.messages.retain(|m| m.role != Role::System);
+    bare.messages.insert(0, ChatMessage::new(Role::System, "part one"));
+    bare.messages.insert(1, ChatMessage::new(Role::System, "part two"));
+    h.send(Frame::LlmRequest(bare)).await;
+    let Some(Frame::LlmRequest(r)) =
+        h.wait_for(Duration::from_secs(10), |f, _| matches!(f, Frame::LlmRequest(r) if r.turn == 3)).await
+    else {
+        panic!("turn 3 request did not come out")
+    };
+    assert_eq!(r.messages.iter().filter(|m| m.role == Role::System).count(), 1);
+    assert_eq!(r.messages[0].role, Role::System);
+    assert!(r.messages[0].content.starts_with("part one\n\npart two"));
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn the_budget_bounds_what_is_injected_and_nothing_appears_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = StatelessMemorySettings {
+        max_context_tokens: 250,
+        recent_exchanges: 6,
+        relevant_exchanges: 4,
+        ..settings(dir.path())
+    };
+    let mut h = start(dir.path(), settings).await;
+    turn(
+        &mut h,
+        "default",
+        1,
+        "my dentist appointment is on the fourth",
+        Some(("Noted: the dentist on the fourth.", false)),
+    )
+    .await;
+    let mut conv = Generator::new(3);
+    for t in 2..=12u64 {
+        let (mut u, mut a) = (conv.user_text(), conv.assistant_text());
+        while u.contains("dentist") || a.contains("dentist") {
+            (u, a) = (conv.user_text(), conv.assistant_text());
+        }
+        turn(&mut h, "default", t, &u, Some((&a, false))).await;
+    }
+    let r = turn(&mut h, "default", 13, "when is the dentist appointment", None).await;
+    let original = estimate_tokens(SYSTEM) + estimate_tokens(r.messages.last().unwrap().content.as_str()) + 8;
+    let total: usize = r.messages.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
+    assert!(total - original <= 250, "memory added {} estimated tokens, budget 250", total - original);
+    let pairs = r.messages.iter().filter(|m| m.role == Role::Assistant).count();
+    assert!((1..6).contains(&pairs), "the budget cut the recent exchanges to {pairs} pairs");
+
+    assert!(
+        r.messages[0].content.contains("the user said \"my dentist appointment is on the fourth\""),
+        "a quarter of the budget is kept for relevant exchanges:\n{}",
+        r.messages[0].content
+    );
+    let text = all_text(&r);
+    // No stored user sentence appears twice (as a pair and again in the memory section).
+    for m in r.messages.iter().filter(|m| m.role == Role::User) {
+        assert_eq!(text.matches(m.content.as_str()).count(), 1, "{:?} appears more than once", m.content);
+    }
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn speakers_never_see_each_others_memories() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "alice", 1, "my secret plan involves a zeppelin", Some(("A zeppelin plan, how bold.", false))).await;
+    turn(&mut h, "bob", 2, "I like trains", Some(("Trains are great.", false))).await;
+    let bob = turn(&mut h, "bob", 3, "tell me about the zeppelin", None).await;
+    let text = all_text(&bob);
+    assert!(!text.contains("secret plan") && !text.contains("bold"), "bob got alice's memory:\n{text}");
+    assert!(text.contains("I like trains"));
+    let alice = turn(&mut h, "alice", 4, "what about the zeppelin", None).await;
+    let text = all_text(&alice);
+    assert!(text.contains("my secret plan involves a zeppelin"));
+    assert!(!text.contains("trains"), "alice got bob's memory:\n{text}");
+    // An empty speaker id is the default speaker, not a third party.
+    let anon = turn(&mut h, "", 5, "anything about zeppelins", None).await;
+    assert!(!all_text(&anon).contains("zeppelin plan"));
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn an_old_exchange_sharing_a_rare_word_is_recalled_from_far_outside_the_recent_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20,000 earlier exchanges: the one that matters is the 10th, long since compressed into
+    // a cold block.
+    {
+        let db = MemoryDb::open(&db_path(dir.path()), StoreOptions::default()).unwrap();
+        let mut conv = Generator::new(11);
+        let t0 = 1_700_000_000_000u64;
+        let mut batch: Vec<NewExchange> = (0..20_000).map(|i| conv.exchange("default", t0 + i * 60_000)).collect();
+        batch[9].user = "I hid the spare key under the blue flowerpot named Bartholomew".into();
+        batch[9].assistant = "Got it, the spare key is under Bartholomew the blue flowerpot.".into();
+        db.bulk_load(&batch).unwrap();
+        db.maintain().unwrap();
+        let (hot, cold) = db.tier_counts("default").unwrap();
+        assert!(cold > 19_000 && hot < 1000, "tiers: {hot} hot, {cold} cold");
+    }
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    let r = turn(&mut h, "default", 20_001, "where is Bartholomew again", None).await;
+    let system = &r.messages[0].content;
+    assert!(
+        system.contains("the spare key under the blue flowerpot named Bartholomew"),
+        "the old exchange was not recalled; system message:\n{system}"
+    );
+    assert_eq!(r.messages.iter().filter(|m| m.role == Role::Assistant).count(), 6, "six recent pairs as well");
+    assert!(!r.messages[1..].iter().any(|m| m.content.contains("Bartholomew") && m.role == Role::Assistant));
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn interrupted_replies_are_stored_as_spoken_and_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "default", 1, "tell me a long story", Some(("Once upon a time there", true))).await;
+    turn(&mut h, "default", 2, "stop, what time is it", Some(("", true))).await;
+    let r = turn(&mut h, "default", 3, "sorry, go on", None).await;
+    assert_eq!(r.messages[2].content, "Once upon a time there [interrupted]");
+    assert_eq!(r.messages[4].content, "[interrupted before saying anything]");
+    h.finish(Duration::from_secs(10)).await;
+    let db = MemoryDb::open_existing(&db_path(dir.path())).unwrap();
+    let stored = db.recent("default", 10).unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|e| e.interrupted));
+    assert_eq!(stored[1].assistant, "Once upon a time there", "only the spoken part is stored");
+}
+
+#[tokio::test]
+async fn a_turn_without_a_spoken_reply_stores_nothing_and_the_next_turn_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "default", 1, "what is the capital of Peru", None).await; // the LLM failed
+    turn(&mut h, "default", 2, "hello again", Some(("Hello!", false))).await;
+    h.send_upstream(Frame::SpokenReply(slowcat_processors::frame::SpokenReply {
+        text: "Welcome back!".into(),
+        interrupted: false,
+        turn: 0,
+    }))
+    .await; // a greeting: no user turn
+    let r = turn(&mut h, "default", 3, "and the capital of Chile", None).await;
+    assert_eq!(roles(&r), [Role::System, Role::User, Role::Assistant, Role::User]);
+    assert_eq!(r.messages[1].content, "hello again");
+    assert!(!all_text(&r).contains("Peru"), "the unanswered turn was stored");
+    h.finish(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn every_other_frame_passes_through_in_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    let down = [Frame::LlmText("hi".into()), Frame::UserTurnEnded, Frame::BotStartedSpeaking, Frame::Speak("x".into())];
+    for f in down.iter().cloned() {
+        h.send(f).await;
+    }
+    h.send_upstream(Frame::LlmResponseEnd).await;
+    h.send_upstream(Frame::TtsStopped).await;
+    h.wait_for(Duration::from_secs(5), |f, d| d == Direction::Upstream && matches!(f, Frame::TtsStopped)).await;
+    let out = h.finish(Duration::from_secs(10)).await;
+    for f in &down {
+        assert!(out.downstream.contains(f), "{} was not forwarded downstream", f.name());
+    }
+    assert!(out.upstream.contains(&Frame::LlmResponseEnd) && out.upstream.contains(&Frame::TtsStopped));
+}
