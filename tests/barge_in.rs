@@ -566,6 +566,14 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
         .expect("the VAD measured where the interrupting speech started");
     let t_vad = user.delivered(speech_start + Duration::from_millis(VAD_START_MS + BARGE_IN_MIN_MS));
     let log = user.describe(0);
+    println!("the interruption and what came before it:\n{}", {
+        let around = user.events[..=int].iter().rposition(|e| e.at < user.events[int].at - 3.0).unwrap_or(0);
+        user.events[around..=int]
+            .iter()
+            .map(|e| format!("{:8.3} {:?} {:?}", e.at, e.dir, e.frame))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     let events = std::mem::take(&mut user.events);
     // Turns the backchannels may have made would be answered next: not waited for.
     let out = user.h.cancel().await;

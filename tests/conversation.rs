@@ -43,11 +43,9 @@ async fn a_spoken_question_gets_a_spoken_answer() {
     say(dir.path(), "What is the capital of France?", &question).await;
 
     let (d, q, a, m) = (dir.path().to_path_buf(), question.clone(), answer.clone(), metrics.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        run_assistant(&d, &q, &a, &["--metrics-file", m.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || run_assistant(&d, &q, &a, &["--metrics-file", m.to_str().unwrap()]))
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "slowcat run failed:\n{stderr}");
     assert!(stderr.contains("capital") && stderr.contains("France"), "Whisper should hear the question:\n{stderr}");
@@ -120,11 +118,16 @@ async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_
     let before = h.output().downstream.len();
     h.send(transcription(2, "Can you still hear me?")).await;
     let apology = h
-        .wait_for(Duration::from_secs(30), |f, _| matches!(f, Frame::TtsStarted { text, .. } if text.to_lowercase().contains("sorry")))
+        .wait_for(
+            Duration::from_secs(30),
+            |f, _| matches!(f, Frame::TtsStarted { text, .. } if text.to_lowercase().contains("sorry")),
+        )
         .await;
     assert!(apology.is_some(), "the assistant must say it is sorry: {:?}", &h.output().downstream[before..]);
     assert!(
-        h.output().downstream[before..].iter().any(|f| matches!(f, Frame::Error(e) if e.message.contains(&port.to_string()))),
+        h.output().downstream[before..]
+            .iter()
+            .any(|f| matches!(f, Frame::Error(e) if e.message.contains(&port.to_string()))),
         "the error names the server"
     );
 
@@ -133,7 +136,10 @@ async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_
     h.send(transcription(3, "Are you back now?")).await;
     // The TTS consumes the text; the LLM's time-to-first-token metric says tokens arrived.
     let got_text = h
-        .wait_for(Duration::from_secs(60), |f, _| matches!(f, Frame::Metrics(m) if m.name == "llm_ttfb" && m.turn == Some(3)))
+        .wait_for(
+            Duration::from_secs(60),
+            |f, _| matches!(f, Frame::Metrics(m) if m.name == "llm_ttfb" && m.turn == Some(3)),
+        )
         .await;
     assert!(got_text.is_some(), "the next turn works once the server is back: {:?}", &h.output().downstream[before..]);
     let errors_after = h.output().downstream[before..].iter().filter(|f| matches!(f, Frame::Error(_))).count();
@@ -200,7 +206,12 @@ async fn a_name_said_in_turn_one_is_in_the_llm_request_of_turn_thirty() {
             t => small_talk[t as usize % small_talk.len()].to_string(),
         };
         h.send(transcription(turn, &text)).await;
-        let spoken = h.wait_for(Duration::from_secs(60), |f, d| matches!(f, Frame::SpokenReply(_)) || (matches!(f, Frame::BotStoppedSpeaking) && d == Direction::Upstream)).await;
+        let spoken = h
+            .wait_for(Duration::from_secs(60), |f, d| {
+                matches!(f, Frame::SpokenReply(_))
+                    || (matches!(f, Frame::BotStoppedSpeaking) && d == Direction::Upstream)
+            })
+            .await;
         assert!(spoken.is_some(), "turn {turn} was not answered");
     }
     let _ = h.finish(Duration::from_secs(60)).await;

@@ -145,6 +145,39 @@ fn the_map_grows_when_it_fills() {
     assert_eq!(db.recent("default", 5000).unwrap().len(), 5000);
 }
 
+/// Child half of `a_map_grown_by_another_process_is_adopted`: fills the shared database.
+#[test]
+#[ignore = "run by a_map_grown_by_another_process_is_adopted in a child process"]
+fn map_growing_child() {
+    let dir = std::path::PathBuf::from(std::env::var("SLOWCAT_MEMORY_GROW_DIR").expect("run by the parent test"));
+    let db = MemoryDb::open(&dir, StoreOptions { initial_map_size: 256 * 1024, ..StoreOptions::default() }).unwrap();
+    let mut conv = Generator::new(8);
+    let batch: Vec<NewExchange> = (0..3000).map(|i| conv.exchange("default", T0 + 10_000 + i)).collect();
+    db.insert(&batch.iter().collect::<Vec<_>>()).unwrap();
+    println!("GREW {}", db.disk_usage().unwrap().file_bytes);
+}
+
+#[test]
+fn a_map_grown_by_another_process_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db =
+        MemoryDb::open(dir.path(), StoreOptions { initial_map_size: 256 * 1024, ..StoreOptions::default() }).unwrap();
+    db.insert(&[&exchange("default", 1, "before the other process")]).unwrap();
+    // `slowcat memory` (or anything else) writing while the assistant holds the database open.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "map_growing_child", "--ignored", "--nocapture"])
+        .env("SLOWCAT_MEMORY_GROW_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let grown: u64 = stdout.lines().find_map(|l| l.strip_prefix("GREW ")).unwrap().parse().unwrap();
+    assert!(grown > 256 * 1024, "the child did not need a bigger map ({grown} bytes)");
+    // Reads and writes here pick up the bigger map instead of failing.
+    assert_eq!(db.recent("default", 5000).unwrap().len(), 3001);
+    assert_eq!(db.insert(&[&exchange("default", 2, "after the other process")]).unwrap(), [3002]);
+}
+
 #[test]
 fn a_damaged_database_is_a_clear_error_in_check_and_build() {
     let dir = tempfile::tempdir().unwrap();

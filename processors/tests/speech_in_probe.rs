@@ -1,29 +1,29 @@
 mod speech_in_util;
-use std::time::Instant;
+use slowcat_processors::stt::{AudioCtx, WhisperEngine};
 use speech_in_util::*;
-use whisper_rs::*;
 #[test]
 fn probe() {
-    install_logging_hooks();
-    let ctx = WhisperContext::new_with_params(&model("ggml-tiny.en.bin"), WhisperContextParameters::default()).unwrap();
-    let mut st = ctx.create_state().unwrap();
-    let a = to_f32(&espeak("Please turn off the lights in the kitchen.", "en-us"));
-    for threads in [1i32, 2] {
-        for max_tokens in [1, 0] {
-            for _ in 0..2 {
-                let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-                p.set_n_threads(threads);
-                p.set_audio_ctx(157);
-                p.set_temperature_inc(0.0);
-                p.set_single_segment(true);
-                p.set_max_tokens(max_tokens);
-                p.set_print_progress(false);
-                let t = Instant::now();
-                st.full(p, &a).unwrap();
-                let full = t.elapsed();
-                let seg = st.get_segment(0).map(|s| (s.n_tokens(), s.to_str_lossy().unwrap().to_string()));
-                println!("threads {threads} max_tokens {max_tokens}: {full:?} {seg:?}");
-            }
+    let mut e = WhisperEngine::load(&model("ggml-tiny.en.bin"), 1, "en", AudioCtx::Auto).unwrap();
+    let sents = [
+        "Please turn off the lights in the kitchen.",
+        "What is the weather like tomorrow in Paris?",
+        "Can you remind me to call my mother at six o'clock?",
+        "The train to London leaves from platform nine.",
+        "My favorite color is blue and I like to swim.",
+        "How far is it from here to the airport?",
+    ];
+    let clips: Vec<Vec<f32>> = sents.iter().map(|s| to_f32(&padded(&espeak(s, "en-us"), 0.3, 0.3))).collect();
+    for margin in [32u32, 64, 128, 256, 10_000] {
+        let mut tot = 0.0;
+        let mut ms = 0;
+        for (s, a) in sents.iter().zip(&clips) {
+            let n = (a.len() as f64 / 16000.0 * 50.0).ceil() as u32 + margin;
+            let ctx = if n >= 1500 { AudioCtx::Fixed(0) } else { AudioCtx::Fixed(n) };
+            let r = e.transcribe_with(a, ctx).unwrap();
+            tot += wer(s, &r.text);
+            ms += r.elapsed.as_millis();
+            println!("margin {margin} {:?} -> {:?}", s, r.text);
         }
+        println!("== margin {margin}: mean WER {:.3}, total {ms} ms", tot / 6.0);
     }
 }

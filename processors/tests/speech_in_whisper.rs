@@ -204,3 +204,52 @@ fn a_missing_model_names_the_file_and_the_fix() {
     let problems = bad.check(&build_context());
     assert!(problems.iter().any(|p| p.key == Some("language")), "{problems:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_end_that_races_the_next_utterance_transcribes_only_the_finished_one() {
+    // The end-of-turn signal is a data frame and can arrive after the user already started
+    // speaking again: the finished utterance is the turn, the new one starts the next turn.
+    let a = padded(&espeak("Can you remind me to call my mother at six o'clock?", "en-us"), 0.5, 0.3);
+    let b = padded(&espeak("What is the weather like tomorrow in Paris?", "en-us"), 0.3, 0.3);
+    let (b1, b2) = b.split_at(b.len() / 2);
+    let settings = WhisperSttSettings { forward_audio: true, ..Default::default() };
+    let mut h = Harness::start(vec![stt(settings)]).await;
+    let mut t = Duration::ZERO;
+    let mut send_audio = async |h: &Harness, samples: &[i16]| {
+        let fs = frames(samples, t);
+        t += Duration::from_millis(20 * fs.len() as u64);
+        for f in fs {
+            h.send(f).await;
+        }
+    };
+    h.send(Frame::UserStartedSpeaking).await;
+    send_audio(&h, &a).await;
+    h.send(Frame::UserStoppedSpeaking).await;
+    h.send(Frame::UserStartedSpeaking).await;
+    send_audio(&h, b1).await;
+    // Let the audio so far through before the late turn end.
+    let n = a.len().div_ceil(320) + b1.len().div_ceil(320);
+    let mut seen = 0;
+    h.wait_for(Duration::from_secs(30), |f, _| {
+        seen += usize::from(matches!(f, Frame::InputAudio(_)));
+        seen == n
+    })
+    .await;
+    h.send(Frame::UserTurnEnded).await;
+    let first = h.wait_for(Duration::from_secs(300), |f, _| matches!(f, Frame::Transcription(_))).await;
+    send_audio(&h, b2).await;
+    h.send(Frame::UserStoppedSpeaking).await;
+    h.send(Frame::UserTurnEnded).await;
+    let out = h.finish(Duration::from_secs(300)).await;
+    let Some(Frame::Transcription(first)) = first else { panic!("no transcription of the first turn") };
+    let ts = transcriptions(&out);
+    println!("turn {}: {:?}", first.turn, first.text);
+    for t in ts.iter().skip(1) {
+        println!("turn {}: {:?}", t.turn, t.text);
+    }
+    assert_eq!(first.turn, 1);
+    assert!(wer("Can you remind me to call my mother at six o'clock?", &first.text) <= 0.4, "{:?}", first.text);
+    assert_eq!(ts.len(), 2, "the second utterance is a turn of its own");
+    assert_eq!(ts[1].turn, 2);
+    assert!(wer("What is the weather like tomorrow in Paris?", &ts[1].text) <= 0.4, "{:?}", ts[1].text);
+}

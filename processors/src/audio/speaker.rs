@@ -7,6 +7,7 @@
 //! device's pace holds back the TTS (backpressure). An interruption asks the callback to empty
 //! the ring, so the speaker falls silent within one device period.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use super::devices;
 use super::played::PlayedText;
 use super::resample::{StreamResampler, to_mono_f32};
-use crate::frame::{Direction, ErrorFrame, Frame, Metric};
+use crate::frame::{Direction, ErrorFrame, Frame, Metric, SpokenReply};
 use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
 
@@ -137,6 +138,10 @@ struct State {
     /// The `started_ns` last acted on.
     seen_start: u64,
     drained_since: Option<Instant>,
+    /// Replies taken by `process` for the monitor to report. `process` must not wait on an
+    /// upstream push: the TTS's lanes can be full while the TTS waits for room in ours, and
+    /// neither would ever move again.
+    reports: VecDeque<SpokenReply>,
 }
 
 /// Plays audio on an output device.
@@ -227,6 +232,7 @@ impl Speaker {
             first_reported: false,
             seen_start: 0,
             drained_since: None,
+            reports: VecDeque::new(),
         };
         Ok(Self {
             settings,
@@ -427,8 +433,8 @@ impl Monitor {
 
     /// One look at the counters; returns the frames to send (and whether both ways).
     fn tick(&self) -> Vec<(Frame, bool)> {
-        let mut out = Vec::new();
         let mut st = lock(&self.state);
+        let mut out: Vec<(Frame, bool)> = st.reports.drain(..).map(|r| (Frame::SpokenReply(r), false)).collect();
         let now = Instant::now();
         let started = self.shared.started_ns.load(Ordering::Acquire);
         let consumed = self.shared.played.load(Ordering::Acquire) + self.shared.discarded.load(Ordering::Acquire);
@@ -514,18 +520,14 @@ impl Processor for Speaker {
                 return self.play(&audio.samples, audio.channels, audio.sample_rate).await;
             }
             Frame::LlmResponseStart { .. } => {
-                let previous = {
-                    let mut st = lock(&self.state);
-                    // A reply still playing when the next one starts is reported as it will be heard.
-                    let written = st.text.written();
-                    let previous = st.text.take(written, false);
-                    st.text.on_frame(&frame);
-                    st.first_reported = false;
-                    previous
-                };
-                if let Some(reply) = previous {
-                    ctx.push_upstream(Frame::SpokenReply(reply)).await;
+                let mut st = lock(&self.state);
+                // A reply still playing when the next one starts is reported as it will be heard.
+                let written = st.text.written();
+                if let Some(previous) = st.text.take(written, false) {
+                    st.reports.push_back(previous);
                 }
+                st.text.on_frame(&frame);
+                st.first_reported = false;
             }
             Frame::TtsStopped => {
                 let result = self.flush_resampler().await;
@@ -551,21 +553,23 @@ impl Processor for Speaker {
             r.reset();
         }
         let played = self.shared.played.load(Ordering::Acquire) + discarded_before;
-        let (reply, was_speaking) = {
+        let (reports, reply, was_speaking) = {
             let mut st = lock(&self.state);
+            let reports = std::mem::take(&mut st.reports);
             let reply = st.text.take(played, true);
             // Whatever the callback did not get to is gone: the timeline jumps to the end.
             st.text.clear();
             let was_speaking = std::mem::take(&mut st.speaking);
             st.first_reported = false;
             st.drained_since = None;
-            (reply, was_speaking)
+            (reports, reply, was_speaking)
         };
         tracing::debug!(processor = %ctx.id(), ?reply, "interrupted");
         if was_speaking {
             push_both(&ctx.sender(), Frame::BotStoppedSpeaking).await;
         }
-        if let Some(reply) = reply {
+        // The interruption emptied the TTS's lanes: these pushes do not wait.
+        for reply in reports.into_iter().chain(reply) {
             ctx.push_upstream(Frame::SpokenReply(reply)).await;
         }
     }
@@ -587,12 +591,12 @@ impl Processor for Speaker {
             tokio::time::sleep(MONITOR_PERIOD).await;
         }
         // A reply the stream ended in the middle of is reported as far as it got.
-        let reply = {
+        let (reports, reply) = {
             let mut st = lock(&self.state);
             let written = st.text.written();
-            st.text.take(written, false)
+            (std::mem::take(&mut st.reports), st.text.take(written, false))
         };
-        if let Some(reply) = reply {
+        for reply in reports.into_iter().chain(reply) {
             ctx.push_upstream(Frame::SpokenReply(reply)).await;
         }
         Ok(())

@@ -629,7 +629,7 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
         "store p50",
         "store p99",
         "B/exch",
-        "used B/ex",
+        "B/exch",
         "load s"
     )?;
     writeln!(

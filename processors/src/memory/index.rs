@@ -32,7 +32,7 @@ use super::MemoryError;
 use super::codec::{Corrupt, get_varint, put_varint};
 
 /// Largest posting chunk, in bytes; a new chunk starts beyond it.
-pub const CHUNK_MAX_BYTES: usize = 1024;
+pub const CHUNK_MAX_BYTES: usize = 512;
 /// Most query terms looked up, rarest first.
 pub const MAX_QUERY_TERMS: usize = 8;
 /// Most postings read per query term, newest first.

@@ -325,7 +325,7 @@ impl StatelessMemory {
     }
 
     fn store_failed(&self, turn: u64, e: &MemoryError) -> String {
-        let what = if e.is_disk_full() { "free some disk space" } else { "see the error above" };
+        let what = if e.is_disk_full() { "free some disk space" } else { "check the disk and the database directory" };
         format!(
             "memory: the exchange of turn {turn} was not stored in {}: {e}; the conversation goes on without \
              remembering it ({what})",

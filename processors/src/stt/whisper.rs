@@ -230,6 +230,8 @@ impl WhisperStt {
             return;
         }
         self.speaking = true;
+        // An end reported before this utterance began belongs to an earlier one.
+        self.vad_end = None;
         self.open.clear();
         self.open.extend(self.pre_roll.drain(..));
         self.open_start = self.cursor.saturating_sub(duration_of(self.open.len()));
@@ -240,10 +242,13 @@ impl WhisperStt {
         if self.open.is_empty() {
             return;
         }
-        let speech_start = self.vad_start.take().filter(|&t| t >= self.open_start).unwrap_or(self.open_start);
+        // The VAD's boundaries are used only when they fall inside this utterance's audio.
+        let inside = |t: &Duration| (self.open_start..=self.cursor).contains(t);
+        let speech_start = self.vad_start.take().filter(inside).unwrap_or(self.open_start);
+        let speech_end = self.vad_end.take().filter(inside).unwrap_or(self.cursor);
         self.turn_start.get_or_insert(speech_start);
         self.turn.append(&mut self.open);
-        self.turn_end = self.vad_end.take().filter(|&t| t <= self.cursor).unwrap_or(self.cursor);
+        self.turn_end = speech_end;
     }
 
     fn on_stopped(&mut self) {
