@@ -18,6 +18,10 @@ use speech_out_util::*;
 
 const RECORD_RATE: u32 = 16_000;
 
+/// The tests share one null sink and record its monitor: played at the same time, their audio
+/// would mix. Each test holds this while it uses the device.
+static DEVICE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn require_pulse() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pulse.sh");
     let status = Command::new(&script).arg("status").output().expect("scripts/pulse.sh runs");
@@ -119,6 +123,7 @@ fn count(out: &Output, dir: Direction, pred: impl Fn(&Frame) -> bool) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_played_on_the_null_sink_is_recorded_back() {
+    let _device = DEVICE.lock().await;
     require_pulse();
     let sentence = "The speaker plays this sentence on the null sink.";
     let clip = voice().synthesize_clip(sentence).await.unwrap();
@@ -160,6 +165,7 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interruption_silences_the_speaker_within_one_chunk() {
+    let _device = DEVICE.lock().await;
     require_pulse();
     let speaker = Speaker::open(SpeakerSettings::default()).expect("the default output device opens");
     let stats = speaker.stats();
@@ -224,6 +230,7 @@ async fn an_interruption_silences_the_speaker_within_one_chunk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
+    let _device = DEVICE.lock().await;
     require_pulse();
     let reply = "Hello there, your assistant is ready. The park looks lovely today.";
     let recorder = Recorder::start();
