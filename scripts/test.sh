@@ -39,7 +39,8 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust with rustup (https://rustup.rs) and run again" >&2; exit 1; }
 
 step "models"
-scripts/fetch-models.sh
+# whisper-base too: the tests check the multilingual model detects the language.
+scripts/fetch-models.sh --all
 
 step "local LLM server (llama.cpp + SmolLM2-135M) on port $port"
 started_llm=0

@@ -54,7 +54,7 @@ pub const QUESTIONS: &[&str] = &[
     "My name is Alice, and I live in a small town by the sea.",
     "How many legs does a spider have?",
     "Why is the sky blue?",
-    "Can you suggest something quick to cook for dinner tonight?",
+    "How do bees make honey?",
     "What is two plus two?",
     "Tell me a fun fact about the moon.",
     "How far away is the sun from the earth?",
@@ -462,6 +462,8 @@ pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> 
         repeat: turns.div_ceil(n) as u32,
         next: NextFile::AfterReply,
         realtime: true,
+        // A reply of 256 tokens plays for a minute or more: the next question must not talk over it.
+        reply_timeout_ms: 300_000,
         ..WavInputSettings::default()
     };
     let mut all: Vec<(usize, TurnRecord)> = Vec::new();
@@ -473,7 +475,7 @@ pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> 
         let cfg = assistant_config(base, dir.path(), input.clone(), true, &[])?;
         pipeline_desc = describe(&cfg);
         eprintln!("run {run}/{runs}: {turns} turns in real time through {pipeline_desc}");
-        let limit = Duration::from_secs(120 + 90 * turns as u64);
+        let limit = Duration::from_secs(120 + 400 * turns as u64);
         let c = drive(cfg, turns as u64, limit, Collector::new(None)).await?;
         errors.extend(c.errors);
         interruptions += c.interruptions;

@@ -5,6 +5,8 @@
 //! short everyday exchanges (about 10 words from the user, 20 from the assistant) with names,
 //! places, times, numbers and, now and then, a made-up rare word (a product or pet name), so both
 //! common and rare terms occur as in real conversations.
+//!
+//! Set `SLOWCAT_BENCH_PAGES=1` to also print the pages each database inside LMDB takes.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -617,6 +619,18 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
         "median of {} runs; {} injections per run; {} stores per size; hot tier {}, blocks of {}",
         opts.runs, opts.injections, opts.stores, store_options.hot_tier_size, store_options.block_size
     )?;
+    writeln!(
+        out,
+        "injection = read + rewrite of one request (6 recent; relevance adds up to 4 older, BM25); store = queued to \
+         the writer thread until its durable commit (fsync); B/exch = data file and live pages per exchange"
+    )?;
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        writeln!(
+            out,
+            "load average at start: {} (figures are wall-clock)",
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        )?;
+    }
     writeln!(out)?;
     writeln!(
         out,

@@ -10,8 +10,10 @@ use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextPar
 
 /// Encoder frames per second of audio (whisper's mel hop of 10 ms, halved by the encoder's stride).
 const ENCODER_FRAMES_PER_SEC: f64 = 50.0;
-/// Extra encoder frames past the end of the audio in `auto` mode: the last word needs some room
-/// or whisper drops it, and very small windows make it repeat itself.
+/// Extra encoder frames past the end of the audio in `auto` mode. Measured on six generated
+/// sentences with tiny.en: a margin of 32 makes whisper repeat the utterance two or three times,
+/// 64, 128 and 256 give the same words (mean WER 0.14; the full window 0.09) at 15–30 % of the
+/// full window's time.
 const AUDIO_CTX_MARGIN: u32 = 64;
 /// Whisper's full 30 s window.
 const AUDIO_CTX_MAX: u32 = 1500;

@@ -59,7 +59,9 @@ pub struct WhisperSttSettings {
     pub model: PathBuf,
     /// Language code (`en`, `de`, …), or `auto` to detect it (multilingual models only).
     pub language: String,
-    /// Threads whisper.cpp computes with.
+    /// Threads whisper.cpp computes with. ggml's threads spin-wait for each other at every step,
+    /// so on a machine whose cores are busy with other work (2 cores, a local LLM) 1 thread can be
+    /// several times faster than 2.
     pub threads: usize,
     /// Encoder window: `"auto"` sizes it to the utterance (fast for short turns), a number of
     /// encoder frames (50 per second, at most 1500), or 0 for whisper's full 30 s window.

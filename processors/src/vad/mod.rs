@@ -9,9 +9,13 @@
 //! `user_speech_start_at` (where the speech began, `start_ms` before `UserStartedSpeaking`) and
 //! `user_speech_end_at` (where it ended, `stop_ms` before `UserStoppedSpeaking`).
 //!
-//! Inference runs inline on the processor's task: Silero takes about 0.3 ms per 32 ms window
-//! and WebRTC microseconds (see `slowcat bench stt`), which is shorter than a hop through
-//! `spawn_blocking` costs in wake-ups and far from stalling a multi-threaded runtime.
+//! Inference runs inline on the processor's task, not on `spawn_blocking`: Silero costs
+//! 0.2–0.4 ms per 20 ms of audio and WebRTC 3–15 µs (`slowcat bench stt`, on a busy 2-core
+//! machine), about 1–2 % of one worker thread, which the multi-threaded runtime absorbs (other
+//! tasks are stolen by the other worker meanwhile). A blocking hop would add a thread wake-up
+//! per window, and the detector would have to travel to the blocking thread and back: an
+//! interruption dropping `process` at that `.await` would lose the detector with its state,
+//! and the audio, the metric and the event could no longer be pushed in one ordered go.
 
 mod silero;
 mod webrtc;
