@@ -20,13 +20,22 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-/// Frames per second through `n` processors: a producer task sends `frames` data frames while
-/// the output is drained.
-async fn throughput(n: usize, frames: usize) -> f64 {
+/// Time the calling thread has spent on a CPU (Linux `/proc/thread-self/schedstat`), so the
+/// figure holds on a machine busy with other work: every task of the benchmark runs on this
+/// thread (current-thread runtime).
+fn thread_cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(s.split_whitespace().next()?.parse().ok()?))
+}
+
+/// Frames per second through `n` processors, of wall-clock time and of on-CPU time: a producer
+/// task sends `frames` data frames while the output is drained.
+async fn throughput(n: usize, frames: usize) -> (f64, Option<f64>) {
     let mut p = chain(n);
     p.start().await;
     let _ = p.recv().await; // Start
     let started = Instant::now();
+    let cpu_started = thread_cpu_time();
     let head = p.sender_for_bench();
     let producer = tokio::spawn(async move {
         let text: std::sync::Arc<str> = "x".into();
@@ -43,9 +52,10 @@ async fn throughput(n: usize, frames: usize) -> f64 {
         }
     }
     let elapsed = started.elapsed();
+    let cpu = thread_cpu_time().zip(cpu_started).map(|(end, start)| end.saturating_sub(start));
     let _ = producer.await;
     let _ = p.cancel().await;
-    got as f64 / elapsed.as_secs_f64()
+    (got as f64 / elapsed.as_secs_f64(), cpu.map(|c| got as f64 / c.as_secs_f64()))
 }
 
 /// One frame at a time through `n` processors: p50 and p99 of the round trip.
@@ -70,10 +80,22 @@ async fn latency(n: usize, samples: usize) -> (Duration, Duration) {
 /// Prints throughput and latency for chains of 1, 6 and 20 pass-through processors.
 pub async fn pipeline(frames: usize, samples: usize) {
     println!("slowcat bench pipeline: {frames} frames per throughput run, {samples} latency samples");
-    println!("{:>10} {:>14} {:>12} {:>12}", "processors", "frames/s", "p50 µs", "p99 µs");
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        println!("load average at start: {} (on-CPU: frames per second the routing thread ran)", load.join(" "));
+    }
+    println!("{:>10} {:>14} {:>16} {:>12} {:>12}", "processors", "frames/s", "on-CPU frames/s", "p50 µs", "p99 µs");
     for n in [1, 6, 20] {
-        let fps = throughput(n, frames).await;
+        let (fps, cpu_fps) = throughput(n, frames).await;
         let (p50, p99) = latency(n, samples).await;
-        println!("{:>10} {:>14.0} {:>12.1} {:>12.1}", n, fps, p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+        let cpu_fps = cpu_fps.map_or_else(|| "-".to_string(), |f| format!("{f:.0}"));
+        println!(
+            "{:>10} {:>14.0} {:>16} {:>12.1} {:>12.1}",
+            n,
+            fps,
+            cpu_fps,
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6
+        );
     }
 }

@@ -764,8 +764,7 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
     let vad_heard = events[blips..].iter().filter(|e| matches!(e.frame, Frame::UserStartedSpeaking)).count();
     println!("backchannels: the VAD heard {vad_heard} of 2 as speech; neither interrupted the reply");
 
-    // Upstream, the speaking events wait behind a processor busy with a long call (Piper
-    // synthesizing, the LLM streaming), and smart_turn counts overlap only once it knows.
+    // How long the speaking event took to travel upstream past the busy processors.
     if let Some(down) =
         events.iter().find(|e| matches!(e.frame, Frame::BotStartedSpeaking) && e.dir == Direction::Downstream)
     {
@@ -780,13 +779,11 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
 
 /// The user talks over the first second of a reply, as soon as the speaker has started it.
 ///
-/// Fails today: `BotStartedSpeaking` travels upstream from the speaker, and each processor on the
-/// way holds system frames until its current `process` call returns (pipeline.rs `Task::call`
-/// defers all but Interruption and Cancel). Piper synthesizing a sentence and the LLM streaming a
-/// reply hold it for seconds (2–4 s measured here), so smart_turn does not know the assistant is
-/// speaking and does not count the overlap: the start of every reply cannot be interrupted.
+/// `BotStartedSpeaking` travels upstream from the speaker through Piper, the LLM, memory and
+/// Whisper to smart_turn. Those processors bypass upstream frames, so the event passes them even
+/// while Piper synthesizes the next sentence or the LLM streams (it used to wait seconds for each
+/// call, and the start of every reply could not be interrupted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: speaking events reach smart_turn seconds late (see the doc comment)"]
 async fn talking_over_the_first_second_of_a_reply_interrupts_it_too() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let c = ask_for_a_long_reply(Direction::Downstream).await;

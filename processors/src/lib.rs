@@ -4,6 +4,7 @@
 
 pub mod frame;
 pub mod harness;
+mod lane;
 pub mod pipeline;
 pub mod processor;
 pub mod registry;

@@ -4,17 +4,19 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::frame::{Direction, ErrorFrame, Frame, FrameClass};
-use crate::processor::{self, BoxProcessor, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext};
+use crate::lane;
+use crate::processor::{self, BoxProcessor, Bypass, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext};
 
 /// Channel sizes and shutdown bounds.
 ///
@@ -60,9 +62,12 @@ pub struct Shutdown {
 pub struct Pipeline {
     head: FrameSender,
     tail: FrameSender,
-    out_rx: mpsc::Receiver<Envelope>,
+    out_rx: lane::Receiver<Envelope>,
     tasks: Vec<(Arc<str>, JoinHandle<()>)>,
     cancel: CancellationToken,
+    /// Set with `cancel`: the tasks' fast path reads it per frame, which is cheaper than asking
+    /// the token (a lock shared by every task).
+    stopping: Arc<AtomicBool>,
     epoch: Instant,
     options: PipelineOptions,
 }
@@ -71,16 +76,17 @@ impl Pipeline {
     /// Spawns one task per processor, in order. Nothing flows until [`Pipeline::start`].
     pub fn spawn(processors: Vec<(String, BoxProcessor)>, options: PipelineOptions) -> Self {
         let cancel = CancellationToken::new();
+        let stopping = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         // Both ends of the chain lead into one ordered output channel.
-        let (out_tx, out_rx) = mpsc::channel(options.system_capacity);
+        let (out_tx, out_rx) = lane::bounded(options.system_capacity);
         let sink = Lanes { system: out_tx.clone(), data: out_tx };
 
         let mut inputs = Vec::with_capacity(processors.len());
         let mut receivers = Vec::with_capacity(processors.len());
         for _ in &processors {
-            let (sys_tx, sys_rx) = mpsc::channel(options.system_capacity);
-            let (data_tx, data_rx) = mpsc::channel(options.data_capacity);
+            let (sys_tx, sys_rx) = lane::bounded(options.system_capacity);
+            let (data_tx, data_rx) = lane::bounded(options.data_capacity);
             inputs.push(Lanes { system: sys_tx, data: data_tx });
             receivers.push((sys_rx, data_rx));
         }
@@ -95,12 +101,22 @@ impl Pipeline {
             let up = lanes_at(i.checked_sub(1));
             let down = lanes_at(Some(i + 1));
             let ctx = ProcessorContext::new(id.clone(), processor::sender(down, up), cancel.clone(), epoch);
-            let task = Task { processor, ctx, sys_rx, data_rx, held: VecDeque::new(), deferred: VecDeque::new() };
+            let bypass = processor.bypass();
+            let task = Task {
+                processor,
+                bypass,
+                ctx,
+                sys_rx,
+                data_rx,
+                stopping: stopping.clone(),
+                held: VecDeque::new(),
+                deferred: VecDeque::new(),
+            };
             tasks.push((id, tokio::spawn(task.run())));
         }
         let head = processor::sender(lanes_at(Some(0)), sink.clone());
         let tail = processor::sender(sink.clone(), lanes_at(inputs.len().checked_sub(1)));
-        Self { head, tail, out_rx, tasks, cancel, epoch, options }
+        Self { head, tail, out_rx, tasks, cancel, stopping, epoch, options }
     }
 
     /// Sends `Start` through the pipeline.
@@ -188,6 +204,7 @@ impl Pipeline {
     }
 
     async fn join(mut self) -> Shutdown {
+        self.stopping.store(true, Ordering::Release);
         self.cancel.cancel();
         let deadline = tokio::time::Instant::now() + self.options.join_timeout;
         let mut hung = Vec::new();
@@ -226,6 +243,7 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         self.cancel.cancel();
         for (_, handle) in &self.tasks {
             handle.abort();
@@ -242,9 +260,12 @@ enum Outcome<T> {
 
 struct Task {
     processor: BoxProcessor,
+    /// Frames the processor never sees: forwarded by the task itself.
+    bypass: Bypass,
     ctx: ProcessorContext,
-    sys_rx: mpsc::Receiver<Envelope>,
-    data_rx: mpsc::Receiver<Envelope>,
+    sys_rx: lane::Receiver<Envelope>,
+    data_rx: lane::Receiver<Envelope>,
+    stopping: Arc<AtomicBool>,
     /// Frames that survive an interruption (End), taken off the data lane while draining it.
     held: VecDeque<Envelope>,
     /// System frames that arrived while a call was in flight, in arrival order.
@@ -267,7 +288,7 @@ impl Task {
                 Some(env)
             } else if let Some(env) = self.held.pop_front() {
                 Some(env)
-            } else if cancel.is_cancelled() {
+            } else if self.stopping.load(Ordering::Acquire) {
                 None
             } else if let Ok(env) = self.data_rx.try_recv() {
                 Some(env)
@@ -296,7 +317,9 @@ impl Task {
             Frame::Start => {
                 self.ctx.push(Frame::Start, dir).await;
                 let r = self.call(|p, ctx| p.start(ctx)).await;
-                self.report(r).await;
+                if let Outcome::Done(Err(e)) = r {
+                    self.report(e).await;
+                }
                 true
             }
             Frame::Cancel => {
@@ -313,7 +336,9 @@ impl Task {
             }
             Frame::End if dir == Direction::Downstream => {
                 let r = self.call(|p, ctx| p.end(ctx)).await;
-                self.report(r).await;
+                if let Outcome::Done(Err(e)) = r {
+                    self.report(e).await;
+                }
                 self.ctx.push(Frame::End, dir).await;
                 true
             }
@@ -323,16 +348,23 @@ impl Task {
                 self.ctx.push(Frame::End, dir).await;
                 false
             }
+            frame if (self.bypass)(&frame, dir) => {
+                self.ctx.push(frame, dir).await;
+                true
+            }
             frame => {
                 let r = self.call(move |p, ctx| p.process(frame, dir, ctx)).await;
-                self.report(r).await;
+                if let Outcome::Done(Err(e)) = r {
+                    self.report(e).await;
+                }
                 true
             }
         }
     }
 
     /// Runs one call into the processor while watching the system lane: an `Interruption` or
-    /// `Cancel` drops the call; other system frames wait in `deferred` until it returns.
+    /// `Cancel` drops the call; system frames the processor bypasses travel on at once; the others
+    /// wait in `deferred` until it returns.
     /// A panic inside the processor becomes an error instead of killing the pipeline.
     async fn call<F>(&mut self, f: F) -> Outcome<Result<(), ProcessError>>
     where
@@ -341,23 +373,34 @@ impl Task {
             &'a ProcessorContext,
         ) -> futures::future::BoxFuture<'a, Result<(), ProcessError>>,
     {
-        let Task { processor, ctx, sys_rx, deferred, .. } = self;
+        let Task { processor, ctx, sys_rx, deferred, bypass, .. } = self;
+        let ctx: &ProcessorContext = ctx;
         let fut = AssertUnwindSafe(f(processor, ctx)).catch_unwind();
         tokio::pin!(fut);
+        let done = |res: Result<Result<(), ProcessError>, Box<dyn std::any::Any + Send>>| {
+            Outcome::Done(res.unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(ProcessError::Recoverable(format!("panicked: {msg}")))
+            }))
+        };
+        // Most calls finish at their first poll: no need to watch the system lane for those.
+        if let Poll::Ready(res) = futures::poll!(fut.as_mut()) {
+            return done(res);
+        }
         loop {
             tokio::select! {
                 biased;
-                res = &mut fut => {
-                    return Outcome::Done(res.unwrap_or_else(|panic| {
-                        let msg = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into());
-                        Err(ProcessError::Recoverable(format!("panicked: {msg}")))
-                    }));
-                }
+                res = &mut fut => return done(res),
                 Some(env) = sys_rx.recv() => {
+                    // Never past a deferred frame going the same way: order per direction holds.
+                    if bypass(&env.0, env.1) && !deferred.iter().any(|(_, d)| *d == env.1) {
+                        ctx.push(env.0, env.1).await;
+                        continue;
+                    }
                     let preempts = matches!(env.0, Frame::Interruption | Frame::Cancel);
                     deferred.push_back(env);
                     if preempts {
@@ -369,8 +412,8 @@ impl Task {
         }
     }
 
-    async fn report(&mut self, outcome: Outcome<Result<(), ProcessError>>) {
-        let Outcome::Done(Err(e)) = outcome else { return };
+    /// Turns a failed call into an error frame (not an async call per frame when all is well).
+    async fn report(&mut self, e: ProcessError) {
         let recoverable = matches!(e, ProcessError::Recoverable(_));
         warn!(processor = %self.ctx.id(), error = %e, recoverable, "processor error");
         let frame = Frame::Error(ErrorFrame { source: self.ctx.id().to_string(), message: e.to_string(), recoverable });

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Direction, ErrorFrame, Frame, Metric};
@@ -73,6 +72,40 @@ pub trait Processor: Send + 'static {
 
     /// The pipeline is stopping (after `End` or `Cancel`): release resources.
     async fn stop(&mut self) {}
+
+    /// Frames this processor never looks at. The runtime forwards them itself, without a call
+    /// into [`Processor::process`], and system frames among them overtake a call in flight: a
+    /// speaking event travelling upstream does not wait until the TTS has synthesized its
+    /// sentence or the LLM has streamed its reply. Asked once, when the pipeline is spawned.
+    fn bypass(&self) -> Bypass {
+        bypass::nothing
+    }
+}
+
+/// Which frames a processor lets the runtime forward without seeing them (see
+/// [`Processor::bypass`]). A plain function, so the runtime can ask it while the processor is
+/// busy in a call.
+pub type Bypass = fn(&Frame, Direction) -> bool;
+
+/// Common [`Bypass`] choices.
+pub mod bypass {
+    use crate::frame::{Direction, Frame};
+
+    /// The processor sees every frame.
+    pub fn nothing(_: &Frame, _: Direction) -> bool {
+        false
+    }
+
+    /// Every frame travelling upstream: for processors that pass all of them on untouched.
+    pub fn upstream(_: &Frame, direction: Direction) -> bool {
+        direction == Direction::Upstream
+    }
+
+    /// System frames travelling upstream (speaking events, metrics, errors on their way back):
+    /// for processors that only transform what flows downstream.
+    pub fn upstream_system(frame: &Frame, direction: Direction) -> bool {
+        direction == Direction::Upstream && frame.is_system()
+    }
 }
 
 /// A boxed processor, as the registry builds them.
@@ -84,8 +117,8 @@ pub(crate) type Envelope = (Frame, Direction);
 /// The two input lanes of one processor task.
 #[derive(Clone)]
 pub(crate) struct Lanes {
-    pub(crate) system: mpsc::Sender<Envelope>,
-    pub(crate) data: mpsc::Sender<Envelope>,
+    pub(crate) system: crate::lane::Sender<Envelope>,
+    pub(crate) data: crate::lane::Sender<Envelope>,
 }
 
 impl Lanes {
@@ -94,8 +127,8 @@ impl Lanes {
         // Fast path: no future to build when there is room.
         match lane.try_send((frame, direction)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(env)) => lane.send(env).await.is_ok(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(crate::lane::TrySendError::Full(env)) => lane.send(env).await.is_ok(),
+            Err(crate::lane::TrySendError::Closed(_)) => false,
         }
     }
 }

@@ -19,11 +19,20 @@ struct Probe {
     hang_on_data: bool,
     hang_on_stop: bool,
     panic_on: Option<&'static str>,
+    /// Let the runtime forward upstream frames without showing them to the probe.
+    bypass_upstream: bool,
 }
 
 impl Probe {
     fn new(log: &Log) -> Self {
-        Self { log: log.clone(), data_delay: Duration::ZERO, hang_on_data: false, hang_on_stop: false, panic_on: None }
+        Self {
+            log: log.clone(),
+            data_delay: Duration::ZERO,
+            hang_on_data: false,
+            hang_on_stop: false,
+            panic_on: None,
+            bypass_upstream: false,
+        }
     }
 }
 
@@ -66,6 +75,14 @@ impl Processor for Probe {
     async fn stop(&mut self) {
         if self.hang_on_stop {
             std::future::pending::<()>().await;
+        }
+    }
+
+    fn bypass(&self) -> slowcat_processors::processor::Bypass {
+        if self.bypass_upstream {
+            slowcat_processors::processor::bypass::upstream
+        } else {
+            slowcat_processors::processor::bypass::nothing
         }
     }
 }
@@ -133,6 +150,42 @@ async fn interruption_cancels_in_flight_work_and_drops_queued_data_but_not_syste
     assert!(!log.contains(&"done d0".to_string()), "the in-flight call must not complete: {log:?}");
     assert!(log.contains(&"interrupted".to_string()));
     assert!(!log.iter().any(|l| l == "begin d1"), "queued data must never reach the processor: {log:?}");
+}
+
+/// Starts a probe busy with a long call, then sends `BotStartedSpeaking` upstream through it;
+/// true when the event came out while the call was still in flight.
+async fn speaking_event_passes_a_busy_processor(bypass_upstream: bool) -> bool {
+    let log = Log::default();
+    let mut probe = Probe::new(&log);
+    probe.data_delay = Duration::from_secs(30);
+    probe.bypass_upstream = bypass_upstream;
+    let mut h = Harness::start(vec![Box::new(probe)]).await;
+    h.send(Frame::LlmText("long synthesis".into())).await;
+    let t0 = Instant::now();
+    while !log.lock().unwrap().iter().any(|l| l.starts_with("begin")) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "processor never started on data");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    h.send_upstream(Frame::BotStartedSpeaking).await;
+    let passed = h
+        .wait_for(Duration::from_millis(500), |f, d| matches!(f, Frame::BotStartedSpeaking) && d == Direction::Upstream)
+        .await
+        .is_some();
+    let seen = log.lock().unwrap().iter().any(|l| l == "BotStartedSpeaking");
+    let _ = h.cancel().await;
+    if bypass_upstream {
+        assert!(!seen, "a bypassed frame must not reach the processor");
+    }
+    passed
+}
+
+#[tokio::test]
+async fn bypassed_system_frames_pass_a_call_in_flight_and_the_others_wait_for_it() {
+    // A processor that never looks at upstream frames (the TTS, the LLM) must not hold the
+    // speaker's speaking events while it synthesizes: barge-in needs them at once.
+    assert!(speaking_event_passes_a_busy_processor(true).await, "the bypassed event waited for the call");
+    // One that handles them sees them in order, after the call in flight.
+    assert!(!speaking_event_passes_a_busy_processor(false).await, "the event overtook a processor that handles it");
 }
 
 #[tokio::test]

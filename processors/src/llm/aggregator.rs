@@ -69,6 +69,10 @@ impl UserTurn {
 
 #[async_trait]
 impl Processor for UserTurn {
+    fn bypass(&self) -> crate::processor::Bypass {
+        crate::processor::bypass::upstream
+    }
+
     async fn process(
         &mut self,
         frame: Frame,

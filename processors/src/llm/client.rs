@@ -617,6 +617,12 @@ impl OpenAiLlm {
 
 #[async_trait]
 impl Processor for OpenAiLlm {
+    /// Nothing upstream concerns the LLM: speaking events from the speaker pass it at once,
+    /// even while a reply streams.
+    fn bypass(&self) -> crate::processor::Bypass {
+        crate::processor::bypass::upstream
+    }
+
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         if !self.settings.warmup {
             return Ok(());

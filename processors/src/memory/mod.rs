@@ -459,6 +459,12 @@ impl StatelessMemory {
 
 #[async_trait]
 impl Processor for StatelessMemory {
+    /// Memory reads spoken replies (data) on their way upstream; speaking events and other system
+    /// frames pass it at once, even while it stores or injects.
+    fn bypass(&self) -> crate::processor::Bypass {
+        crate::processor::bypass::upstream_system
+    }
+
     async fn process(
         &mut self,
         frame: Frame,

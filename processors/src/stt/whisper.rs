@@ -296,6 +296,11 @@ impl WhisperStt {
 
 #[async_trait]
 impl Processor for WhisperStt {
+    /// Upstream frames pass untouched, even while a transcription is handed over.
+    fn bypass(&self) -> crate::processor::Bypass {
+        crate::processor::bypass::upstream
+    }
+
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         let Some(engine) = self.engine.take() else { return Ok(()) };
         let (tx, rx) = mpsc::channel(QUEUE);

@@ -133,6 +133,12 @@ impl<S: Synthesizer> StreamingTts<S> {
 
 #[async_trait]
 impl<S: Synthesizer> Processor for StreamingTts<S> {
+    /// Upstream frames pass untouched; the speaker's speaking events must not wait while a
+    /// sentence is being synthesized (barge-in needs them at once).
+    fn bypass(&self) -> crate::processor::Bypass {
+        crate::processor::bypass::upstream
+    }
+
     async fn process(
         &mut self,
         frame: Frame,
