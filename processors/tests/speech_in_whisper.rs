@@ -253,3 +253,51 @@ async fn a_turn_end_that_races_the_next_utterance_transcribes_only_the_finished_
     assert_eq!(ts[1].turn, 2);
     assert!(wer("What is the weather like tomorrow in Paris?", &ts[1].text) <= 0.4, "{:?}", ts[1].text);
 }
+
+/// One utterance; the turn ends `wait` after the audio (an end-of-turn detector deciding).
+/// Returns the transcript and how long after the turn's end it came (`stt_time`).
+async fn one_turn_ended_late(transcribe_early: bool, wait: Duration) -> (Transcription, Duration) {
+    let speech = espeak("What is the weather like tomorrow in Paris?", "en-us");
+    let clip = padded(&speech, 0.5, 1.0);
+    let settings = WhisperSttSettings { transcribe_early, ..Default::default() };
+    let mut h = Harness::start(vec![vad(), stt(settings)]).await;
+    for f in frames(&clip, Duration::ZERO) {
+        h.send(f).await;
+    }
+    tokio::time::sleep(wait).await;
+    h.send(Frame::UserTurnEnded).await;
+    h.wait_for(Duration::from_secs(60), |f, _| matches!(f, Frame::Transcription(_))).await;
+    let out = h.finish(Duration::from_secs(60)).await;
+    let t = transcriptions(&out).first().copied().cloned().expect("a transcription");
+    let stt_time = out
+        .downstream
+        .iter()
+        .find_map(|f| match f {
+            Frame::Metrics(m) if m.name == slowcat_processors::stt::STT_TIME_METRIC => Some(m.value),
+            _ => None,
+        })
+        .expect("an stt_time metric");
+    (t, stt_time)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_transcript_is_ready_when_the_turn_ends() {
+    // With `transcribe_early` the words are transcribed while the end-of-turn detector decides,
+    // so the transcript follows the turn's end at once instead of after whisper's run.
+    // Whisper needs well under a second here when idle, but many seconds when every test of
+    // this file runs at once on 2 cores: the detector's wait is long enough for both.
+    let (early, early_wait) = one_turn_ended_late(true, Duration::from_secs(20)).await;
+    let (late, late_wait) = one_turn_ended_late(false, Duration::from_millis(500)).await;
+    println!(
+        "early: {:?} {early_wait:?} after the turn ended (whisper took {:?}); not early: {:?} {late_wait:?}",
+        early.text, early.processing, late.text
+    );
+    assert_eq!(early.text, late.text, "the same audio must give the same words");
+    assert!(wer("What is the weather like tomorrow in Paris?", &early.text) <= 0.3, "heard {:?}", early.text);
+    assert!(
+        early_wait < early.processing / 2,
+        "the early transcript was not used: {early_wait:?} after the turn ended, whisper takes {:?}",
+        early.processing
+    );
+    assert!(late_wait >= late.processing, "without it, whisper runs after the turn ends");
+}

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{AudioCtx, WhisperEngine, known_language};
+use super::engine::{AudioCtx, Recognized, WhisperEngine, known_language};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::frame::{DEFAULT_SPEAKER, Direction, ErrorFrame, Frame, Metric, Transcription};
 use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
@@ -72,6 +72,11 @@ pub struct WhisperSttSettings {
     /// What ends the turn: `"user_turn_ended"` (an end-of-turn detector follows the VAD) or
     /// `"user_stopped_speaking"` (transcribe as soon as the VAD hears silence).
     pub end_turn_on: EndTurnOn,
+    /// With `end_turn_on = "user_turn_ended"`: start transcribing as soon as the VAD hears the
+    /// user stop, while the end-of-turn detector decides. When the turn then ends with no new
+    /// speech, that transcript is used and the reply starts sooner by about the STT time; when the
+    /// user goes on, it is thrown away (CPU spent on turns the detector keeps open).
+    pub transcribe_early: bool,
     /// The speaker id given to transcriptions.
     pub speaker: String,
     /// Forward the input audio downstream; by default this processor consumes it.
@@ -87,6 +92,7 @@ impl Default for WhisperSttSettings {
             audio_ctx: AudioCtx::Auto,
             pre_roll_ms: 300,
             end_turn_on: EndTurnOn::UserTurnEnded,
+            transcribe_early: true,
             speaker: DEFAULT_SPEAKER.into(),
             forward_audio: false,
         }
@@ -153,10 +159,17 @@ struct Job {
     end: Duration,
     /// When the turn's end was signalled, for `stt_time`.
     queued: Instant,
+    /// The early transcription of exactly this audio, if one was started.
+    early: Option<u64>,
 }
 
 enum Work {
     Turn(Job),
+    /// The turn so far, transcribed before the turn has ended; kept until a `Turn` claims it.
+    Early {
+        id: u64,
+        audio: Vec<f32>,
+    },
     /// Answered once every turn before it has been transcribed and pushed.
     Flush(oneshot::Sender<()>),
 }
@@ -182,6 +195,9 @@ pub struct WhisperStt {
     /// Speech boundaries reported by the VAD's metrics, more precise than the event arrival.
     vad_start: Option<Duration>,
     vad_end: Option<Duration>,
+    /// The early transcription started on the turn as it stands; cleared by new speech.
+    early: Option<u64>,
+    early_ids: u64,
 }
 
 fn duration_of(samples: usize) -> Duration {
@@ -208,6 +224,8 @@ impl WhisperStt {
             speaking: false,
             vad_start: None,
             vad_end: None,
+            early: None,
+            early_ids: 0,
         }
     }
 
@@ -232,6 +250,8 @@ impl WhisperStt {
             return;
         }
         self.speaking = true;
+        // The turn grows: an early transcript of it would miss these words.
+        self.early = None;
         // An end reported before this utterance began belongs to an earlier one.
         self.vad_end = None;
         self.open.clear();
@@ -268,7 +288,21 @@ impl WhisperStt {
         if audio.is_empty() {
             return None;
         }
-        Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now() })
+        Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now(), early: self.early.take() })
+    }
+
+    /// Starts transcribing the turn as it stands, before the turn has ended.
+    fn transcribe_early(&mut self) {
+        let Some((tx, _)) = &self.worker else { return };
+        if self.turn_start.is_none() || self.turn.is_empty() {
+            return;
+        }
+        self.early_ids += 1;
+        let audio: Vec<f32> = self.turn.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        // Skipped when turns are queued: it would only delay them.
+        if tx.try_send(Work::Early { id: self.early_ids, audio }).is_ok() {
+            self.early = Some(self.early_ids);
+        }
     }
 
     async fn submit(&mut self, job: Job, ctx: &ProcessorContext) {
@@ -344,8 +378,10 @@ impl Processor for WhisperStt {
             Frame::UserStartedSpeaking => self.on_started(),
             Frame::UserStoppedSpeaking => {
                 self.on_stopped();
-                if self.settings.end_turn_on == EndTurnOn::UserStoppedSpeaking {
-                    self.end_turn(ctx).await;
+                match self.settings.end_turn_on {
+                    EndTurnOn::UserStoppedSpeaking => self.end_turn(ctx).await,
+                    EndTurnOn::UserTurnEnded if self.settings.transcribe_early => self.transcribe_early(),
+                    EndTurnOn::UserTurnEnded => {}
                 }
             }
             Frame::UserTurnEnded if self.settings.end_turn_on == EndTurnOn::UserTurnEnded => {
@@ -394,35 +430,36 @@ struct Worker {
 impl Worker {
     async fn run(mut self, engine: WhisperEngine, mut rx: mpsc::Receiver<Work>) {
         let mut engine = Some(engine);
+        // The latest early transcription: (id, result), claimed by the turn it was made for.
+        let mut early: Option<(u64, anyhow::Result<Recognized>)> = None;
         loop {
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 work = rx.recv() => match work { Some(w) => w, None => return },
             };
-            let job = match work {
+            let (job, recognized) = match work {
                 Work::Flush(done) => {
                     let _ = done.send(());
                     continue;
                 }
-                Work::Turn(job) => job,
-            };
-            let Some(mut e) = engine.take() else { return };
-            let audio = job.audio;
-            let result = tokio::task::spawn_blocking(move || {
-                let r = e.transcribe(&audio);
-                (e, r)
-            })
-            .await;
-            let recognized = match result {
-                Ok((e, r)) => {
-                    engine = Some(e);
-                    r
+                Work::Early { id, audio } => {
+                    let Some(r) = self.transcribe(&mut engine, audio).await else { return };
+                    tracing::debug!(processor = %self.id, id, "transcribed early");
+                    early = Some((id, r));
+                    continue;
                 }
-                Err(join) => {
-                    // whisper.cpp panicked or the runtime is shutting down; the model is gone.
-                    self.error(format!("speech-to-text stopped: {join}"), false).await;
-                    return;
-                }
+                Work::Turn(mut job) => match early.take() {
+                    // Work runs in order: an early transcription of this turn is done by now.
+                    Some((id, r)) if job.early == Some(id) => {
+                        tracing::debug!(processor = %self.id, id, "using the early transcription");
+                        (job, r)
+                    }
+                    _ => {
+                        let audio = std::mem::take(&mut job.audio);
+                        let Some(r) = self.transcribe(&mut engine, audio).await else { return };
+                        (job, r)
+                    }
+                },
             };
             match recognized {
                 Ok(r) if r.text.is_empty() => {
@@ -453,6 +490,31 @@ impl Worker {
                     self.sender.downstream(Frame::Transcription(t)).await;
                 }
                 Err(e) => self.error(format!("{e:#}"), true).await,
+            }
+        }
+    }
+
+    /// Runs whisper on a blocking thread; `None` when the engine is gone (reported).
+    async fn transcribe(
+        &self,
+        engine: &mut Option<WhisperEngine>,
+        audio: Vec<f32>,
+    ) -> Option<anyhow::Result<Recognized>> {
+        let mut e = engine.take()?;
+        match tokio::task::spawn_blocking(move || {
+            let r = e.transcribe(&audio);
+            (e, r)
+        })
+        .await
+        {
+            Ok((e, r)) => {
+                *engine = Some(e);
+                Some(r)
+            }
+            Err(join) => {
+                // whisper.cpp panicked or the runtime is shutting down; the model is gone.
+                self.error(format!("speech-to-text stopped: {join}"), false).await;
+                None
             }
         }
     }
