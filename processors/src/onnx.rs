@@ -40,15 +40,41 @@ pub fn environment(models_dir: &Path) -> anyhow::Result<Environment> {
     result.clone().map_err(|e| anyhow!(e))
 }
 
-/// Loads an ONNX model with `threads` intra-op threads.
+/// Loads an ONNX model with `threads` intra-op threads (ONNX Runtime's defaults otherwise,
+/// spinning threads included).
 pub fn session(models_dir: &Path, model: &Path, threads: usize) -> anyhow::Result<Session> {
+    session_with(models_dir, model, &SessionOptions { threads, ..SessionOptions::default() })
+}
+
+/// How a session runs; the defaults are ONNX Runtime's (one thread aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Intra-op threads.
+    pub threads: usize,
+    /// Whether idle intra-op threads spin-wait for work instead of sleeping. Spinning saves a few
+    /// microseconds per operator on an idle machine, but it burns the cores another process
+    /// (the LLM server) needs, and it collapses when that process holds one of them.
+    pub intra_op_spinning: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { threads: 1, intra_op_spinning: true }
+    }
+}
+
+/// Loads an ONNX model with `options`.
+pub fn session_with(models_dir: &Path, model: &Path, options: &SessionOptions) -> anyhow::Result<Session> {
     let env = environment(models_dir)?;
     let mut builder = Session::builder(&env).map_err(|e| anyhow!("{e}"))?;
     builder = builder
-        .with_intra_threads(threads.max(1))
+        .with_intra_threads(options.threads.max(1))
         .map_err(|e| anyhow!("{e}"))?
         .with_inter_threads(1)
         .map_err(|e| anyhow!("{e}"))?;
+    if !options.intra_op_spinning {
+        builder = builder.with_intra_op_spinning(false).map_err(|e| anyhow!("{e}"))?;
+    }
     builder
         .commit_from_file(model)
         .map_err(|e| anyhow!("{e}"))

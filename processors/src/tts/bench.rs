@@ -1,17 +1,25 @@
 //! `slowcat bench tts`: Piper's time from a complete first sentence to its first audio, and its
 //! real-time factor. Figures, not assertions: run it on an idle machine, in a release build.
+//!
+//! Set `SLOWCAT_BENCH_LLM=http://127.0.0.1:18089/v1` (an OpenAI-compatible server) to also measure
+//! both while the LLM generates, and the LLM's speed while Piper synthesizes: in a conversation
+//! they share the cores.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use ort::session::RunOptions;
 
-use super::piper::{Overrides, PiperSettings, PiperVoice};
+use super::piper::{Overrides, Piper, PiperSettings, PiperVoice};
+use super::stream::StreamingTts;
 use crate::frame::Frame;
 use crate::harness::Harness;
-use crate::processor::BuildContext;
+use crate::onnx::SessionOptions;
+use crate::processor::{BoxProcessor, BuildContext};
 use crate::registry::Settings as _;
 
 /// Runs per figure; the median is printed.
@@ -21,8 +29,12 @@ const RUNS: usize = 7;
 const FIRST: &str = "Tomorrow the weather will be sunny with a light breeze.";
 
 /// The first segments the variants below cut `FIRST` into.
-const FIRST_SEGMENTS: &[&str] =
-    &["Tomorrow the weather will be sunny with a", "Tomorrow the weather will be sunny", "Tomorrow the weather will"];
+const FIRST_SEGMENTS: &[&str] = &[
+    "Tomorrow the weather will be sunny",
+    "Tomorrow the weather will",
+    "Tomorrow the weather",
+    "will be sunny with a light breeze.",
+];
 
 const SENTENCES: &[&str] = &[
     "Hello.",
@@ -30,6 +42,10 @@ const SENTENCES: &[&str] = &[
     FIRST,
     "I would take a long walk in the park, then have lunch with a friend near the river.",
 ];
+
+/// The ONNX Runtime set-ups compared: (name, threads, intra-op threads spin-wait).
+const SESSIONS: &[(&str, usize, bool)] =
+    &[("1 thread", 1, false), ("2 threads, spinning", 2, true), ("2 threads, no spinning", 2, false)];
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -46,34 +62,65 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
     rt.block_on(run(models_dir))
 }
 
+struct Voice {
+    model: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl Voice {
+    fn load(&self, models_dir: &Path, threads: usize, spinning: bool) -> anyhow::Result<PiperVoice> {
+        let session = SessionOptions { threads, intra_op_spinning: spinning };
+        PiperVoice::load_with(models_dir, &self.model, &self.config, &session, Overrides::default())
+    }
+}
+
 async fn run(models_dir: &Path) -> anyhow::Result<()> {
     let defaults = PiperSettings::default();
-    let model = models_dir.join(&defaults.model);
-    let config = models_dir.join(format!("{}.json", defaults.model.display()));
-    anyhow::ensure!(model.is_file(), "{} does not exist; fetch it with `scripts/fetch-models.sh`", model.display());
+    let voice = Voice {
+        model: models_dir.join(&defaults.model),
+        config: models_dir.join(format!("{}.json", defaults.model.display())),
+    };
+    anyhow::ensure!(
+        voice.model.is_file(),
+        "{} does not exist; fetch it with `scripts/fetch-models.sh`",
+        voice.model.display()
+    );
     println!("slowcat bench tts: Piper {} , median of {RUNS} runs", defaults.model.display());
     println!("machine: {} logical CPUs; load average {}", num_cpus(), load_average());
 
+    println!("\nphonemization (espeak-ng, before inference), median:");
+    let v = voice.load(models_dir, 1, false)?;
+    for text in [FIRST_SEGMENTS[2], FIRST] {
+        let mut times = Vec::new();
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            v.phoneme_ids(text)?;
+            times.push(t.elapsed());
+        }
+        println!("  {:>8}  {text:?}", format!("{:.2} ms", median(times).as_secs_f64() * 1000.0));
+    }
+    drop(v);
+
     println!("\nreal-time factor (synthesis time / audio length), one segment at a time; `on-CPU` is the time");
     println!("the synthesizing thread actually ran (1 thread only): what the wall time would be on an idle core.");
-    println!("{:<8} {:>9} {:>11} {:>8} {:>9} {:>9}  text", "threads", "audio", "synthesis", "RTF", "on-CPU", "CPU RTF");
+    println!("{:<24} {:>7} {:>9} {:>7} {:>8} {:>7}  text", "session", "audio", "synthesis", "RTF", "on-CPU", "CPU RTF");
     let mut cpu_cost = std::collections::HashMap::new();
-    for threads in [1, 2] {
+    for &(name, threads, spinning) in SESSIONS {
         let started = Instant::now();
-        let mut voice = PiperVoice::load(models_dir, &model, &config, threads, Overrides::default())?;
+        let mut v = voice.load(models_dir, threads, spinning)?;
         let load = started.elapsed();
         let options = RunOptions::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Blocking on this thread is fine here: nothing else runs, and it makes the thread's
         // CPU time the synthesis's.
-        voice.synthesize("Warming up.", &options)?;
-        let rate = f64::from(voice.sample_rate());
+        v.synthesize("Warming up.", &options)?;
+        let rate = f64::from(v.sample_rate());
         for text in SENTENCES.iter().chain(FIRST_SEGMENTS) {
             let mut times = Vec::new();
             let mut cpu = Vec::new();
             let mut audio = Duration::ZERO;
             for _ in 0..RUNS {
                 let (t, c) = (Instant::now(), thread_cpu());
-                let clip = voice.synthesize(text, &options)?;
+                let clip = v.synthesize(text, &options)?;
                 times.push(t.elapsed());
                 if let (Some(before), Some(after)) = (c, thread_cpu()) {
                     cpu.push(after.saturating_sub(before));
@@ -89,74 +136,205 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
                 ("-".to_string(), "-".to_string())
             };
             println!(
-                "{threads:<8} {:>7.2} s {:>11} {:>8.3} {cpu_s:>9} {cpu_rtf:>9}  {text:?}",
+                "{name:<24} {:>5.2} s {:>9} {:>7.3} {cpu_s:>8} {cpu_rtf:>7}  {text:?}",
                 audio.as_secs_f64(),
                 ms(synth),
                 synth.as_secs_f64() / audio.as_secs_f64()
             );
         }
-        println!("(session load with {threads} thread(s): {})", ms(load));
+        println!("(session load, {name}: {})", ms(load));
     }
 
     println!("\ntime from a complete 10-word first sentence to its first audio frame out of `piper_tts`:");
     println!("  {FIRST:?}");
-    println!("(`on-CPU`: the first segment's synthesis on-CPU time from the table above: the figure on an idle core)");
+    println!("(`on-CPU`: the first segment's synthesis on-CPU time from the table above: the figure on an idle core;");
+    println!(" `phrase ≤N`: cut at a phrase boundary after at least 3 words when the sentence runs past N words)");
     println!("{:<72} {:>8} {:>8} {:>8} {:>8}", "settings: first segment", "median", "min", "max", "on-CPU");
     let ctx = BuildContext {
         models_dir: models_dir.to_path_buf(),
         data_dir: std::env::temp_dir(),
         config_dir: std::env::temp_dir(),
     };
-    let variants: [(&str, usize, usize, usize); 6] = [
-        ("1 thread, whole sentence", 1, 0, 0),
-        ("1 thread, cut after 8 words", 1, 3, 8),
-        ("1 thread, cut after 6 words", 1, 3, 6),
-        ("1 thread, cut after 4 words", 1, 3, 4),
-        ("2 threads, whole sentence", 2, 0, 0),
-        ("2 threads, cut after 6 words", 2, 3, 6),
+    // (name, threads, spinning, first_clause_words, first_max_words)
+    let variants: [(&str, usize, bool, usize, usize); 7] = [
+        ("1 thread, whole sentence", 1, false, 0, 0),
+        ("1 thread, 6 words", 1, false, 6, 6),
+        ("1 thread, phrase ≤5", 1, false, 3, 5),
+        ("2 threads spinning, phrase ≤5", 2, true, 3, 5),
+        ("2 threads, whole sentence", 2, false, 0, 0),
+        ("2 threads, 6 words", 2, false, 6, 6),
+        ("2 threads, phrase ≤5", 2, false, 3, 5),
     ];
-    for (name, threads, clause, words) in variants {
-        let settings =
-            PiperSettings { threads, first_clause_words: clause, first_max_words: words, ..PiperSettings::default() };
-        let mut times = Vec::new();
-        let mut first_text = String::new();
-        let tts = settings.clone().build(&ctx).context("building piper_tts")?;
-        let mut h = Harness::start(vec![tts]).await;
-        for run in 0..=RUNS {
-            h.send(Frame::LlmResponseStart { turn: run as u64 }).await;
-            let t = Instant::now();
-            // The sentence and the first word of the next: the sentence is complete.
-            h.send(Frame::LlmText(format!("{FIRST} Then"))).await;
-            let first = h.wait_for(Duration::from_secs(30), |f, _| matches!(f, Frame::OutputAudio(_))).await;
-            let elapsed = t.elapsed();
-            anyhow::ensure!(first.is_some(), "no audio within 30 s");
-            if let Some(text) = h.output().downstream.iter().rev().find_map(|f| match f {
-                Frame::TtsStarted { text, .. } => Some(text.clone()),
-                _ => None,
-            }) {
-                first_text = text;
-            }
-            // Drop the rest of the reply, as a barge-in would, before the next run.
-            h.send(Frame::Interruption).await;
-            h.wait_for(Duration::from_secs(10), |f, _| matches!(f, Frame::Interruption)).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            // The first run warms the session up; it is not counted.
-            if run > 0 {
-                times.push(elapsed);
-            }
-        }
-        h.cancel().await;
-        let (min, max) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
-        let cpu = cpu_cost.get(first_text.as_str()).map_or("-".to_string(), |c| ms(*c));
-        println!(
-            "{:<72} {:>8} {:>8} {:>8} {cpu:>8}",
-            format!("{name}: {first_text:?}"),
-            ms(median(times)),
-            ms(min),
-            ms(max)
-        );
+    for (name, threads, spinning, clause, words) in variants {
+        let settings = PiperSettings { first_clause_words: clause, first_max_words: words, ..PiperSettings::default() };
+        let v = voice.load(models_dir, threads, spinning)?;
+        let tts: BoxProcessor = Box::new(StreamingTts::new(Piper::new(v), settings.stream_options()));
+        let (times, first_text) = first_audio(tts).await?;
+        print_first_audio(name, &first_text, times, &cpu_cost);
     }
-    println!("\ntarget: at most 150 ms from a complete 10-word sentence to its first audio on 2 cores");
+    let tts = defaults.clone().build(&ctx).context("building piper_tts")?;
+    let (default_times, first_text) = first_audio(tts).await?;
+    let default_name = format!("DEFAULT ({} thread(s), phrase ≤{})", defaults.threads, defaults.first_max_words);
+    print_first_audio(&default_name, &first_text, default_times.clone(), &cpu_cost);
+
+    if let Some(url) = std::env::var("SLOWCAT_BENCH_LLM").ok().filter(|u| !u.is_empty()) {
+        contention(models_dir, &voice, &url).await?;
+    } else {
+        println!("\n(set SLOWCAT_BENCH_LLM=<OpenAI-compatible base URL> to also measure with the LLM generating)");
+    }
+
+    println!(
+        "\nconfigured default (PiperSettings::default / config.toml): {} thread(s), first piece cut at a phrase \
+         boundary within {} words: {} from a complete 10-word sentence to its first audio (median; load \
+         average {})",
+        defaults.threads,
+        defaults.first_max_words,
+        ms(median(default_times)),
+        load_average()
+    );
+    println!("target: at most 150 ms from a complete 10-word sentence to its first audio on 2 cores");
+    println!("load average at the end: {}", load_average());
+    Ok(())
+}
+
+fn print_first_audio(
+    name: &str,
+    first_text: &str,
+    times: Vec<Duration>,
+    cpu_cost: &std::collections::HashMap<&str, Duration>,
+) {
+    let (min, max) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let cpu = cpu_cost.get(first_text).map_or("-".to_string(), |c| ms(*c));
+    println!(
+        "{:<72} {:>8} {:>8} {:>8} {cpu:>8}",
+        format!("{name}: {first_text:?}"),
+        ms(median(times)),
+        ms(min),
+        ms(max)
+    );
+}
+
+/// Sends `FIRST` to `tts` RUNS + 1 times and returns the times to its first audio frame (the
+/// first run warms up and is not counted) and the text of the first segment.
+async fn first_audio(tts: BoxProcessor) -> anyhow::Result<(Vec<Duration>, String)> {
+    let mut times = Vec::new();
+    let mut first_text = String::new();
+    let mut h = Harness::start(vec![tts]).await;
+    for run in 0..=RUNS {
+        h.send(Frame::LlmResponseStart { turn: run as u64 }).await;
+        let t = Instant::now();
+        // The sentence and the first word of the next: the sentence is complete.
+        h.send(Frame::LlmText(format!("{FIRST} Then"))).await;
+        let first = h.wait_for(Duration::from_secs(30), |f, _| matches!(f, Frame::OutputAudio(_))).await;
+        let elapsed = t.elapsed();
+        anyhow::ensure!(first.is_some(), "no audio within 30 s");
+        if let Some(text) = h.output().downstream.iter().rev().find_map(|f| match f {
+            Frame::TtsStarted { text, .. } => Some(text.clone()),
+            _ => None,
+        }) {
+            first_text = text;
+        }
+        // Drop the rest of the reply, as a barge-in would, before the next run.
+        h.send(Frame::Interruption).await;
+        h.wait_for(Duration::from_secs(10), |f, _| matches!(f, Frame::Interruption)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if run > 0 {
+            times.push(elapsed);
+        }
+    }
+    h.cancel().await;
+    Ok((times, first_text))
+}
+
+/// Streams completions from the LLM server until `stop`, counting generated tokens.
+async fn llm_load(url: String, stop: Arc<AtomicBool>, tokens: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/chat/completions", url.trim_end_matches('/'));
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "Tell me a long story about a dog and a cat."}],
+        "max_tokens": 48,
+        "stream": false,
+    });
+    while !stop.load(Ordering::Relaxed) {
+        let reply: serde_json::Value = client
+            .post(&endpoint)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the LLM server at {endpoint}"))?
+            .error_for_status()?
+            .json()
+            .await?;
+        let n = reply["usage"]["completion_tokens"].as_u64().context("the LLM reply has no usage")?;
+        tokens.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The LLM's tokens per second over `window` while `work` runs (or idle when `work` is `None`).
+struct LlmMeter {
+    stop: Arc<AtomicBool>,
+    tokens: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    started: Instant,
+}
+
+impl LlmMeter {
+    async fn start(url: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tokens = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(llm_load(url.to_string(), stop.clone(), tokens.clone()));
+        // Let it reach steady generation before anything is counted.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokens.store(0, Ordering::Relaxed);
+        Self { stop, tokens, task, started: Instant::now() }
+    }
+
+    async fn finish(self) -> anyhow::Result<f64> {
+        let rate = self.tokens.load(Ordering::Relaxed) as f64 / self.started.elapsed().as_secs_f64();
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.context("the LLM load task failed")??;
+        Ok(rate)
+    }
+}
+
+async fn contention(models_dir: &Path, voice: &Voice, url: &str) -> anyhow::Result<()> {
+    println!("\nwith the LLM at {url} generating meanwhile (48-token completions back to back):");
+    let idle = LlmMeter::start(url).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    println!("LLM alone: {:.1} tokens/s (completed requests only)", idle.finish().await?);
+    println!(
+        "{:<24} {:>14} {:>12} {:>16} {:>12}",
+        "session", "first audio", "LLM tok/s", "Piper RTF busy", "LLM tok/s"
+    );
+    for &(name, threads, spinning) in SESSIONS {
+        let settings = PiperSettings { first_clause_words: 3, first_max_words: 5, ..PiperSettings::default() };
+        let v = voice.load(models_dir, threads, spinning)?;
+        let tts: BoxProcessor = Box::new(StreamingTts::new(Piper::new(v), settings.stream_options()));
+        let meter = LlmMeter::start(url).await;
+        let (times, _) = first_audio(tts).await?;
+        let rate_first = meter.finish().await?;
+
+        // Piper synthesizing a reply back to back (as while it is spoken) with the LLM busy.
+        let mut v = voice.load(models_dir, threads, spinning)?;
+        let meter = LlmMeter::start(url).await;
+        let (audio, synth) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+            let options = RunOptions::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rate = f64::from(v.sample_rate());
+            let (mut audio, t) = (0.0, Instant::now());
+            while t.elapsed() < Duration::from_secs(6) {
+                for text in SENTENCES {
+                    audio += v.synthesize(text, &options)?.len() as f64 / rate;
+                }
+            }
+            Ok((audio, t.elapsed().as_secs_f64()))
+        })
+        .await??;
+        let rate_busy = meter.finish().await?;
+        println!("{name:<24} {:>14} {rate_first:>12.1} {:>16.3} {rate_busy:>12.1}", ms(median(times)), synth / audio);
+    }
+    println!("(first audio: `phrase ≤5` cut, median; LLM tok/s beside it: during those runs, 200 ms pauses included;");
+    println!(" Piper RTF busy: synthesizing sentences back to back for 6 s, the LLM's speed beside it)");
     Ok(())
 }
 

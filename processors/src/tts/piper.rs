@@ -27,9 +27,9 @@ pub struct PiperSettings {
     pub model: PathBuf,
     /// The voice's config; empty means the model's path with `.json` added.
     pub config: PathBuf,
-    /// ONNX Runtime threads for synthesis. One is the default: on two cores the LLM server
-    /// generates while Piper synthesizes, and ONNX Runtime's threads spin-wait for each other,
-    /// which collapses when another process holds a core (`slowcat bench tts` compares).
+    /// ONNX Runtime threads for synthesis. They sleep when idle instead of spin-waiting (ONNX
+    /// Runtime's default), so a second thread no longer burns the core the LLM server generates
+    /// on, nor collapses when that core is taken (`slowcat bench tts` compares).
     pub threads: usize,
     /// Speaking rate: 1.0 is the voice's own, 1.2 is 20 % faster (divides `length_scale`).
     pub speed: f32,
@@ -45,7 +45,8 @@ pub struct PiperSettings {
     pub max_chars: usize,
     /// The first segment of a reply ends at its first clause once it has this many words (0: off).
     pub first_clause_words: usize,
-    /// The first segment of a reply is cut after this many words when no clause ends sooner (0: off).
+    /// The first segment of a reply is cut when it runs past this many words and no clause ended
+    /// sooner: at a phrase boundary once it has `first_clause_words` words (0: off).
     pub first_max_words: usize,
     /// Longest audio frame pushed, in milliseconds.
     pub chunk_ms: u32,
@@ -57,7 +58,8 @@ impl Default for PiperSettings {
         Self {
             model: PathBuf::from("en_US-joe-medium.onnx"),
             config: PathBuf::new(),
-            threads: 1,
+            // Idle machine: RTF 0.115 instead of 0.18; busy: no slower than one (config.toml).
+            threads: 2,
             speed: 1.0,
             length_scale: None,
             noise_scale: None,
@@ -65,9 +67,10 @@ impl Default for PiperSettings {
             speaker: 0,
             max_chars: split.max_chars,
             first_clause_words: split.first_clause_words,
-            // Measured with `slowcat bench tts`: each word of the first segment costs about 55 ms of
-            // one core before anything is heard; 6 words keeps the seam rare and the wait short.
-            first_max_words: 6,
+            // Synthesis time grows with the audio (about 0.19 s of one core per second of speech), so
+            // the first segment is kept to a short phrase: "Tomorrow the weather | will be sunny…"
+            // costs 0.2 s of one core instead of 0.5 s for the whole sentence (config.toml).
+            first_max_words: 5,
             chunk_ms: 40,
         }
     }
@@ -244,11 +247,28 @@ const EOS: char = '$';
 
 impl PiperVoice {
     /// Loads the model and its config, and checks that espeak-ng knows the voice's language.
+    /// The session's threads sleep when idle ([`Self::session_options`]).
     pub fn load(
         models_dir: &Path,
         model: &Path,
         config: &Path,
         threads: usize,
+        overrides: Overrides,
+    ) -> anyhow::Result<Self> {
+        Self::load_with(models_dir, model, config, &Self::session_options(threads), overrides)
+    }
+
+    /// The session options Piper runs with: `threads` intra-op threads that do not spin-wait.
+    pub fn session_options(threads: usize) -> onnx::SessionOptions {
+        onnx::SessionOptions { threads, intra_op_spinning: false }
+    }
+
+    /// [`Self::load`] with explicit session options (benchmarks compare them).
+    pub fn load_with(
+        models_dir: &Path,
+        model: &Path,
+        config: &Path,
+        session: &onnx::SessionOptions,
         overrides: Overrides,
     ) -> anyhow::Result<Self> {
         let raw = std::fs::read_to_string(config)
@@ -276,7 +296,7 @@ impl PiperVoice {
         }
         espeak::check_voice(&cfg.espeak.voice)
             .with_context(|| format!("the voice {} needs espeak-ng", model.display()))?;
-        let session = onnx::session(models_dir, model, threads)?;
+        let session = onnx::session_with(models_dir, model, session)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for name in ["input", "input_lengths", "scales"] {
             if !inputs.contains(&name) {

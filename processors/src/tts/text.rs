@@ -19,8 +19,10 @@ pub struct SplitOptions {
     /// The first segment of a reply ends at its first clause boundary (`,` `;` `:`) once it has
     /// at least this many words, so the first audio comes sooner. 0 turns this off.
     pub first_clause_words: usize,
-    /// The first segment of a reply is cut at a word boundary after this many words when no
-    /// sentence or clause has ended by then. 0 turns this off.
+    /// The first segment of a reply is cut when it would grow past this many words and no
+    /// sentence or clause has ended by then: at a phrase boundary (before a preposition,
+    /// conjunction, article, "that", or the verb after its subject) once it has
+    /// `first_clause_words` words, else after the last word that fits. 0 turns this off.
     pub first_max_words: usize,
 }
 
@@ -183,7 +185,11 @@ fn find_cut(text: &str, complete: bool, clause_words: usize, limit: Limit) -> Op
             Limit::Words(n) => words > n,
         };
         if over {
-            return last_clause.or(last_space).or(Some(at)).filter(|&p| p > 0);
+            let phrase = match limit {
+                Limit::Words(_) => phrase_cut(&text[..at], clause_words),
+                Limit::Chars(_) => None,
+            };
+            return last_clause.or(phrase).or(last_space).or(Some(at)).filter(|&p| p > 0);
         }
         match c {
             '\n' if has_words(&text[..at]) => return Some(at),
@@ -216,6 +222,54 @@ fn find_cut(text: &str, complete: bool, clause_words: usize, limit: Limit) -> Op
         i += 1;
     }
     None
+}
+
+/// Words a phrase starts with, so a pause before them sounds natural ("the weather | with a
+/// light breeze", "I would take | a long walk", "the weather | will be sunny").
+const PHRASE_STARTS: &[&str] = &[
+    // prepositions ("of" is left out: "a cup | of tea" sounds broken)
+    "about", "after", "against", "along", "around", "at", "before", "behind", "below", "beside", "between", "by",
+    "during", "for", "from", "in", "inside", "into", "near", "on", "onto", "over", "through", "to", "toward",
+    "towards", "under", "until", "with", "within", "without", // conjunctions and relatives
+    "and", "but", "or", "nor", "so", "yet", "because", "although", "though", "while", "whereas", "unless", "if",
+    "when", "whenever", "where", "since", "than", "that", "which", "who", "whose", "whom",
+    // articles and determiners
+    "a", "an", "the", "this", "these", "those", "my", "your", "our", "their", "his", "its", "some", "every", "each",
+    // auxiliaries: the verb after its subject
+    "will", "would", "can", "could", "should", "shall", "may", "might", "must", "is", "are", "was", "were", "has",
+    "have", "had",
+];
+
+/// Words that bind to the word after them: no pause right after one ("in | the park", "it | is").
+const BINDS_FORWARD: &[&str] = &[
+    "i", "you", "we", "they", "he", "she", "it", "there", "her", "not", "be", "been", "being", "do", "does", "did",
+    "of", "very", "too", "quite", "really", "just", "also", "more", "most", "less", "such", "what", "how", "why",
+];
+
+fn bare_word(word: &str) -> String {
+    word.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()
+}
+
+/// Where a first segment that must end within `text` ends best: before the earliest
+/// phrase-starting word with at least `min_words` words before it; else after the last word (from
+/// the `min_words`th on) that does not bind to the next one; else `None`.
+fn phrase_cut(text: &str, min_words: usize) -> Option<usize> {
+    let words: Vec<(usize, &str)> =
+        text.split_whitespace().map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w)).collect();
+    let binds = |w: &str| {
+        let bare = bare_word(w);
+        PHRASE_STARTS.contains(&bare.as_str()) || BINDS_FORWARD.contains(&bare.as_str())
+    };
+    let first = min_words.max(1);
+    let phrase = (first..words.len()).find(|&k| {
+        let (prev, word) = (words[k - 1].1, words[k].1);
+        PHRASE_STARTS.contains(&bare_word(word).as_str())
+            && !binds(prev)
+            && prev.ends_with(char::is_alphanumeric)
+            && word.starts_with(char::is_alphanumeric)
+    });
+    let loose = || (first..=words.len()).rev().find(|&k| !binds(words[k - 1].1));
+    phrase.or_else(loose).map(|k| words[k - 1].0 + words[k - 1].1.len())
 }
 
 enum Decision {
@@ -650,7 +704,56 @@ mod tests {
         assert_eq!(out, vec!["Sorry,", "I could not reach the language model now."]);
         assert_eq!(speakable("Sorry,"), "Sorry,");
         let out = SentenceSplitter::split_all("The quick brown fox jumps over the lazy dog today. Yes.", opts);
-        assert_eq!(out, vec!["The quick brown fox jumps over", "the lazy dog today.", "Yes."]);
+        // No clause: before the phrase that starts within the limit.
+        assert_eq!(out, vec!["The quick brown fox jumps", "over the lazy dog today.", "Yes."]);
+    }
+
+    #[test]
+    fn a_long_first_sentence_is_cut_at_a_phrase_boundary() {
+        let opts = SplitOptions { max_chars: 220, first_clause_words: 3, first_max_words: 5 };
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "Tomorrow the weather will be sunny with a light breeze.",
+                &["Tomorrow the weather", "will be sunny with a light breeze."],
+            ),
+            (
+                "I would take a long walk in the park, then have lunch.",
+                &["I would take", "a long walk in the park, then have lunch."],
+            ),
+            ("It is going to rain later in the afternoon.", &["It is going", "to rain later in the afternoon."]),
+            ("My favourite colour has always been green.", &["My favourite colour", "has always been green."]),
+            ("Rust programs compile into fast native code.", &["Rust programs compile", "into fast native code."]),
+            // No phrase start: after the last word that does not lean on the next one.
+            (
+                "Paris is the capital of France and its largest city.",
+                &["Paris is the capital", "of France and its largest city."],
+            ),
+            (
+                "Supercalifragilistic expialidocious words keep coming along here.",
+                &["Supercalifragilistic expialidocious words keep coming", "along here."],
+            ),
+            // A sentence that fits, or a clause that ends first, is not cut further.
+            ("The weather today is sunny. It is warm.", &["The weather today is sunny.", "It is warm."]),
+            (
+                "Well, the weather today, as you asked, is sunny.",
+                &["Well, the weather today,", "as you asked, is sunny."],
+            ),
+            (
+                "Sorry, I could not reach the language model now.",
+                &["Sorry,", "I could not reach the language model now."],
+            ),
+            // Only the first segment is cut early.
+            (
+                "Yes. The big brown dog ran quickly into the old barn.",
+                &["Yes.", "The big brown dog ran quickly into the old barn."],
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(SentenceSplitter::split_all(text, opts.clone()), *want, "whole: {text:?}");
+            let pieces: Vec<String> = text.chars().collect::<Vec<_>>().chunks(4).map(|c| c.iter().collect()).collect();
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            assert_eq!(split(&refs, opts.clone()), *want, "streamed: {text:?}");
+        }
     }
 
     #[test]
