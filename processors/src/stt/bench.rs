@@ -1,4 +1,15 @@
 //! `slowcat bench stt`: Whisper time per utterance length, and VAD time per 20 ms frame.
+//!
+//! Figures on this 2-core AMD EPYC (Zen 1, AVX2) VM, tiny.en, 2 threads, `auto` window, machine
+//! otherwise idle: 1 s 133 ms, 3 s 300 ms, 8 s 601 ms; the full 30 s window 2.2–2.6 s. Before
+//! llamafile's tinyBLAS was switched on (.cargo/config.toml) they were 236, 496 and 1126 ms, and
+//! 3.9–4.1 s: ggml's default f16 matrix product is a row-by-row dot-product loop. Rounding the
+//! window to a multiple of 8 (engine.rs) then took another 11 % of CPU off the 3 s case (1 thread:
+//! 928 ms of CPU before, 548 with tinyBLAS, 486 with both). What is left is about 60 % encoder and
+//! 35 % decoder; the decoder's share is mostly the 51864 × 384 f16 logits product per token, which
+//! Q8_0 weights would halve (measured 239 ms in total on 2 threads). Flash attention and OpenMP
+//! measured no faster (see engine.rs). With another process on one core, 2 threads spin and take
+//! seconds: compare the 1-thread rows then.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
