@@ -49,7 +49,12 @@ async fn serve(piper: Arc<Piper>) -> (String, Arc<Mutex<Vec<Value>>>) {
                     let n = sock.read(&mut tmp).await.unwrap();
                     buf.extend_from_slice(&tmp[..n]);
                 }
-                let body: Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+                let mut body: Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+                // The Authorization header, kept with the body for the tests to read.
+                let auth = String::from_utf8_lossy(&buf[..head_end])
+                    .lines()
+                    .find_map(|l| l.to_lowercase().strip_prefix("authorization:").map(|v| v.trim().to_string()));
+                body["_authorization"] = auth.map_or(Value::Null, Value::String);
                 seen.lock().unwrap().push(body.clone());
                 let input = body["input"].as_str().unwrap().to_string();
                 if input.contains("broken") {
@@ -211,4 +216,25 @@ async fn an_unreachable_server_is_an_error_naming_it() {
     assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("cannot reach"), "{e}");
     let bad = OpenAiTtsSettings { base_url: "localhost:8880".into(), ..OpenAiTtsSettings::default() };
     assert!(bad.check(&build_context()).iter().any(|p| p.key == Some("base_url")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_comes_from_the_named_environment_variable() {
+    let (base, requests) = serve(piper()).await;
+    let var = "SLOWCAT_TEST_OPENAI_TTS_KEY";
+    let settings = OpenAiTtsSettings { base_url: base, api_key_env: var.into(), ..OpenAiTtsSettings::default() };
+    // Not set: a config problem naming the variable, before anything starts.
+    // SAFETY: no other test of this file reads or writes this variable.
+    unsafe { std::env::remove_var(var) };
+    let problems = settings.check(&build_context());
+    assert!(problems.iter().any(|p| p.message.contains(var)), "{problems:?}");
+    // Set: sent as a bearer token.
+    unsafe { std::env::set_var(var, "s3cret") };
+    assert!(settings.check(&build_context()).is_empty());
+    let tts = settings.build(&build_context()).unwrap();
+    let out = Harness::run(vec![tts], vec![Frame::Speak("Hello there.".into())]).await;
+    assert!(!out.downstream.iter().any(|f| matches!(f, Frame::Error(_))), "{:?}", out.downstream_data());
+    let bodies = requests.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["_authorization"].as_str(), Some("bearer s3cret"));
 }

@@ -31,8 +31,9 @@ pub enum ResponseFormat {
 pub struct OpenAiTtsSettings {
     /// The API base, up to and including `/v1`.
     pub base_url: String,
-    /// Bearer token; empty sends none (local servers).
-    pub api_key: String,
+    /// Name of the environment variable holding the bearer token (never written in config.toml,
+    /// never logged); empty sends none (local servers). The same as `openai_llm`'s.
+    pub api_key_env: String,
     /// The model name the server expects (`tts-1`, `kokoro`, …).
     pub model: String,
     /// The voice name (`alloy`, `af_heart`, …).
@@ -58,7 +59,7 @@ impl Default for OpenAiTtsSettings {
         let split = SplitOptions::default();
         Self {
             base_url: "http://127.0.0.1:8880/v1".into(),
-            api_key: String::new(),
+            api_key_env: String::new(),
             model: "kokoro".into(),
             voice: "af_heart".into(),
             response_format: ResponseFormat::Pcm,
@@ -97,11 +98,22 @@ impl Settings for OpenAiTtsSettings {
         if !(self.timeout_secs > 0.0 && self.timeout_secs <= 600.0) {
             problems.push(Problem::at("timeout_secs", "`timeout_secs` must be between 0 and 600"));
         }
+        if !self.api_key_env.is_empty() && std::env::var_os(&self.api_key_env).is_none() {
+            problems.push(Problem::at(
+                "api_key_env",
+                format!(
+                    "environment variable {} (named by `api_key_env`) is not set; export it, or set api_key_env = \"\" \
+                     for a server that needs no key",
+                    self.api_key_env
+                ),
+            ));
+        }
         problems.extend(check_stream(self.max_chars, self.chunk_ms));
         problems
     }
 
     fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+        let api_key = (!self.api_key_env.is_empty()).then(|| std::env::var(&self.api_key_env).ok()).flatten();
         let timeout = Duration::from_secs_f64(self.timeout_secs);
         let client = reqwest::Client::builder()
             .connect_timeout(timeout)
@@ -117,7 +129,7 @@ impl Settings for OpenAiTtsSettings {
             },
             chunk_ms: self.chunk_ms,
         };
-        Ok(Box::new(StreamingTts::new(OpenAiSpeech { client, url, settings: self }, opts)))
+        Ok(Box::new(StreamingTts::new(OpenAiSpeech { client, url, api_key, settings: self }, opts)))
     }
 }
 
@@ -134,6 +146,8 @@ struct SpeechRequest<'a> {
 pub struct OpenAiSpeech {
     client: reqwest::Client,
     url: String,
+    /// Read from `api_key_env` when built.
+    api_key: Option<String>,
     settings: OpenAiTtsSettings,
 }
 
@@ -149,8 +163,8 @@ impl Synthesizer for OpenAiSpeech {
             speed: s.speed,
         };
         let mut request = self.client.post(&self.url).json(&body);
-        if !s.api_key.is_empty() {
-            request = request.bearer_auth(&s.api_key);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
         }
         let response = request.send().await.with_context(|| format!("cannot reach the TTS server at {}", self.url))?;
         let status = response.status();
