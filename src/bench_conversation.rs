@@ -822,8 +822,9 @@ async fn history_run(
 ) -> anyhow::Result<(Vec<HistoryTurn>, Vec<String>)> {
     let dir = tempfile::tempdir()?;
     let ctx = BuildContext::for_dir(dir.path());
-    let llm_toml =
-        format!("base_url = {url:?}\nmax_tokens = {max_tokens}\ntemperature = 0.0\nfirst_token_timeout_ms = 120000\ntotal_timeout_ms = 300000");
+    let llm_toml = format!(
+        "base_url = {url:?}\nmax_tokens = {max_tokens}\ntemperature = 0.0\nfirst_token_timeout_ms = 120000\ntotal_timeout_ms = 300000"
+    );
     let sizes: RequestSizes = Arc::default();
     let probe = RequestProbe(sizes.clone());
     let processors = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, BoxProcessor)>> {
