@@ -9,7 +9,7 @@ use std::time::Duration;
 use memory_util::*;
 use slowcat_processors::memory::bench::Generator;
 use slowcat_processors::memory::{MemoryDb, NewExchange, StatelessMemorySettings, StoreOptions, estimate_tokens};
-use slowcat_processors::{ChatMessage, Direction, Frame, Role};
+use slowcat_processors::{ChatMessage, Direction, Frame, LlmRequest, Role};
 
 #[tokio::test]
 async fn recent_exchanges_go_in_as_pairs_in_order_before_the_question() {
@@ -186,7 +186,10 @@ async fn an_old_exchange_sharing_a_rare_word_is_recalled_from_far_outside_the_re
         system.contains("the spare key under the blue flowerpot named Bartholomew"),
         "the old exchange was not recalled; system message:\n{system}"
     );
-    assert_eq!(r.messages.iter().filter(|m| m.role == Role::Assistant).count(), 6, "six recent pairs as well");
+    // The recent window as well: with `stable_prefix` (the default) it advances six at a time,
+    // so it holds six to eleven pairs.
+    let pairs = r.messages.iter().filter(|m| m.role == Role::Assistant).count();
+    assert!((6..=11).contains(&pairs), "{pairs} recent pairs");
     assert!(!r.messages[1..].iter().any(|m| m.content.contains("Bartholomew") && m.role == Role::Assistant));
     h.finish(Duration::from_secs(10)).await;
 }
@@ -243,4 +246,54 @@ async fn every_other_frame_passes_through_in_both_directions() {
         assert!(out.downstream.contains(f), "{} was not forwarded downstream", f.name());
     }
     assert!(out.upstream.contains(&Frame::LlmResponseEnd) && out.upstream.contains(&Frame::TtsStopped));
+}
+
+/// Turns of a generated conversation; for each, whether its request begins exactly like the
+/// previous request up to that request's question (what an LLM server's prompt cache reuses).
+async fn shared_beginnings(stable_prefix: bool) -> (Vec<bool>, LlmRequest) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), StatelessMemorySettings { stable_prefix, ..settings(dir.path()) }).await;
+    turn(&mut h, "default", 1, "my locker code is 4512", Some(("Locker code 4512, noted.", false))).await;
+    let mut conv = Generator::new(5);
+    let mut previous: Option<LlmRequest> = None;
+    let mut shared = Vec::new();
+    for t in 2..=30u64 {
+        let (u, a) = (conv.user_text(), conv.assistant_text());
+        let r = turn(&mut h, "default", t, &u, Some((&a, false))).await;
+        if let Some(p) = previous {
+            let before_question = &p.messages[..p.messages.len() - 1];
+            shared.push(r.messages.starts_with(before_question));
+        }
+        previous = Some(r);
+    }
+    // Mid-block, a question about something far outside the window still finds it.
+    let r = turn(&mut h, "default", 31, "what was my locker code", None).await;
+    h.finish(Duration::from_secs(10)).await;
+    (shared, r)
+}
+
+#[tokio::test]
+async fn with_a_stable_prefix_most_requests_begin_like_the_previous_one() {
+    let (stable, r) = shared_beginnings(true).await;
+    let (sliding, _) = shared_beginnings(false).await;
+    let count = |v: &[bool]| v.iter().filter(|&&b| b).count();
+    println!(
+        "requests beginning like the previous one: {} of {} stable, {} sliding",
+        count(&stable),
+        stable.len(),
+        count(&sliding)
+    );
+    // The window advances every 6 turns; the memory section changes now and then besides.
+    assert!(
+        count(&stable) * 2 >= stable.len(),
+        "only {} of {} requests share the previous beginning",
+        count(&stable),
+        stable.len()
+    );
+    assert!(count(&sliding) < count(&stable));
+    assert!(
+        all_text(&r).contains("my locker code is 4512"),
+        "the memory section must still take a later question's best match:\n{}",
+        r.messages[0].content
+    );
 }

@@ -36,7 +36,7 @@ use crate::frame::{Direction, Frame, LlmRequest, SpokenReply};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
 
-pub use inject::{InjectOptions, Injected, estimate_tokens};
+pub use inject::{InjectOptions, Injected, PrefixState, estimate_tokens, window_start};
 pub use store::{MemoryDb, MemoryStore, NewExchange, Recall, Retention, StoreOptions, StoreResult};
 
 /// One stored exchange: what the user said in a turn and what the assistant said back aloud.
@@ -147,6 +147,12 @@ pub struct StatelessMemorySettings {
     pub recent_exchanges: usize,
     /// Most older exchanges, relevant to the question, listed in the system message.
     pub relevant_exchanges: usize,
+    /// Lay memory out so that consecutive requests begin the same way, which LLM servers with a
+    /// prompt cache (llama.cpp, LM Studio) then skip: the recent window advances
+    /// `recent_exchanges` at a time (so it holds up to twice as many), and the memory section is
+    /// kept while the window keeps its start, gaining a later question's best match while there
+    /// is room. Off: the newest `recent_exchanges` and the section for each question, every turn.
+    pub stable_prefix: bool,
     /// Exchanges kept per speaker; the oldest beyond it are deleted (0: keep all).
     pub max_exchanges: u64,
     /// Exchanges older than this many days are deleted (0: keep them).
@@ -165,6 +171,7 @@ impl Default for StatelessMemorySettings {
             max_context_tokens: 1024,
             recent_exchanges: 6,
             relevant_exchanges: 4,
+            stable_prefix: true,
             max_exchanges: 1_000_000,
             max_age_days: 0,
             compression: true,
@@ -257,14 +264,18 @@ impl Settings for StatelessMemorySettings {
         let path = self.db_path(ctx);
         let db = MemoryDb::open(&path, self.store_options()).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
         let store = MemoryStore::start(Arc::new(db)).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
-        Ok(Box::new(StatelessMemory::new(
+        let mut memory = StatelessMemory::new(
             store,
             InjectOptions {
                 max_context_tokens: self.max_context_tokens,
                 recent_exchanges: self.recent_exchanges,
                 relevant_exchanges: self.relevant_exchanges,
             },
-        )))
+        );
+        if self.stable_prefix {
+            memory.prefix = Some(Arc::new(std::sync::Mutex::new(PrefixState::default())));
+        }
+        Ok(Box::new(memory))
     }
 }
 
@@ -294,6 +305,8 @@ pub struct StatelessMemory {
     store: Option<MemoryStore>,
     db: Arc<MemoryDb>,
     options: InjectOptions,
+    /// Set with `stable_prefix`: how the previous requests were laid out.
+    prefix: Option<Arc<std::sync::Mutex<PrefixState>>>,
     turns: VecDeque<TurnText>,
     pending: VecDeque<PendingStore>,
 }
@@ -307,7 +320,7 @@ impl StatelessMemory {
     /// A processor over a started store.
     pub fn new(store: MemoryStore, options: InjectOptions) -> Self {
         let db = store.db().clone();
-        Self { store: Some(store), db, options, turns: VecDeque::new(), pending: VecDeque::new() }
+        Self { store: Some(store), db, options, prefix: None, turns: VecDeque::new(), pending: VecDeque::new() }
     }
 
     fn remember_turn(&mut self, turn: u64, speaker: &str, user: &str, from_request: bool) {
@@ -395,8 +408,15 @@ impl StatelessMemory {
         let started = Instant::now();
         let (db, options, turn) = (self.db.clone(), self.options, request.turn);
         let original = request.clone();
+        let prefix = self.prefix.clone();
         let job = tokio::task::spawn_blocking(move || {
-            let injected = inject::apply(&db, &mut request, &options, unix_now_ms())?;
+            let injected = match prefix {
+                Some(state) => {
+                    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    inject::apply_stable(&db, &mut request, &options, unix_now_ms(), &mut state)?
+                }
+                None => inject::apply(&db, &mut request, &options, unix_now_ms())?,
+            };
             Ok::<_, MemoryError>((request, injected))
         });
         match job.await {
