@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use slowcat_processors::audio::read_wav_mono;
+use slowcat_processors::audio::resample::to_mono_f32;
 use slowcat_processors::stt::{AudioCtx, WhisperEngine};
 
 fn main() -> anyhow::Result<()> {
@@ -18,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let mut engine = WhisperEngine::load(Path::new(&args[0]), args[1].parse()?, "en", ctx)?;
     for file in &args[3..] {
         let samples = read_wav_mono(Path::new(file), 16_000)?;
-        let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let audio = to_mono_f32(&samples, 1);
         let r = engine.transcribe(&audio)?;
         println!(
             "{:.2}s ctx {} {} ms: {:?}",

@@ -74,13 +74,19 @@ pub(crate) struct Sender<T> {
 impl<T> Sender<T> {
     /// Queues `item` if there is room, without waiting.
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let mut state = self.shared.lock();
+        let state = self.shared.lock();
         if !state.receiver_alive {
             return Err(TrySendError::Closed(item));
         }
         if state.queue.len() >= self.shared.capacity {
             return Err(TrySendError::Full(item));
         }
+        self.push(state, item);
+        Ok(())
+    }
+
+    /// Queues `item` under the held lock, then wakes the receiver if it is parked.
+    fn push(&self, mut state: MutexGuard<'_, State<T>>, item: T) {
         state.queue.push_back(item);
         self.shared.queued.store(state.queue.len(), Ordering::Release);
         let waker = state.receiver_waker.take();
@@ -88,7 +94,6 @@ impl<T> Sender<T> {
         if let Some(w) = waker {
             w.wake();
         }
-        Ok(())
     }
 
     /// Queues `item`, waiting for room. Gives it back when the receiver is gone. Dropping the
@@ -108,13 +113,7 @@ impl<T> Sender<T> {
                 }
                 return Poll::Pending;
             }
-            state.queue.push_back(it);
-            self.shared.queued.store(state.queue.len(), Ordering::Release);
-            let waker = state.receiver_waker.take();
-            drop(state);
-            if let Some(w) = waker {
-                w.wake();
-            }
+            self.push(state, it);
             Poll::Ready(Ok(()))
         })
         .await

@@ -95,9 +95,9 @@ pub fn age(now_ms: u64, at_ms: u64) -> String {
     }
 }
 
-fn memory_line(ex: &Exchange, now_ms: u64) -> String {
-    let mut line =
-        format!("- {}: the user said \"{}\" and you answered \"{}\"", age(now_ms, ex.at_ms), ex.user, ex.assistant);
+/// One line of the memory section; `age` says when (see [`age`] and `day_age`).
+fn memory_line(ex: &Exchange, age: &str) -> String {
+    let mut line = format!("- {age}: the user said \"{}\" and you answered \"{}\"", ex.user, ex.assistant);
     if ex.interrupted {
         line.push_str(" (the user interrupted you there)");
     }
@@ -151,21 +151,11 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
 
     let mut lines: Vec<(u64, String)> = Vec::new();
     if wants_relevant {
-        let header = estimate_tokens(SECTION_HEADER) + 2;
-        let mut section = header;
         let injected = &recall.recent[recall.recent.len() - pairs.len()..];
         let candidates = recall.relevant.iter().filter(|(ex, _)| !injected.iter().any(|p| p.id == ex.id));
-        for (ex, _) in candidates.take(options.relevant_exchanges) {
-            let line = memory_line(ex, now_ms);
-            let cost = estimate_tokens(&line) + 1;
-            if used + section + cost <= budget {
-                section += cost;
-                lines.push((ex.id, line));
-            }
-        }
-        if !lines.is_empty() {
-            used += section;
-        }
+        let candidates =
+            candidates.take(options.relevant_exchanges).map(|(ex, _)| (ex.id, memory_line(ex, &age(now_ms, ex.at_ms))));
+        lines = fit_section(candidates, &mut used, budget);
         lines.sort_unstable_by_key(|(id, _)| *id);
     }
 
@@ -207,15 +197,6 @@ fn day_age(now_ms: u64, at_ms: u64) -> String {
         d @ 60..730 => format!("{} months ago", d / 30),
         d => format!("{} years ago", d / 365),
     }
-}
-
-fn day_line(ex: &Exchange, now_ms: u64) -> String {
-    let mut line =
-        format!("- {}: the user said \"{}\" and you answered \"{}\"", day_age(now_ms, ex.at_ms), ex.user, ex.assistant);
-    if ex.interrupted {
-        line.push_str(" (the user interrupted you there)");
-    }
-    line
 }
 
 /// Like [`apply`], but lays memory out so that consecutive requests of a speaker begin the same
@@ -266,14 +247,16 @@ pub fn apply_stable(
                 && b.lines.len() < options.relevant_exchanges
                 && !b.lines.iter().any(|(id, _)| *id == ex.id)
             {
-                b.lines.push((ex.id, day_line(ex, now_ms)));
+                b.lines.push((ex.id, memory_line(ex, &day_age(now_ms, ex.at_ms))));
                 b.lines.sort_unstable_by_key(|(id, _)| *id);
             }
             b
         }
         _ => {
-            let mut lines: Vec<(u64, String)> =
-                best.take(options.relevant_exchanges).map(|ex| (ex.id, day_line(ex, now_ms))).collect();
+            let mut lines: Vec<(u64, String)> = best
+                .take(options.relevant_exchanges)
+                .map(|ex| (ex.id, memory_line(ex, &day_age(now_ms, ex.at_ms))))
+                .collect();
             lines.sort_unstable_by_key(|(id, _)| *id);
             Block { start, lines }
         }
@@ -288,18 +271,7 @@ pub fn apply_stable(
     while used > budget - reserve && !window.is_empty() {
         used -= pair_cost(window.remove(0));
     }
-    let mut lines = Vec::new();
-    let mut section = estimate_tokens(SECTION_HEADER) + 2;
-    for (id, line) in &block.lines {
-        let cost = estimate_tokens(line) + 1;
-        if used + section + cost <= budget {
-            section += cost;
-            lines.push((*id, line.clone()));
-        }
-    }
-    if !lines.is_empty() {
-        used += section;
-    }
+    let lines = fit_section(block.lines.iter().cloned(), &mut used, budget);
     let pairs: Vec<[ChatMessage; 2]> = window
         .iter()
         .map(|ex| [ChatMessage::new(Role::User, ex.user.clone()), ChatMessage::new(Role::Assistant, spoken(ex))])
@@ -308,6 +280,25 @@ pub fn apply_stable(
     state.blocks.insert(request.speaker.clone(), Block { start, lines: lines.clone() });
     assemble(request, pairs, &lines);
     Ok(injected)
+}
+
+/// The memory section's lines that fit in `budget` beside the `used` tokens, in the order given
+/// (a line that does not fit is skipped, later shorter ones may still fit); adds the section's
+/// cost, header included, to `used` when it lists anything.
+fn fit_section(candidates: impl Iterator<Item = (u64, String)>, used: &mut usize, budget: usize) -> Vec<(u64, String)> {
+    let mut lines = Vec::new();
+    let mut section = estimate_tokens(SECTION_HEADER) + 2;
+    for (id, line) in candidates {
+        let cost = estimate_tokens(&line) + 1;
+        if *used + section + cost <= budget {
+            section += cost;
+            lines.push((id, line));
+        }
+    }
+    if !lines.is_empty() {
+        *used += section;
+    }
+    lines
 }
 
 /// Puts memory into `request`: one system message, first, ending with the memory section when

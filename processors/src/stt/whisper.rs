@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{AudioCtx, Recognized, WhisperEngine, known_language};
 use crate::PIPELINE_SAMPLE_RATE;
+use crate::audio::resample::to_mono_f32;
 use crate::frame::{DEFAULT_SPEAKER, Direction, ErrorFrame, Frame, Metric, Transcription};
 use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -284,7 +285,8 @@ impl WhisperStt {
     /// Takes the turn so far as a transcription job.
     fn take_turn(&mut self) -> Option<Job> {
         let start = self.turn_start.take()?;
-        let audio: Vec<f32> = self.turn.drain(..).map(|s| f32::from(s) / 32768.0).collect();
+        let audio = to_mono_f32(&self.turn, 1);
+        self.turn.clear();
         if audio.is_empty() {
             return None;
         }
@@ -298,7 +300,7 @@ impl WhisperStt {
             return;
         }
         self.early_ids += 1;
-        let audio: Vec<f32> = self.turn.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let audio = to_mono_f32(&self.turn, 1);
         // Skipped when turns are queued: it would only delay them.
         if tx.try_send(Work::Early { id: self.early_ids, audio }).is_ok() {
             self.early = Some(self.early_ids);
