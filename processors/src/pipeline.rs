@@ -293,11 +293,25 @@ impl Task {
             } else if let Ok(env) = self.data_rx.try_recv() {
                 Some(env)
             } else {
+                let wake = self.ctx.wake_deadline();
+                let woken = async move {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     _ = &mut cancelled => None,
                     Some(env) = self.sys_rx.recv() => Some(env),
                     Some(env) = self.data_rx.recv() => Some(env),
+                    _ = woken, if wake.is_some() => {
+                        self.ctx.cancel_wake();
+                        if let Outcome::Done(Err(e)) = self.call(|p, ctx| p.wake(ctx)).await {
+                            self.report(e).await;
+                        }
+                        continue;
+                    }
                     else => None,
                 }
             };

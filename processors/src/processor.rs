@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -72,6 +73,14 @@ pub trait Processor: Send + 'static {
 
     /// The pipeline is stopping (after `End` or `Cancel`): release resources.
     async fn stop(&mut self) {}
+
+    /// The time asked for with [`ProcessorContext::wake_after`] has come. Called by the processor's
+    /// own task, between frames, so the processor's state needs no lock. The wake-up comes when
+    /// the task is idle; a processor that keeps receiving frames meanwhile (audio every 20 ms)
+    /// should also check its deadline when they arrive.
+    async fn wake(&mut self, _ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        Ok(())
+    }
 
     /// Frames this processor never looks at. The runtime forwards them itself, without a call
     /// into [`Processor::process`], and system frames among them overtake a call in flight: a
@@ -168,11 +177,37 @@ pub struct ProcessorContext {
     sender: FrameSender,
     cancel: CancellationToken,
     epoch: Instant,
+    /// When [`Processor::wake`] is due, in nanoseconds since `timer_epoch`; `NO_WAKE` when not
+    /// asked. On tokio's clock, which tests may pause.
+    wake_at: AtomicU64,
+    timer_epoch: tokio::time::Instant,
 }
+
+const NO_WAKE: u64 = u64::MAX;
 
 impl ProcessorContext {
     pub(crate) fn new(id: Arc<str>, sender: FrameSender, cancel: CancellationToken, epoch: Instant) -> Self {
-        Self { id, sender, cancel, epoch }
+        Self { id, sender, cancel, epoch, wake_at: AtomicU64::new(NO_WAKE), timer_epoch: tokio::time::Instant::now() }
+    }
+
+    /// Asks for a call to [`Processor::wake`] after `delay`, replacing an earlier request: a
+    /// timeout that must fire even when no frame arrives (input that pauses).
+    pub fn wake_after(&self, delay: Duration) {
+        let at = (self.timer_epoch.elapsed() + delay).as_nanos().min(u128::from(NO_WAKE - 1)) as u64;
+        self.wake_at.store(at, Ordering::Relaxed);
+    }
+
+    /// Withdraws a request made with [`ProcessorContext::wake_after`].
+    pub fn cancel_wake(&self) {
+        self.wake_at.store(NO_WAKE, Ordering::Relaxed);
+    }
+
+    /// When the processor asked to be woken, if it did.
+    pub(crate) fn wake_deadline(&self) -> Option<tokio::time::Instant> {
+        match self.wake_at.load(Ordering::Relaxed) {
+            NO_WAKE => None,
+            ns => Some(self.timer_epoch + Duration::from_nanos(ns)),
+        }
     }
 
     /// This processor's id in config.toml.

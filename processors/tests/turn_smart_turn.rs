@@ -249,6 +249,25 @@ async fn a_cut_off_sentence_waits_for_the_timeout() {
     assert_eq!(count(&out.downstream, turn_ended), 1);
 }
 
+/// Input that sends nothing while the turn waits (a WAV file read as fast as possible, a stalled
+/// device) still gets its turn ended by the fallback timeout.
+#[tokio::test(start_paused = true)]
+async fn the_fallback_timeout_ends_the_turn_when_no_audio_arrives() {
+    let speech = speak(CUT_OFF);
+    let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
+    let mut mic = Mic::start(smart_turn(settings)).await;
+    mic.send(Frame::UserStartedSpeaking).await;
+    assert!(mic.play(&speech, turn_ended).await.is_none());
+    mic.send(Frame::UserStoppedSpeaking).await;
+    let stopped = Instant::now();
+    let ended = mic.wait(Duration::from_secs(5), turn_ended).await.expect("the turn never ended without audio");
+    let waited = ended - stopped;
+    assert!(waited >= Duration::from_millis(2000), "ended after {} ms, before the 2000 ms timeout", ms(waited));
+    assert!(waited <= Duration::from_millis(2100), "ended {} ms after the stop", ms(waited));
+    let out = mic.harness.finish(Duration::from_secs(10)).await;
+    assert_eq!(count(&out.downstream, turn_ended), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn resuming_after_a_pause_keeps_the_turn_open() {
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };

@@ -205,9 +205,10 @@ enum Turn {
 /// The `smart_turn` processor. Forwards every frame unchanged; adds `UserTurnEnded`,
 /// `Interruption` and metrics.
 ///
-/// The fallback timeout is a deadline checked whenever a frame arrives rather than a timer task:
-/// input audio arrives every 20 ms, so it costs at most one frame of delay, and the turn state
-/// never races with a task ending the turn behind the processor's back.
+/// The fallback timeout is a deadline checked whenever a frame arrives and, for input that stops
+/// sending audio while the turn waits (a WAV file read as fast as possible, a stalled device), by
+/// a wake-up the runtime delivers on the processor's own task ([`ProcessorContext::wake_after`]):
+/// the turn state never races with a timer ending the turn behind the processor's back.
 pub struct SmartTurn {
     settings: SmartTurnSettings,
     model: Arc<Mutex<SmartTurnModel>>,
@@ -328,6 +329,7 @@ impl SmartTurn {
                 } else {
                     let wait = Duration::from_millis(self.settings.incomplete_timeout_ms);
                     self.turn = Turn::Waiting { start, speech_end_at, deadline: tokio::time::Instant::now() + wait };
+                    ctx.wake_after(wait);
                 }
             }
             Err(e) => {
@@ -342,6 +344,7 @@ impl SmartTurn {
     /// when the VAD did not measure it (it knows better: the stop comes its `stop_ms` later).
     async fn end_turn(&mut self, ctx: &ProcessorContext, speech_end_at: Duration) {
         self.turn = Turn::Idle;
+        ctx.cancel_wake();
         ctx.push_downstream(Frame::UserTurnEnded).await;
         if !self.vad_measured_end {
             ctx.push_metric(SPEECH_END_METRIC, None, speech_end_at).await;
@@ -421,6 +424,12 @@ impl Processor for SmartTurn {
     async fn interrupted(&mut self, _ctx: &ProcessorContext) {
         self.bot_speaking = false;
         self.overlap = Duration::ZERO;
+    }
+
+    /// The fallback timeout, when no frame arrived to check it.
+    async fn wake(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.end_turn_if_timed_out(ctx).await;
+        Ok(())
     }
 
     /// At end of stream a turn still open ends, so its last words are transcribed.
