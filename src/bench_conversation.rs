@@ -745,7 +745,9 @@ impl Processor for FullHistory {
                 }
                 ctx.push(Frame::SpokenReply(s), dir).await;
             }
-            (frame, dir) => ctx.push(frame, dir).await,
+            (frame, dir) => {
+                ctx.push(frame, dir).await;
+            }
         }
         Ok(())
     }
@@ -792,7 +794,7 @@ impl Processor for ReplyAsSpoken {
         ctx.push(frame, dir).await;
         if ended {
             let reply = SpokenReply { text: std::mem::take(&mut self.text), interrupted: false, turn: self.turn };
-            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+            ctx.push_upstream(Frame::SpokenReply(Box::new(reply))).await;
         }
         Ok(())
     }
@@ -850,14 +852,14 @@ async fn history_run(
     let started = Instant::now();
     for n in 1..=turns as u64 {
         pipeline
-            .send(Frame::Transcription(Transcription {
+            .send(Frame::Transcription(Box::new(Transcription {
                 text: history_message(n as usize),
                 speaker: "default".into(),
                 turn: n,
                 start: Duration::ZERO,
                 end: Duration::ZERO,
                 processing: Duration::ZERO,
-            }))
+            })))
             .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         loop {
@@ -959,7 +961,7 @@ mod tests {
     fn turn_less_measurements_join_the_next_numbered_turn() {
         let mut c = Collector::new(None);
         let m = |name, turn, ms| {
-            Frame::Metrics(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) })
+            Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
         };
         for f in [
             m("user_speech_end_at", None, 500),

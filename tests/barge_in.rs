@@ -258,7 +258,7 @@ struct Capture(Arc<Mutex<Vec<LlmRequest>>>);
 impl Processor for Capture {
     async fn process(&mut self, frame: Frame, dir: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         if let Frame::LlmRequest(r) = &frame {
-            self.0.lock().unwrap().push(r.clone());
+            self.0.lock().unwrap().push(*r.clone());
         }
         ctx.push(frame, dir).await;
         Ok(())

@@ -70,14 +70,14 @@ fn llm_server(cmd: &str, port: u16) {
 }
 
 fn transcription(turn: u64, text: &str) -> Frame {
-    Frame::Transcription(Transcription {
+    Frame::Transcription(Box::new(Transcription {
         text: text.into(),
         speaker: "default".into(),
         turn,
         start: Duration::ZERO,
         end: Duration::ZERO,
         processing: Duration::ZERO,
-    })
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +160,7 @@ impl slowcat_processors::Processor for Capture {
         ctx: &slowcat_processors::ProcessorContext,
     ) -> Result<(), slowcat_processors::ProcessError> {
         if let Frame::LlmRequest(r) = &frame {
-            self.0.lock().unwrap().push(r.clone());
+            self.0.lock().unwrap().push(*r.clone());
         }
         ctx.push(frame, dir).await;
         Ok(())

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 struct State<T> {
     queue: VecDeque<T>,
@@ -58,6 +58,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 }
 
 /// Why [`Sender::try_send`] gave the item back.
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TrySendError<T> {
     /// The lane is full; [`Sender::send`] would wait.
@@ -73,6 +74,7 @@ pub(crate) struct Sender<T> {
 
 impl<T> Sender<T> {
     /// Queues `item` if there is room, without waiting.
+    #[cfg(test)]
     pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         let state = self.shared.lock();
         if !state.receiver_alive {
@@ -97,26 +99,32 @@ impl<T> Sender<T> {
     }
 
     /// Queues `item`, waiting for room. Gives it back when the receiver is gone. Dropping the
-    /// future before it completes drops the item.
+    /// future before it completes drops the item. (The runtime's own future is
+    /// [`crate::processor::Push`], on [`Sender::poll_send`].)
+    #[cfg(test)]
     pub(crate) async fn send(&self, item: T) -> Result<(), T> {
         let mut item = Some(item);
-        poll_fn(|cx| {
-            let mut state = self.shared.lock();
-            let Some(it) = item.take() else { return Poll::Ready(Ok(())) };
-            if !state.receiver_alive {
-                return Poll::Ready(Err(it));
+        poll_fn(|cx| self.poll_send(cx, &mut item)).await
+    }
+
+    /// Queues the item in `slot` if there is room, else registers the task to be woken when there
+    /// is. Ready with `Err(item)` when the receiver is gone, with `Ok` when queued (or when `slot`
+    /// was already empty). For futures that hold their item themselves.
+    pub(crate) fn poll_send(&self, cx: &mut Context<'_>, slot: &mut Option<T>) -> Poll<Result<(), T>> {
+        let mut state = self.shared.lock();
+        let Some(item) = slot.take() else { return Poll::Ready(Ok(())) };
+        if !state.receiver_alive {
+            return Poll::Ready(Err(item));
+        }
+        if state.queue.len() >= self.shared.capacity {
+            *slot = Some(item);
+            if !state.sender_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                state.sender_wakers.push(cx.waker().clone());
             }
-            if state.queue.len() >= self.shared.capacity {
-                item = Some(it);
-                if !state.sender_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.sender_wakers.push(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-            self.push(state, it);
-            Poll::Ready(Ok(()))
-        })
-        .await
+            return Poll::Pending;
+        }
+        self.push(state, item);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -430,7 +430,11 @@ impl Task {
     async fn report(&mut self, e: ProcessError) {
         let recoverable = matches!(e, ProcessError::Recoverable(_));
         warn!(processor = %self.ctx.id(), error = %e, recoverable, "processor error");
-        let frame = Frame::Error(ErrorFrame { source: self.ctx.id().to_string(), message: e.to_string(), recoverable });
+        let frame = Frame::Error(Box::new(ErrorFrame {
+            source: self.ctx.id().to_string(),
+            message: e.to_string(),
+            recoverable,
+        }));
         self.ctx.push_downstream(frame).await;
     }
 

@@ -1,8 +1,11 @@
 //! The `Processor` trait and the contexts through which processors reach the runtime.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -131,14 +134,31 @@ pub(crate) struct Lanes {
 }
 
 impl Lanes {
-    async fn send(&self, frame: Frame, direction: Direction) -> bool {
+    fn send(&self, frame: Frame, direction: Direction) -> Push<'_> {
         let lane = if frame.is_system() { &self.system } else { &self.data };
-        // Fast path: no future to build when there is room.
-        match lane.try_send((frame, direction)) {
-            Ok(()) => true,
-            Err(crate::lane::TrySendError::Full(env)) => lane.send(env).await.is_ok(),
-            Err(crate::lane::TrySendError::Closed(_)) => false,
-        }
+        Push { lane, item: Some((frame, direction)) }
+    }
+}
+
+/// The future of [`ProcessorContext::push`]: queues the frame on the neighbour's lane, waiting
+/// while it is full. Resolves to false once the pipeline has shut down.
+///
+/// A plain struct rather than an `async fn`: it holds one frame and a reference, so the future
+/// of a processor's `process` call, which the runtime boxes for every frame, stays small (nested
+/// async functions each kept their own copy of the frame, and moving that state into the box
+/// was the largest single cost of a pass-through hop).
+#[must_use = "futures do nothing unless awaited"]
+pub struct Push<'a> {
+    lane: &'a crate::lane::Sender<Envelope>,
+    item: Option<Envelope>,
+}
+
+impl Future for Push<'_> {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let Push { lane, item } = &mut *self;
+        lane.poll_send(cx, item).map(|r| r.is_ok())
     }
 }
 
@@ -152,22 +172,22 @@ pub struct FrameSender {
 
 impl FrameSender {
     /// Pushes a frame to the neighbour in `direction`. Waits while that neighbour's lane is full
-    /// (backpressure). Returns false once the pipeline has shut down.
-    pub async fn push(&self, frame: Frame, direction: Direction) -> bool {
+    /// (backpressure). Resolves to false once the pipeline has shut down.
+    pub fn push(&self, frame: Frame, direction: Direction) -> Push<'_> {
         match direction {
-            Direction::Downstream => self.downstream.send(frame, direction).await,
-            Direction::Upstream => self.upstream.send(frame, direction).await,
+            Direction::Downstream => self.downstream.send(frame, direction),
+            Direction::Upstream => self.upstream.send(frame, direction),
         }
     }
 
     /// Pushes downstream.
-    pub async fn downstream(&self, frame: Frame) -> bool {
-        self.push(frame, Direction::Downstream).await
+    pub fn downstream(&self, frame: Frame) -> Push<'_> {
+        self.push(frame, Direction::Downstream)
     }
 
     /// Pushes upstream.
-    pub async fn upstream(&self, frame: Frame) -> bool {
-        self.push(frame, Direction::Upstream).await
+    pub fn upstream(&self, frame: Frame) -> Push<'_> {
+        self.push(frame, Direction::Upstream)
     }
 }
 
@@ -215,31 +235,35 @@ impl ProcessorContext {
         &self.id
     }
 
-    /// Pushes a frame to the neighbour in `direction`.
-    pub async fn push(&self, frame: Frame, direction: Direction) {
-        self.sender.push(frame, direction).await;
+    /// Pushes a frame to the neighbour in `direction`, waiting while its lane is full. The
+    /// future resolves to false once the pipeline has shut down (nothing to do then but return).
+    pub fn push(&self, frame: Frame, direction: Direction) -> Push<'_> {
+        self.sender.push(frame, direction)
     }
 
     /// Pushes a frame downstream.
-    pub async fn push_downstream(&self, frame: Frame) {
-        self.sender.downstream(frame).await;
+    pub fn push_downstream(&self, frame: Frame) -> Push<'_> {
+        self.sender.downstream(frame)
     }
 
     /// Pushes a frame upstream.
-    pub async fn push_upstream(&self, frame: Frame) {
-        self.sender.upstream(frame).await;
+    pub fn push_upstream(&self, frame: Frame) -> Push<'_> {
+        self.sender.upstream(frame)
     }
 
     /// Pushes a recoverable error frame downstream, naming this processor.
     pub async fn push_error(&self, message: impl Into<String>) {
-        let frame =
-            Frame::Error(ErrorFrame { source: self.id.to_string(), message: message.into(), recoverable: true });
+        let frame = Frame::Error(Box::new(ErrorFrame {
+            source: self.id.to_string(),
+            message: message.into(),
+            recoverable: true,
+        }));
         self.push_downstream(frame).await;
     }
 
     /// Pushes a measurement downstream.
     pub async fn push_metric(&self, name: &'static str, turn: Option<u64>, value: Duration) {
-        let frame = Frame::Metrics(Metric { source: self.id.to_string(), turn, name, value });
+        let frame = Frame::Metrics(Box::new(Metric { source: self.id.to_string(), turn, name, value }));
         self.push_downstream(frame).await;
     }
 

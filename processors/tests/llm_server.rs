@@ -68,14 +68,14 @@ async fn a_transcription_is_answered_through_user_turn_with_the_model_the_server
     let user_turn = Box::new(UserTurn::new(UserTurnSettings::default()));
     let s = OpenAiLlmSettings { model: String::new(), warmup: false, ..settings(real_server_url()) };
     let mut h = Harness::start(vec![user_turn, llm(s)]).await;
-    h.send(Frame::Transcription(Transcription {
+    h.send(Frame::Transcription(Box::new(Transcription {
         text: "What is the capital of France?".into(),
         speaker: "default".into(),
         turn: 7,
         start: Duration::ZERO,
         end: Duration::from_secs(2),
         processing: Duration::from_millis(150),
-    }))
+    })))
     .await;
     h.wait_for(LIMIT, |f, _| matches!(f, Frame::LlmResponseEnd)).await.expect("the reply ends");
     let frames = h.output().downstream.clone();

@@ -68,14 +68,14 @@ async fn a_request_passing_twice_gets_memory_once_and_never_a_second_system_mess
     let mut h = start(dir.path(), settings(dir.path())).await;
     turn(&mut h, "default", 1, "the wifi password is hunter2", Some(("Noted, hunter2.", false))).await;
     let once = turn(&mut h, "default", 2, "what is the wifi password", None).await;
-    h.send(Frame::LlmRequest(once.clone())).await;
+    h.send(Frame::LlmRequest(Box::new(once.clone()))).await;
     let twice = h
         .wait_for(Duration::from_secs(10), |f, d| {
             d == Direction::Downstream && matches!(f, Frame::LlmRequest(r) if r.turn == 2)
         })
         .await
         .expect("the resent request came out");
-    assert_eq!(twice, Frame::LlmRequest(once.clone()), "a second pass changes nothing");
+    assert_eq!(twice, Frame::LlmRequest(Box::new(once.clone())), "a second pass changes nothing");
     assert_eq!(once.messages.iter().filter(|m| m.role == Role::System).count(), 1);
 
     // A request with no system message gets one only when there is memory to put in it, and
@@ -84,7 +84,7 @@ async fn a_request_passing_twice_gets_memory_once_and_never_a_second_system_mess
     bare.messages.retain(|m| m.role != Role::System);
     bare.messages.insert(0, ChatMessage::new(Role::System, "part one"));
     bare.messages.insert(1, ChatMessage::new(Role::System, "part two"));
-    h.send(Frame::LlmRequest(bare)).await;
+    h.send(Frame::LlmRequest(Box::new(bare))).await;
     let Some(Frame::LlmRequest(r)) =
         h.wait_for(Duration::from_secs(10), |f, _| matches!(f, Frame::LlmRequest(r) if r.turn == 3)).await
     else {
@@ -217,11 +217,11 @@ async fn a_turn_without_a_spoken_reply_stores_nothing_and_the_next_turn_works() 
     let mut h = start(dir.path(), settings(dir.path())).await;
     turn(&mut h, "default", 1, "what is the capital of Peru", None).await; // the LLM failed
     turn(&mut h, "default", 2, "hello again", Some(("Hello!", false))).await;
-    h.send_upstream(Frame::SpokenReply(slowcat_processors::frame::SpokenReply {
+    h.send_upstream(Frame::SpokenReply(Box::new(slowcat_processors::frame::SpokenReply {
         text: "Welcome back!".into(),
         interrupted: false,
         turn: 0,
-    }))
+    })))
     .await; // a greeting: no user turn
     let r = turn(&mut h, "default", 3, "and the capital of Chile", None).await;
     assert_eq!(roles(&r), [Role::System, Role::User, Role::Assistant, Role::User]);

@@ -47,7 +47,7 @@ fn transcriptions(out: &Output) -> Vec<&Transcription> {
     out.downstream
         .iter()
         .filter_map(|f| match f {
-            Frame::Transcription(t) => Some(t),
+            Frame::Transcription(t) => Some(&**t),
             _ => None,
         })
         .collect()

@@ -91,7 +91,7 @@ async fn streamed_reply_is_spoken_sentence_by_sentence_and_whisper_reads_it_back
         .downstream
         .iter()
         .filter_map(|f| match f {
-            Frame::Metrics(m) if m.name == "tts_ttfb" => Some(m),
+            Frame::Metrics(m) if m.name == "tts_ttfb" => Some(&**m),
             _ => None,
         })
         .collect();
@@ -172,9 +172,9 @@ async fn other_frames_pass_both_ways_and_speak_frames_are_spoken() {
     h.send(Frame::UserTurnEnded).await;
     h.send(Frame::Speak("Sorry, I could not reach the language model.".into())).await;
     let reply = SpokenReply { text: "hi".into(), interrupted: false, turn: 4 };
-    h.send_upstream(Frame::SpokenReply(reply.clone())).await;
+    h.send_upstream(Frame::SpokenReply(Box::new(reply.clone()))).await;
     let out = h.finish(Duration::from_secs(30)).await;
-    assert!(out.upstream.contains(&Frame::SpokenReply(reply)));
+    assert!(out.upstream.contains(&Frame::SpokenReply(Box::new(reply))));
     let data = out.downstream_data();
     assert!(matches!(data[0], Frame::UserTurnEnded));
     assert!(data.iter().any(|f| matches!(f, Frame::TtsStarted { text, turn: 0 } if text.starts_with("Sorry"))));
@@ -200,11 +200,11 @@ async fn a_wav_output_after_piper_reports_what_it_wrote() {
     let replies: Vec<&Frame> = out.upstream.iter().filter(|f| matches!(f, Frame::SpokenReply(_))).collect();
     assert_eq!(
         replies,
-        vec![&Frame::SpokenReply(SpokenReply {
+        vec![&Frame::SpokenReply(Box::new(SpokenReply {
             text: "Hello there. How are you?".into(),
             interrupted: false,
             turn: 9
-        })]
+        }))]
     );
     let mut whisper = whisper();
     let samples = slowcat_processors::audio::read_wav_mono(&wav, 16_000).unwrap();

@@ -138,7 +138,10 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
     let reply = h
         .wait_for(Duration::from_secs(20), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream)
         .await;
-    assert_eq!(reply, Some(Frame::SpokenReply(SpokenReply { text: sentence.into(), interrupted: false, turn: 5 })));
+    assert_eq!(
+        reply,
+        Some(Frame::SpokenReply(Box::new(SpokenReply { text: sentence.into(), interrupted: false, turn: 5 })))
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let recording = recorder.stop();
     let out = h.finish(Duration::from_secs(10)).await;
@@ -223,7 +226,10 @@ async fn an_interruption_silences_the_speaker_within_one_chunk() {
     let next = h
         .wait_for(Duration::from_secs(10), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream)
         .await;
-    assert_eq!(next, Some(Frame::SpokenReply(SpokenReply { text: "Next.".into(), interrupted: false, turn: 7 })));
+    assert_eq!(
+        next,
+        Some(Frame::SpokenReply(Box::new(SpokenReply { text: "Next.".into(), interrupted: false, turn: 7 })))
+    );
     assert!(stats.played_frames() >= after + u64::from(rate) / 2 - u64::from(rate) / 10);
     h.finish(Duration::from_secs(10)).await;
 }
@@ -245,7 +251,10 @@ async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
     let spoken = h
         .wait_for(Duration::from_secs(40), |f, d| matches!(f, Frame::SpokenReply(_)) && d == Direction::Upstream)
         .await;
-    assert_eq!(spoken, Some(Frame::SpokenReply(SpokenReply { text: reply.into(), interrupted: false, turn: 11 })));
+    assert_eq!(
+        spoken,
+        Some(Frame::SpokenReply(Box::new(SpokenReply { text: reply.into(), interrupted: false, turn: 11 })))
+    );
     let recording = recorder.stop();
     let out = h.finish(Duration::from_secs(10)).await;
     let started = out.upstream.iter().position(|f| matches!(f, Frame::BotStartedSpeaking));

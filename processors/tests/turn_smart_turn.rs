@@ -197,7 +197,7 @@ async fn the_vads_end_of_speech_is_not_reported_twice() {
     mic.play(&speak(COMPLETE), turn_ended).await;
     let vad_end = Duration::from_millis(1234);
     let metric = Metric { source: "vad".into(), turn: None, name: "user_speech_end_at", value: vad_end };
-    mic.send(Frame::Metrics(metric)).await;
+    mic.send(Frame::Metrics(Box::new(metric))).await;
     mic.send(Frame::UserStoppedSpeaking).await;
     mic.wait(Duration::from_secs(1), turn_ended).await.expect("the turn ends");
     let out = mic.harness.finish(Duration::from_secs(10)).await;

@@ -191,7 +191,7 @@ impl Processor for Mic {
                 let frame = match event {
                     Event::Audio(a) => Frame::InputAudio(a),
                     Event::Error(message) => {
-                        Frame::Error(ErrorFrame { source: id.clone(), message, recoverable: true })
+                        Frame::Error(Box::new(ErrorFrame { source: id.clone(), message, recoverable: true }))
                     }
                 };
                 if !sender.downstream(frame).await {

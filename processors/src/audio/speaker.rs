@@ -428,13 +428,14 @@ impl Monitor {
         if unreported > 0 {
             message.push_str(&format!(" ({unreported} more device errors since the last one reported)"));
         }
-        Some(Frame::Error(ErrorFrame { source: self.id.clone(), message, recoverable: true }))
+        Some(Frame::Error(Box::new(ErrorFrame { source: self.id.clone(), message, recoverable: true })))
     }
 
     /// One look at the counters; returns the frames to send (and whether both ways).
     fn tick(&self) -> Vec<(Frame, bool)> {
         let mut st = lock(&self.state);
-        let mut out: Vec<(Frame, bool)> = st.reports.drain(..).map(|r| (Frame::SpokenReply(r), false)).collect();
+        let mut out: Vec<(Frame, bool)> =
+            st.reports.drain(..).map(|r| (Frame::SpokenReply(Box::new(r)), false)).collect();
         let now = Instant::now();
         let started = self.shared.started_ns.load(Ordering::Acquire);
         let consumed = self.shared.played.load(Ordering::Acquire) + self.shared.discarded.load(Ordering::Acquire);
@@ -449,12 +450,12 @@ impl Monitor {
                 st.first_reported = true;
                 let at = self.shared.base + Duration::from_nanos(started - 1);
                 out.push((
-                    Frame::Metrics(Metric {
+                    Frame::Metrics(Box::new(Metric {
                         source: self.id.clone(),
                         turn: Some(st.text.turn()),
                         name: "first_audio_at",
                         value: at.saturating_duration_since(self.epoch),
-                    }),
+                    })),
                     false,
                 ));
             }
@@ -477,7 +478,7 @@ impl Monitor {
             let written = st.text.written();
             if let Some(reply) = st.text.take(written, false) {
                 tracing::debug!(turn = reply.turn, text = %reply.text, "reply played out");
-                out.push((Frame::SpokenReply(reply), false));
+                out.push((Frame::SpokenReply(Box::new(reply)), false));
             }
             st.first_reported = false;
         }
@@ -570,7 +571,7 @@ impl Processor for Speaker {
         }
         // The interruption emptied the TTS's lanes: these pushes do not wait.
         for reply in reports.into_iter().chain(reply) {
-            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+            ctx.push_upstream(Frame::SpokenReply(Box::new(reply))).await;
         }
     }
 
@@ -597,7 +598,7 @@ impl Processor for Speaker {
             (std::mem::take(&mut st.reports), st.text.take(written, false))
         };
         for reply in reports.into_iter().chain(reply) {
-            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+            ctx.push_upstream(Frame::SpokenReply(Box::new(reply))).await;
         }
         Ok(())
     }

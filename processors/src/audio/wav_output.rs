@@ -155,7 +155,7 @@ impl WavOutput {
         if let Some(reply) = self.played.take(written, interrupted)
             && self.settings.report_spoken
         {
-            ctx.push_upstream(Frame::SpokenReply(reply)).await;
+            ctx.push_upstream(Frame::SpokenReply(Box::new(reply))).await;
         }
         if !self.is_speaking() {
             return;

@@ -87,10 +87,12 @@ impl Processor for UserTurn {
                 }
                 ctx.push_downstream(Frame::Transcription(t)).await;
                 if let Some(request) = request {
-                    ctx.push_downstream(Frame::LlmRequest(request)).await;
+                    ctx.push_downstream(Frame::LlmRequest(Box::new(request))).await;
                 }
             }
-            other => ctx.push(other, direction).await,
+            other => {
+                ctx.push(other, direction).await;
+            }
         }
         Ok(())
     }
@@ -104,14 +106,14 @@ mod tests {
     use crate::harness::Harness;
 
     fn transcription(text: &str, turn: u64) -> Frame {
-        Frame::Transcription(Transcription {
+        Frame::Transcription(Box::new(Transcription {
             text: text.into(),
             speaker: "alice".into(),
             turn,
             start: Duration::ZERO,
             end: Duration::from_secs(1),
             processing: Duration::from_millis(100),
-        })
+        }))
     }
 
     #[tokio::test]
@@ -144,14 +146,14 @@ mod tests {
     #[tokio::test]
     async fn blank_transcriptions_make_no_request_and_other_frames_pass() {
         let p = UserTurn::new(UserTurnSettings::default());
-        let interim = Frame::InterimTranscription(Transcription {
+        let interim = Frame::InterimTranscription(Box::new(Transcription {
             text: "Wh".into(),
             speaker: "alice".into(),
             turn: 1,
             start: Duration::ZERO,
             end: Duration::ZERO,
             processing: Duration::ZERO,
-        });
+        }));
         let frames = vec![interim, transcription(" \n\t", 1), Frame::LlmText("x".into())];
         let out = Harness::run(vec![Box::new(p)], frames).await;
         assert!(!out.downstream.iter().any(|f| matches!(f, Frame::LlmRequest(_))));

@@ -331,7 +331,7 @@ pub async fn bench(base_url: &str, n: usize) -> anyhow::Result<()> {
             memory_injected: false,
         };
         let sent = Instant::now();
-        pipeline.send(Frame::LlmRequest(request)).await;
+        pipeline.send(Frame::LlmRequest(Box::new(request))).await;
         let mut first_text = None;
         loop {
             let (frame, _) = tokio::time::timeout(Duration::from_secs(60), pipeline.recv())

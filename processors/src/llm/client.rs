@@ -651,7 +651,7 @@ impl Processor for OpenAiLlm {
                 Err(e) => {
                     warn!(error = %e, "LLM warm-up failed");
                     let message = format!("warm-up request failed (the next turns will try again): {e}");
-                    sender.downstream(Frame::Error(ErrorFrame { source, message, recoverable: true })).await;
+                    sender.downstream(Frame::Error(Box::new(ErrorFrame { source, message, recoverable: true }))).await;
                 }
             }
         };
@@ -671,10 +671,12 @@ impl Processor for OpenAiLlm {
                 let turn = request.turn;
                 self.replying = Some(turn);
                 self.wait_for_warmup().await;
-                self.reply(request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
+                self.reply(*request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
                 self.replying = None;
             }
-            other => ctx.push(other, direction).await,
+            other => {
+                ctx.push(other, direction).await;
+            }
         }
         Ok(())
     }

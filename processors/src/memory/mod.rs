@@ -497,14 +497,16 @@ impl Processor for StatelessMemory {
                 ctx.push(Frame::Transcription(t), direction).await;
             }
             (Frame::LlmRequest(request), Direction::Downstream) => {
-                let request = self.on_request(request, ctx).await;
-                ctx.push(Frame::LlmRequest(request), direction).await;
+                let request = self.on_request(*request, ctx).await;
+                ctx.push(Frame::LlmRequest(Box::new(request)), direction).await;
             }
             (Frame::SpokenReply(reply), Direction::Upstream) => {
                 self.on_spoken(&reply, ctx).await;
                 ctx.push(Frame::SpokenReply(reply), direction).await;
             }
-            (frame, direction) => ctx.push(frame, direction).await,
+            (frame, direction) => {
+                ctx.push(frame, direction).await;
+            }
         }
         Ok(())
     }

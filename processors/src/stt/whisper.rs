@@ -375,8 +375,8 @@ impl Processor for WhisperStt {
                     return Ok(());
                 }
             }
-            Frame::Metrics(Metric { name, value, .. }) if *name == SPEECH_START_METRIC => self.vad_start = Some(*value),
-            Frame::Metrics(Metric { name, value, .. }) if *name == SPEECH_END_METRIC => self.vad_end = Some(*value),
+            Frame::Metrics(m) if m.name == SPEECH_START_METRIC => self.vad_start = Some(m.value),
+            Frame::Metrics(m) if m.name == SPEECH_END_METRIC => self.vad_end = Some(m.value),
             Frame::UserStartedSpeaking => self.on_started(),
             Frame::UserStoppedSpeaking => {
                 self.on_stopped();
@@ -488,8 +488,8 @@ impl Worker {
                         name: STT_TIME_METRIC,
                         value: stt_time,
                     };
-                    self.sender.downstream(Frame::Metrics(metric)).await;
-                    self.sender.downstream(Frame::Transcription(t)).await;
+                    self.sender.downstream(Frame::Metrics(Box::new(metric))).await;
+                    self.sender.downstream(Frame::Transcription(Box::new(t))).await;
                 }
                 Err(e) => self.error(format!("{e:#}"), true).await,
             }
@@ -523,7 +523,7 @@ impl Worker {
 
     async fn error(&self, message: String, recoverable: bool) {
         tracing::warn!(processor = %self.id, error = %message, "speech-to-text failed");
-        let frame = Frame::Error(ErrorFrame { source: self.id.clone(), message, recoverable });
+        let frame = Frame::Error(Box::new(ErrorFrame { source: self.id.clone(), message, recoverable }));
         self.sender.downstream(frame).await;
     }
 }

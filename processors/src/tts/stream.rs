@@ -173,7 +173,9 @@ impl<S: Synthesizer> Processor for StreamingTts<S> {
                 let segments = SentenceSplitter::split_all(&text, self.opts.split.clone());
                 self.speak_all(segments, ctx).await;
             }
-            frame => ctx.push(frame, direction).await,
+            frame => {
+                ctx.push(frame, direction).await;
+            }
         }
         Ok(())
     }

@@ -416,7 +416,9 @@ impl Processor for SmartTurn {
                 self.bot_speaking = false;
                 ctx.push(frame, direction).await;
             }
-            frame => ctx.push(frame, direction).await,
+            frame => {
+                ctx.push(frame, direction).await;
+            }
         }
         Ok(())
     }

@@ -114,7 +114,7 @@ pub fn llm(settings: OpenAiLlmSettings) -> BoxProcessor {
 
 /// A request as `user_turn` makes them.
 pub fn request(turn: u64, question: &str) -> Frame {
-    Frame::LlmRequest(LlmRequest {
+    Frame::LlmRequest(Box::new(LlmRequest {
         messages: vec![
             ChatMessage::new(Role::System, "You are a helpful assistant. Answer briefly."),
             ChatMessage::new(Role::User, question),
@@ -122,7 +122,7 @@ pub fn request(turn: u64, question: &str) -> Frame {
         speaker: "default".into(),
         turn,
         memory_injected: false,
-    })
+    }))
 }
 
 /// Sends a request and returns the downstream frames that came out until its `LlmResponseEnd`

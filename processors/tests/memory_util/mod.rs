@@ -44,28 +44,28 @@ pub fn request(speaker: &str, turn: u64, user: &str) -> LlmRequest {
 /// One conversation turn: the final transcription and the LLM request go downstream, the
 /// rewritten request comes out; then, if given, the spoken reply comes back upstream and out.
 pub async fn turn(h: &mut Harness, speaker: &str, turn: u64, user: &str, reply: Option<(&str, bool)>) -> LlmRequest {
-    h.send(Frame::Transcription(Transcription {
+    h.send(Frame::Transcription(Box::new(Transcription {
         text: user.into(),
         speaker: speaker.into(),
         turn,
         start: Duration::ZERO,
         end: Duration::ZERO,
         processing: Duration::ZERO,
-    }))
+    })))
     .await;
-    h.send(Frame::LlmRequest(request(speaker, turn, user))).await;
+    h.send(Frame::LlmRequest(Box::new(request(speaker, turn, user)))).await;
     let out = h
         .wait_for(WAIT, |f, d| d == Direction::Downstream && matches!(f, Frame::LlmRequest(r) if r.turn == turn))
         .await
         .unwrap_or_else(|| panic!("the request of turn {turn} did not come out of the memory processor"));
     let Frame::LlmRequest(out) = out else { unreachable!() };
     if let Some((text, interrupted)) = reply {
-        h.send_upstream(Frame::SpokenReply(SpokenReply { text: text.into(), interrupted, turn })).await;
+        h.send_upstream(Frame::SpokenReply(Box::new(SpokenReply { text: text.into(), interrupted, turn }))).await;
         h.wait_for(WAIT, |f, d| d == Direction::Upstream && matches!(f, Frame::SpokenReply(r) if r.turn == turn))
             .await
             .unwrap_or_else(|| panic!("the spoken reply of turn {turn} did not come out upstream"));
     }
-    out
+    *out
 }
 
 /// Error frames that came out so far.
