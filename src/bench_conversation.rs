@@ -588,8 +588,9 @@ pub async fn soak(base: &AssistantConfig, turns: usize, max_tokens: u32, at: &[u
         repeat: turns.div_ceil(n) as u32,
         next: NextFile::AfterReply,
         realtime: false,
-        // Smart Turn's wait for an unfinished utterance runs on the wall clock and is checked
-        // when audio arrives: a bounded wait for the reply keeps one such turn from stalling.
+        // A turn that gets no reply (the LLM failed, or the transcript was empty) must not stall
+        // the run: the next file comes after this bounded wait. (Smart Turn's fallback timeout
+        // fires on its own now, also while this unpaced input sends no audio.)
         reply_timeout_ms: 20_000,
         ..WavInputSettings::default()
     };

@@ -166,8 +166,17 @@ impl WhisperEngine {
         self.transcribe_with(audio, self.audio_ctx)
     }
 
+    /// Transcribes on `threads` threads instead of the configured number.
+    pub fn transcribe_on(&mut self, audio: &[f32], threads: usize) -> anyhow::Result<Recognized> {
+        self.run(audio, self.audio_ctx, threads)
+    }
+
     /// Transcribes with an explicit encoder window (for benchmarks).
     pub fn transcribe_with(&mut self, audio: &[f32], audio_ctx: AudioCtx) -> anyhow::Result<Recognized> {
+        self.run(audio, audio_ctx, self.threads)
+    }
+
+    fn run(&mut self, audio: &[f32], audio_ctx: AudioCtx, threads: usize) -> anyhow::Result<Recognized> {
         let started = Instant::now();
         if audio.is_empty() {
             return Ok(Recognized {
@@ -181,7 +190,7 @@ impl WhisperEngine {
             });
         }
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        params.set_n_threads(self.threads as i32);
+        params.set_n_threads(threads.max(1) as i32);
         // English-only models ignore the language; "auto" makes a multilingual one detect it.
         params.set_language(Some(if self.multilingual { self.language.as_str() } else { "en" }));
         // Each turn stands alone: no prompt from the previous one, one segment. Timestamp tokens

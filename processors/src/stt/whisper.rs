@@ -78,6 +78,10 @@ pub struct WhisperSttSettings {
     /// speech, that transcript is used and the reply starts sooner by about the STT time; when the
     /// user goes on, it is thrown away (CPU spent on turns the detector keeps open).
     pub transcribe_early: bool,
+    /// Threads for the early transcription, which runs while the end-of-turn detector (Smart
+    /// Turn, one thread) decides. On 2 cores, 1 leaves it the other core: both finish sooner
+    /// than when three threads share two (ggml's threads spin while they wait for each other).
+    pub early_threads: usize,
     /// The speaker id given to transcriptions.
     pub speaker: String,
     /// Forward the input audio downstream; by default this processor consumes it.
@@ -94,6 +98,7 @@ impl Default for WhisperSttSettings {
             pre_roll_ms: 300,
             end_turn_on: EndTurnOn::UserTurnEnded,
             transcribe_early: true,
+            early_threads: 1,
             speaker: DEFAULT_SPEAKER.into(),
             forward_audio: false,
         }
@@ -131,6 +136,9 @@ impl Settings for WhisperSttSettings {
         }
         if !(1..=32).contains(&self.threads) {
             problems.push(Problem::at("threads", "`threads` must be between 1 and 32"));
+        }
+        if !(1..=32).contains(&self.early_threads) {
+            problems.push(Problem::at("early_threads", "`early_threads` must be between 1 and 32"));
         }
         if self.pre_roll_ms > 2000 {
             problems.push(Problem::at("pre_roll_ms", "`pre_roll_ms` must be at most 2000"));
@@ -346,6 +354,8 @@ impl Processor for WhisperStt {
             sender: ctx.sender(),
             cancel: ctx.cancellation(),
             turn: 0,
+            threads: self.settings.threads,
+            early_threads: self.settings.early_threads,
         };
         self.worker = Some((tx, tokio::spawn(worker.run(engine, rx))));
         Ok(())
@@ -427,6 +437,8 @@ struct Worker {
     sender: FrameSender,
     cancel: CancellationToken,
     turn: u64,
+    threads: usize,
+    early_threads: usize,
 }
 
 impl Worker {
@@ -445,7 +457,7 @@ impl Worker {
                     continue;
                 }
                 Work::Early { id, audio } => {
-                    let Some(r) = self.transcribe(&mut engine, audio).await else { return };
+                    let Some(r) = self.transcribe(&mut engine, audio, self.early_threads).await else { return };
                     tracing::debug!(processor = %self.id, id, "transcribed early");
                     early = Some((id, r));
                     continue;
@@ -458,7 +470,7 @@ impl Worker {
                     }
                     _ => {
                         let audio = std::mem::take(&mut job.audio);
-                        let Some(r) = self.transcribe(&mut engine, audio).await else { return };
+                        let Some(r) = self.transcribe(&mut engine, audio, self.threads).await else { return };
                         (job, r)
                     }
                 },
@@ -501,10 +513,11 @@ impl Worker {
         &self,
         engine: &mut Option<WhisperEngine>,
         audio: Vec<f32>,
+        threads: usize,
     ) -> Option<anyhow::Result<Recognized>> {
         let mut e = engine.take()?;
         match tokio::task::spawn_blocking(move || {
-            let r = e.transcribe(&audio);
+            let r = e.transcribe_on(&audio, threads);
             (e, r)
         })
         .await
