@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert a CTranslate2 Whisper model directory into a whisper.cpp ggml file.
 
-Usage: convert_whisper_ct2.py <ct2_dir> <out.bin>
+Usage: convert_whisper_ct2.py [--type f16|q8_0] <ct2_dir> <out.bin>
 
 <ct2_dir> holds model.bin, config.json and vocabulary.txt as written by
 CTranslate2's Whisper converter (e.g. the faster-whisper models). The output
@@ -13,17 +13,28 @@ is whisper.cpp's legacy ggml format, the one convert-pt-to-ggml.py writes:
         n_mels, ftype
     i32 n_mel, i32 n_fft_bins, f32[n_mel * n_fft_bins] mel filterbank
     i32 n_tokens, then per token: u32 length, raw bytes
-    per tensor: i32 n_dims, i32 name length, i32 type (0 f32, 1 f16),
+    per tensor: i32 n_dims, i32 name length, i32 type (0 f32, 1 f16, 8 q8_0),
         i32 dims (innermost first), name bytes, data
+
+--type f16 (the default) stores the weight matrices as f16 (ftype 1).
+--type q8_0 writes what whisper.cpp's `quantize` tool makes of that f16 file
+with type q8_0, byte for byte: ftype 2007 (ggml's quantization version 2
+times 1000, plus GGML_FTYPE_MOSTLY_Q8_0), every 2-D f16 matrix as Q8_0 blocks
+except the ones whisper.cpp keeps as they are (positional embeddings, conv
+biases; the conv weights are 3-D and stay f16, as whisper.cpp loads them).
 
 Pure python3 standard library: the weights are already f16, so most tensors
 are byte copies; small tensors are widened to f32 with struct's 'e' format.
+Q8_0 is computed with C-level bulk operations (struct, array, map), about
+10 s for tiny.en.
 """
 
 import array
+import itertools
 import json
 import math
 import mmap
+import operator
 import os
 import struct
 import sys
@@ -35,7 +46,26 @@ N_GPT2_TOKENS = 50257  # tokens stored in the file; whisper.cpp makes the specia
 CT2_DTYPES = {0: ("f", 4), 1: ("b", 1), 2: ("h", 2), 3: ("i", 4), 4: ("e", 2), 5: (None, 2)}
 CT2_F32, CT2_F16, CT2_BF16 = 0, 4, 5
 
-GGML_F32, GGML_F16 = 0, 1
+GGML_F32, GGML_F16, GGML_Q8_0 = 0, 1, 8
+# ggml_ftype values (hparams.ftype)
+FTYPE_MOSTLY_F16, FTYPE_MOSTLY_Q8_0 = 1, 7
+# A quantized file's ftype also carries ggml's quantization format version:
+# ftype = GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + ggml_ftype.
+GGML_QNT_VERSION, GGML_QNT_VERSION_FACTOR = 2, 1000
+OUT_TYPES = {"f16": FTYPE_MOSTLY_F16, "q8_0": GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + FTYPE_MOSTLY_Q8_0}
+# 2-D tensors whisper.cpp's quantize tool leaves alone (whisper.cpp loads them as f32)
+QUANT_SKIP = ("encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding")
+QK8_0 = 32  # values per Q8_0 block: one f16 scale, then 32 int8
+
+
+def tensor_nbytes(ttype, nelem):
+    if ttype == GGML_F32:
+        return nelem * 4
+    if ttype == GGML_F16:
+        return nelem * 2
+    if ttype == GGML_Q8_0:
+        return nelem // QK8_0 * (2 + QK8_0)
+    raise ConvertError("unknown ggml type %d" % ttype)
 
 
 class ConvertError(Exception):
@@ -246,6 +276,79 @@ def decode_tokens(lines):
 
 
 # ---------------------------------------------------------------------------
+# Q8_0, as ggml's reference quantizer (quantize_row_q8_0_ref) does it, in f32:
+#   amax = max |x| over the block; d = amax / 127; id = d ? 1 / d : 0
+#   scale = f16(d); q[j] = roundf(x[j] * id)   (roundf: halves away from zero)
+# Python floats are doubles: every quotient and product of two f32 values,
+# rounded once to f32 (array 'f'), is the correctly rounded f32 result, so this
+# matches the C code bit for bit.
+
+_F32 = array.array("f", [0.0])
+
+
+def _f32_of(x):
+    _F32[0] = x
+    return _F32[0]
+
+
+_SCALES = {}  # a block's amax (an f16 value: few distinct ones) -> (f16 scale bytes, id)
+
+
+def _scale(amax):
+    hit = _SCALES.get(amax)
+    if hit is None:
+        d = _f32_of(amax / 127.0)
+        inv = _f32_of(1.0 / d) if d else 0.0
+        hit = _SCALES[amax] = (struct.pack("<e", d), inv)
+    return hit
+
+
+def q8_0_bytes(f16, ne0):
+    """Rows of ne0 f16 values (little-endian bytes) -> Q8_0 blocks."""
+    if ne0 % QK8_0:
+        raise ConvertError("row length %d is not a multiple of %d: cannot quantize to Q8_0" % (ne0, QK8_0))
+    n = len(f16) // 2
+    out = []
+    chunk = QK8_0 * 4096  # values at a time: bounds the memory taken by Python floats
+    mul, sub, repeat = operator.mul, operator.sub, itertools.repeat
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        x = struct.unpack_from("<%de" % m, f16, start * 2)  # exact in a double
+        nb = m // QK8_0
+        scales = [_scale(max(map(abs, x[i : i + QK8_0]))) for i in range(0, m, QK8_0)]
+        ids = itertools.chain.from_iterable(repeat(inv, QK8_0) for _, inv in scales)
+        y = array.array("f", map(mul, x, ids)).tolist()  # x * id rounded to f32
+        q = list(map(round, y))  # ties to even: fixed below
+        diff = list(map(sub, y, q))
+        for tie in (0.5, -0.5):  # y is k + 0.5 exactly: roundf goes away from zero
+            i = -1
+            while True:
+                try:
+                    i = diff.index(tie, i + 1)
+                except ValueError:
+                    break
+                q[i] = int(y[i] + math.copysign(0.5, y[i]))
+        qs = array.array("b", q).tobytes()
+        out.extend(
+            itertools.chain.from_iterable(
+                (scales[b][0], qs[b * QK8_0 : (b + 1) * QK8_0]) for b in range(nb)
+            )
+        )
+    return b"".join(out)
+
+
+def quantize_tensors(tensors, out_type):
+    """Pass tensors through; with q8_0, 2-D f16 ones that whisper.cpp quantizes become Q8_0."""
+    for name, shape, ttype, data in tensors:
+        if out_type == "q8_0" and len(shape) == 2 and name not in QUANT_SKIP:
+            if ttype != GGML_F16:
+                raise ConvertError("%s: cannot quantize a tensor of ggml type %d" % (name, ttype))
+            yield name, shape, GGML_Q8_0, q8_0_bytes(data, shape[-1])
+        else:
+            yield name, shape, ttype, data
+
+
+# ---------------------------------------------------------------------------
 # conversion
 
 
@@ -338,7 +441,9 @@ def count_layers(v, prefix):
     return n
 
 
-def convert(ct2_dir, out_path, log=print):
+def convert(ct2_dir, out_path, log=print, out_type="f16"):
+    if out_type not in OUT_TYPES:
+        raise ConvertError("unknown output type %r (use %s)" % (out_type, " or ".join(OUT_TYPES)))
     model_bin = os.path.join(ct2_dir, "model.bin")
     vocab_txt = os.path.join(ct2_dir, "vocabulary.txt")
     config_json = os.path.join(ct2_dir, "config.json")
@@ -368,7 +473,7 @@ def convert(ct2_dir, out_path, log=print):
         "n_text_head": int(v["decoder/num_heads"].scalar()),
         "n_text_layer": count_layers(v, "decoder"),
         "n_mels": conv1.shape[1],
-        "ftype": 1,
+        "ftype": OUT_TYPES[out_type],
     }
     if hp["n_audio_state"] != hp["n_text_state"]:
         raise ConvertError("audio and text widths differ (%d vs %d)" % (hp["n_audio_state"], hp["n_text_state"]))
@@ -381,7 +486,7 @@ def convert(ct2_dir, out_path, log=print):
     tokens = decode_tokens(lines[:N_GPT2_TOKENS])
 
     n_mel, n_bins, filters = mel_filters(n_mels=hp["n_mels"])
-    tensors = build_tensors(v, hp["n_audio_layer"], hp["n_text_layer"])
+    tensors = quantize_tensors(build_tensors(v, hp["n_audio_layer"], hp["n_text_layer"]), out_type)
 
     tmp = out_path + ".tmp.%d" % os.getpid()
     try:
@@ -402,7 +507,7 @@ def convert(ct2_dir, out_path, log=print):
                 nelem = 1
                 for d in shape:
                     nelem *= d
-                if len(data) != nelem * (4 if ttype == GGML_F32 else 2):
+                if len(data) != tensor_nbytes(ttype, nelem):
                     raise ConvertError("%s: %d bytes for shape %s" % (name, len(data), shape))
                 nb = name.encode("utf-8")
                 f.write(struct.pack("<iii", len(shape), len(nb), ttype))
@@ -423,19 +528,25 @@ def convert(ct2_dir, out_path, log=print):
         raise
 
     log(
-        "converted CTranslate2 model.bin v%d (%d variables) -> %s: %d tensors, %d bytes"
-        % (version, n_vars, out_path, n_tensors, os.path.getsize(out_path))
+        "converted CTranslate2 model.bin v%d (%d variables) -> %s (%s): %d tensors, %d bytes"
+        % (version, n_vars, out_path, out_type, n_tensors, os.path.getsize(out_path))
     )
     log("hparams: " + " ".join("%s=%d" % kv for kv in hp.items()))
     return hp, n_tensors
 
 
 def main(argv):
-    if len(argv) != 3 or argv[1] in ("-h", "--help"):
-        sys.stderr.write("usage: %s <ct2_dir> <out.bin>\n" % os.path.basename(argv[0]))
+    args = argv[1:]
+    out_type = "f16"
+    if args[:1] == ["--type"] and len(args) >= 2:
+        out_type, args = args[1], args[2:]
+    elif args and args[0].startswith("--type="):
+        out_type, args = args[0][len("--type=") :], args[1:]
+    if len(args) != 2 or args[0] in ("-h", "--help") or out_type not in OUT_TYPES:
+        sys.stderr.write("usage: %s [--type f16|q8_0] <ct2_dir> <out.bin>\n" % os.path.basename(argv[0]))
         return 2
     try:
-        convert(argv[1], argv[2])
+        convert(args[0], args[1], out_type=out_type)
     except (ConvertError, OSError, ValueError) as e:
         sys.stderr.write("convert_whisper_ct2: error: %s\n" % e)
         return 1

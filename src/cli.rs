@@ -248,7 +248,8 @@ pub enum BenchCommand {
     Tts(ModelsArgs),
     /// Smart Turn: feature extraction and inference time for an 8 s window.
     Turn(ModelsArgs),
-    /// Whisper tiny.en time for 1, 3 and 8 s utterances, and VAD time per 20 ms frame (needs espeak-ng).
+    /// Whisper tiny.en time (f16 and Q8_0 weights) for 1, 3 and 8 s utterances, and VAD time per 20 ms
+    /// frame (needs espeak-ng).
     Stt(ModelsArgs),
     /// The whole assistant of the config, microphone and speaker swapped for WAV files: spoken
     /// questions (made once with Piper) in real time, each after the previous answer has played;

@@ -181,16 +181,22 @@ fn multilingual_base_detects_the_language() {
 
 #[test]
 fn the_converted_tiny_en_matches_its_expected_shape() {
-    let engine = WhisperEngine::load(&model("ggml-tiny.en.bin"), 1, "en", AudioCtx::Auto).unwrap();
-    assert!(!engine.is_multilingual(), "tiny.en must load as English-only");
-    let err = WhisperEngine::load(&model("ggml-tiny.en.bin"), 1, "de", AudioCtx::Auto).err().unwrap();
-    assert!(err.to_string().contains("English-only"), "{err}");
+    for file in ["ggml-tiny.en.bin", "ggml-tiny.en-q8_0.bin"] {
+        let engine = WhisperEngine::load(&model(file), 1, "en", AudioCtx::Auto).unwrap();
+        assert!(!engine.is_multilingual(), "{file} must load as English-only");
+        let err = WhisperEngine::load(&model(file), 1, "de", AudioCtx::Auto).err().unwrap();
+        assert!(err.to_string().contains("English-only"), "{file}: {err}");
+    }
 }
 
 #[test]
 fn a_missing_model_names_the_file_and_the_fix() {
     let ctx = slowcat_processors::BuildContext::for_dir("/nonexistent");
-    for (file, fix) in [("ggml-tiny.en.bin", "scripts/fetch-models.sh"), ("ggml-base.bin", "--only whisper-base")] {
+    for (file, fix) in [
+        ("ggml-tiny.en.bin", "scripts/fetch-models.sh"),
+        ("ggml-tiny.en-q8_0.bin", "scripts/fetch-models.sh"),
+        ("ggml-base.bin", "--only whisper-base"),
+    ] {
         let settings = WhisperSttSettings { model: file.into(), ..Default::default() };
         let problems = settings.check(&ctx);
         assert_eq!(problems.len(), 1, "{problems:?}");

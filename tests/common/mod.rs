@@ -14,7 +14,7 @@ pub fn models_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     assert!(
-        dir.join("ggml-tiny.en.bin").is_file(),
+        dir.join("ggml-tiny.en.bin").is_file() && dir.join("ggml-tiny.en-q8_0.bin").is_file(),
         "models are missing in {}: run scripts/fetch-models.sh (scripts/test.sh does it)",
         dir.display()
     );

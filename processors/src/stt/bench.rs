@@ -6,10 +6,14 @@
 //! 3.9–4.1 s: ggml's default f16 matrix product is a row-by-row dot-product loop. Rounding the
 //! window to a multiple of 8 (engine.rs) then took another 11 % of CPU off the 3 s case (1 thread:
 //! 928 ms of CPU before, 548 with tinyBLAS, 486 with both). What is left is about 60 % encoder and
-//! 35 % decoder; the decoder's share is mostly the 51864 × 384 f16 logits product per token, which
-//! Q8_0 weights would halve (measured 239 ms in total on 2 threads). Flash attention and OpenMP
-//! measured no faster (see engine.rs). With another process on one core, 2 threads spin and take
-//! seconds: compare the 1-thread rows then.
+//! 35 % decoder; the decoder's share is mostly the 51864 × 384 f16 logits product per token.
+//! The same model with Q8_0 weights (`ggml-tiny.en-q8_0.bin`, the default since) is 20–25 %
+//! faster: medians of six runs at load 1.0–1.1, 1 s 84–98 ms (f16 110–124), 3 s 198 ms (f16 257),
+//! 8 s 391–477 ms (f16 507–598); 1 thread 3 s 299–349 ms (f16 413–481). The words were the same
+//! on 40 espeak and Piper clips but for this bench's 8 s one. Flash attention and OpenMP measured
+//! no faster (see engine.rs; flash attention with Q8_0 3 s 211–242 ms), nor did switching off
+//! timestamps (190–206 ms). With another process on one core, 2 threads spin and take seconds:
+//! compare the 1-thread rows then.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +31,9 @@ use crate::vad::{Decision, Detector, SileroDetector, VadCore, WebRtcDetector};
 const RUNS: usize = 5;
 /// Whisper threads, as the default config uses.
 const THREADS: usize = 2;
+/// The tiny.en files compared: the f16 conversion and its Q8_0 quantization (both from
+/// `scripts/fetch-models.sh`).
+const MODELS: [(&str, &str); 2] = [("f16", "ggml-tiny.en.bin"), ("q8_0", "ggml-tiny.en-q8_0.bin")];
 /// Utterances of about 1, 3 and 8 s.
 const UTTERANCES: [(f32, &str); 3] = [
     (1.0, "Yes, please."),
@@ -64,9 +71,9 @@ fn speech(text: &str, secs: f32, dir: &Path) -> anyhow::Result<Vec<i16>> {
     Ok(samples)
 }
 
-/// Measures and prints the speech-in figures: Whisper tiny.en on 2 threads for 1, 3 and 8 s
-/// utterances (encoder window sized to the utterance, and whisper's full window for
-/// comparison), and the time both VADs take per 20 ms frame. Needs espeak-ng for the speech.
+/// Measures and prints the speech-in figures: Whisper tiny.en (f16 and Q8_0 weights) on 2 threads
+/// for 1, 3 and 8 s utterances (encoder window sized to the utterance, and whisper's full window
+/// for comparison), and the time both VADs take per 20 ms frame. Needs espeak-ng for the speech.
 pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("slowcat-bench-stt-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -83,46 +90,61 @@ fn load_average() -> String {
 }
 
 fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
-    let tiny: PathBuf = models_dir.join("ggml-tiny.en.bin");
+    let models: Vec<(&str, PathBuf)> = MODELS.iter().map(|&(label, file)| (label, models_dir.join(file))).collect();
     let mut utterances = Vec::new();
     for (secs, text) in UTTERANCES {
         let audio: Vec<f32> = speech(text, secs, dir)?.iter().map(|&s| f32::from(s) / 32768.0).collect();
         utterances.push((secs, audio));
     }
-    println!("Whisper tiny.en ({}); median after one warm-up; load average {}", tiny.display(), load_average());
+    for (label, path) in &models {
+        println!("Whisper tiny.en {label}: {}", path.display());
+    }
+    println!("median after one warm-up, the models taking turns run by run; load average {}", load_average());
     println!(
         "(ggml's threads spin at every step: on a machine busy with other work 2 threads can be far slower than 1)"
     );
     println!(
-        "{:>7}  {:>7}  {:>10}  {:>4}  {:>10}  {:>9}  {:>9}  text",
-        "audio", "threads", "audio_ctx", "runs", "median ms", "min ms", "max ms"
+        "{:>7}  {:>5}  {:>7}  {:>10}  {:>4}  {:>10}  {:>9}  {:>9}  text",
+        "audio", "model", "threads", "audio_ctx", "runs", "median ms", "min ms", "max ms"
     );
     // The full window only for comparison, and fewer runs of it: it is the slow case.
     for (threads, ctx, runs) in
         [(THREADS, AudioCtx::Auto, RUNS), (THREADS, AudioCtx::Fixed(0), 3), (1, AudioCtx::Auto, RUNS)]
     {
-        let mut engine = WhisperEngine::load(&tiny, threads, "en", ctx)?;
+        let mut engines = Vec::with_capacity(models.len());
+        for (label, path) in &models {
+            engines.push((*label, WhisperEngine::load(path, threads, "en", ctx)?));
+        }
         for (secs, audio) in &utterances {
-            let first = engine.transcribe(audio)?;
-            let mut times = Vec::with_capacity(runs);
-            for _ in 0..runs {
-                times.push(engine.transcribe(audio)?.elapsed);
+            let mut firsts = Vec::with_capacity(engines.len());
+            for (_, engine) in &mut engines {
+                firsts.push(engine.transcribe(audio)?);
             }
-            let label = match ctx {
-                AudioCtx::Auto => format!("auto {}", first.audio_ctx),
-                AudioCtx::Fixed(_) => "full 1500".to_string(),
-            };
-            println!(
-                "{:>6.1}s  {:>7}  {:>10}  {:>4}  {:>10.0}  {:>9.0}  {:>9.0}  {:?}",
-                secs,
-                threads,
-                label,
-                runs,
-                ms(median(times.clone())),
-                ms(*times.iter().min().unwrap()),
-                ms(*times.iter().max().unwrap()),
-                first.text
-            );
+            // Alternating the models spreads the machine's other work evenly over both.
+            let mut times = vec![Vec::with_capacity(runs); engines.len()];
+            for _ in 0..runs {
+                for ((_, engine), t) in engines.iter_mut().zip(&mut times) {
+                    t.push(engine.transcribe(audio)?.elapsed);
+                }
+            }
+            for (((label, _), first), times) in engines.iter().zip(&firsts).zip(times) {
+                let window = match ctx {
+                    AudioCtx::Auto => format!("auto {}", first.audio_ctx),
+                    AudioCtx::Fixed(_) => "full 1500".to_string(),
+                };
+                println!(
+                    "{:>6.1}s  {:>5}  {:>7}  {:>10}  {:>4}  {:>10.0}  {:>9.0}  {:>9.0}  {:?}",
+                    secs,
+                    label,
+                    threads,
+                    window,
+                    runs,
+                    ms(median(times.clone())),
+                    ms(*times.iter().min().unwrap()),
+                    ms(*times.iter().max().unwrap()),
+                    first.text
+                );
+            }
         }
     }
 

@@ -91,7 +91,7 @@ pub struct WhisperSttSettings {
 impl Default for WhisperSttSettings {
     fn default() -> Self {
         Self {
-            model: PathBuf::from("ggml-tiny.en.bin"),
+            model: PathBuf::from("ggml-tiny.en-q8_0.bin"),
             language: "en".into(),
             threads: 2,
             audio_ctx: AudioCtx::Auto,
