@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use slowcat_processors::basic::Passthrough;
+use slowcat_processors::thread_cpu_time;
 use slowcat_processors::{BoxProcessor, Direction, Frame, Pipeline, PipelineOptions};
 
 fn chain(n: usize) -> Pipeline {
@@ -18,14 +19,6 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[idx]
-}
-
-/// Time the calling thread has spent on a CPU (Linux `/proc/thread-self/schedstat`), so the
-/// figure holds on a machine busy with other work: every task of the benchmark runs on this
-/// thread (current-thread runtime).
-fn thread_cpu_time() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(Duration::from_nanos(s.split_whitespace().next()?.parse().ok()?))
 }
 
 /// Frames per second through `n` processors, of wall-clock time and of on-CPU time: a producer

@@ -26,3 +26,10 @@ pub use registry::{BuildError, Kind, Problem, Settings};
 
 /// The sample rate every processor after the input works at.
 pub const PIPELINE_SAMPLE_RATE: u32 = 16_000;
+
+/// CPU time the calling thread has run (Linux `/proc/thread-self/schedstat`, in nanoseconds), for
+/// benchmarks whose figures must hold on a machine busy with other work. `None` elsewhere.
+pub fn thread_cpu_time() -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok().map(std::time::Duration::from_nanos)
+}

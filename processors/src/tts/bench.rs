@@ -119,10 +119,10 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
             let mut cpu = Vec::new();
             let mut audio = Duration::ZERO;
             for _ in 0..RUNS {
-                let (t, c) = (Instant::now(), thread_cpu());
+                let (t, c) = (Instant::now(), crate::thread_cpu_time());
                 let clip = v.synthesize(text, &options)?;
                 times.push(t.elapsed());
-                if let (Some(before), Some(after)) = (c, thread_cpu()) {
+                if let (Some(before), Some(after)) = (c, crate::thread_cpu_time()) {
                     cpu.push(after.saturating_sub(before));
                 }
                 audio = Duration::from_secs_f64(clip.len() as f64 / rate);
@@ -336,12 +336,6 @@ async fn contention(models_dir: &Path, voice: &Voice, url: &str) -> anyhow::Resu
     println!("(first audio: `phrase ≤5` cut, median; LLM tok/s beside it: during those runs, 200 ms pauses included;");
     println!(" Piper RTF busy: synthesizing sentences back to back for 6 s, the LLM's speed beside it)");
     Ok(())
-}
-
-/// Time the calling thread has spent on a CPU (Linux: /proc/thread-self/schedstat).
-fn thread_cpu() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
 }
 
 fn num_cpus() -> usize {

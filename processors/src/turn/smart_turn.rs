@@ -466,7 +466,7 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
         let (mut features_ms, mut model_ms, mut total_ms, mut cpu_ms) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
-            let cpu0 = thread_cpu_time();
+            let cpu0 = crate::thread_cpu_time();
             let t0 = Instant::now();
             let features = model.features(&audio);
             let t1 = Instant::now();
@@ -475,7 +475,7 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
             features_ms.push((t1 - t0).as_secs_f64() * 1000.0);
             model_ms.push((t2 - t1).as_secs_f64() * 1000.0);
             total_ms.push((t2 - t0).as_secs_f64() * 1000.0);
-            if let (Some(a), Some(b)) = (cpu0, thread_cpu_time()) {
+            if let (Some(a), Some(b)) = (cpu0, crate::thread_cpu_time()) {
                 cpu_ms.push((b - a).as_secs_f64() * 1000.0);
             }
         }
@@ -492,16 +492,6 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// CPU time of the calling thread, where Linux tells it (user + system time from
-/// `/proc/thread-self/stat`, in 10 ms ticks: USER_HZ is 100 on Linux).
-fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
 }
 
 fn summary(mut values: Vec<f64>) -> (f64, f64, f64) {
