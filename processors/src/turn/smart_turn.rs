@@ -197,6 +197,8 @@ enum Turn {
     Idle,
     /// The user is talking; the turn's audio starts at sample `start` (pre-roll included).
     Speaking { start: u64 },
+    /// The user paused and the model is deciding (see `SmartTurn::deciding`).
+    Deciding { start: u64, speech_end_at: Duration },
     /// The user paused and the model found the utterance incomplete: the turn ends at
     /// `deadline` unless the user resumes.
     Waiting { start: u64, speech_end_at: Duration, deadline: tokio::time::Instant },
@@ -227,7 +229,22 @@ pub struct SmartTurn {
     /// The VAD reported where the current stretch of speech ended.
     vad_measured_end: bool,
     format_reported: bool,
+    /// The inference for `Turn::Deciding`, on a blocking thread. The processor goes on handling
+    /// audio meanwhile, so talking over the assistant interrupts it even while the model runs
+    /// (which took over a second on a loaded machine); the result is collected when a frame
+    /// arrives or at a wake-up every `POLL`.
+    deciding: Option<Deciding>,
 }
+
+/// An inference in flight.
+struct Deciding {
+    task: tokio::task::JoinHandle<anyhow::Result<f32>>,
+    began: Instant,
+    seconds: f32,
+}
+
+/// How often a decision in flight is checked for when no frame arrives.
+const POLL: Duration = Duration::from_millis(2);
 
 impl SmartTurn {
     /// A processor around a loaded model.
@@ -245,6 +262,7 @@ impl SmartTurn {
             overlap: Duration::ZERO,
             vad_measured_end: false,
             format_reported: false,
+            deciding: None,
         }
     }
 
@@ -299,6 +317,12 @@ impl SmartTurn {
                 debug!("user resumed an incomplete utterance; the turn goes on");
                 Turn::Speaking { start }
             }
+            Turn::Deciding { start, .. } => {
+                // The result, whatever it is, came too late: the user goes on.
+                debug!("user resumed before the model decided; the turn goes on");
+                self.deciding = None;
+                Turn::Speaking { start }
+            }
             speaking @ Turn::Speaking { .. } => speaking,
         };
     }
@@ -310,20 +334,32 @@ impl SmartTurn {
         let speech_end_at = ctx.now();
         let audio = self.turn_audio(start);
         let seconds = audio.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
-        let began = Instant::now();
         let model = self.model.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             // A panic in an earlier call leaves the model itself intact: keep using it.
             model.lock().unwrap_or_else(PoisonError::into_inner).predict(&audio)
-        })
-        .await
-        .unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
-        let took = began.elapsed();
+        });
+        self.turn = Turn::Deciding { start, speech_end_at };
+        self.deciding = Some(Deciding { task, began: Instant::now(), seconds });
+        ctx.wake_after(POLL);
+    }
+
+    /// Acts on the model's decision once it is there.
+    async fn collect_decision(&mut self, ctx: &ProcessorContext) {
+        let Turn::Deciding { start, speech_end_at } = self.turn else { return };
+        let Some(d) = self.deciding.as_mut() else { return };
+        if !d.task.is_finished() {
+            ctx.wake_after(POLL);
+            return;
+        }
+        let Some(d) = self.deciding.take() else { return };
+        let took = d.began.elapsed();
+        let result = d.task.await.unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
         match result {
             Ok(probability) => {
                 ctx.push_metric("smart_turn_time", None, took).await;
                 let complete = probability >= self.settings.threshold;
-                info!(probability, complete, audio_s = seconds, inference_ms = took.as_millis() as u64, "smart turn");
+                info!(probability, complete, audio_s = d.seconds, inference_ms = took.as_millis() as u64, "smart turn");
                 if complete {
                     self.end_turn(ctx, speech_end_at).await;
                 } else {
@@ -387,6 +423,7 @@ impl Processor for SmartTurn {
         direction: Direction,
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
+        self.collect_decision(ctx).await;
         self.end_turn_if_timed_out(ctx).await;
         match frame {
             Frame::InputAudio(ref audio) => {
@@ -430,6 +467,7 @@ impl Processor for SmartTurn {
 
     /// The fallback timeout, when no frame arrived to check it.
     async fn wake(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.collect_decision(ctx).await;
         self.end_turn_if_timed_out(ctx).await;
         Ok(())
     }
@@ -439,7 +477,10 @@ impl Processor for SmartTurn {
         match self.turn {
             Turn::Idle => {}
             Turn::Speaking { .. } => self.end_turn(ctx, ctx.now()).await,
-            Turn::Waiting { speech_end_at, .. } => self.end_turn(ctx, speech_end_at).await,
+            Turn::Waiting { speech_end_at, .. } | Turn::Deciding { speech_end_at, .. } => {
+                self.deciding = None;
+                self.end_turn(ctx, speech_end_at).await
+            }
         }
         Ok(())
     }
