@@ -191,14 +191,17 @@ fn window_features(mel: &mut MelSpectrogram, audio: &[i16]) -> Vec<f32> {
 }
 
 /// Where the user's turn stands.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 enum Turn {
     /// No turn in progress.
     Idle,
     /// The user is talking; the turn's audio starts at sample `start` (pre-roll included).
     Speaking { start: u64 },
-    /// The user paused and the model is deciding (see `SmartTurn::deciding`).
-    Deciding { start: u64, speech_end_at: Duration },
+    /// The user paused and the model is deciding, on a blocking thread. The processor goes on
+    /// handling audio meanwhile, so talking over the assistant interrupts it even while the model
+    /// runs (which took over a second on a loaded machine); the result is collected when a frame
+    /// arrives or at a wake-up every `POLL`.
+    Deciding { start: u64, speech_end_at: Duration, inference: Inference },
     /// The user paused and the model found the utterance incomplete: the turn ends at
     /// `deadline` unless the user resumes.
     Waiting { start: u64, speech_end_at: Duration, deadline: tokio::time::Instant },
@@ -229,15 +232,11 @@ pub struct SmartTurn {
     /// The VAD reported where the current stretch of speech ended.
     vad_measured_end: bool,
     format_reported: bool,
-    /// The inference for `Turn::Deciding`, on a blocking thread. The processor goes on handling
-    /// audio meanwhile, so talking over the assistant interrupts it even while the model runs
-    /// (which took over a second on a loaded machine); the result is collected when a frame
-    /// arrives or at a wake-up every `POLL`.
-    deciding: Option<Deciding>,
 }
 
-/// An inference in flight.
-struct Deciding {
+/// A Smart Turn inference in flight.
+#[derive(Debug)]
+struct Inference {
     task: tokio::task::JoinHandle<anyhow::Result<f32>>,
     began: Instant,
     seconds: f32,
@@ -262,7 +261,6 @@ impl SmartTurn {
             overlap: Duration::ZERO,
             vad_measured_end: false,
             format_reported: false,
-            deciding: None,
         }
     }
 
@@ -308,7 +306,7 @@ impl SmartTurn {
         self.user_speaking = true;
         self.overlap = Duration::ZERO;
         self.vad_measured_end = false;
-        self.turn = match self.turn {
+        self.turn = match std::mem::replace(&mut self.turn, Turn::Idle) {
             Turn::Idle => {
                 let pre_roll = PRE_ROLL.as_millis() as u64 * u64::from(PIPELINE_SAMPLE_RATE) / 1000;
                 Turn::Speaking { start: self.received.saturating_sub(pre_roll) }
@@ -320,7 +318,6 @@ impl SmartTurn {
             Turn::Deciding { start, .. } => {
                 // The result, whatever it is, came too late: the user goes on.
                 debug!("user resumed before the model decided; the turn goes on");
-                self.deciding = None;
                 Turn::Speaking { start }
             }
             speaking @ Turn::Speaking { .. } => speaking,
@@ -339,20 +336,25 @@ impl SmartTurn {
             // A panic in an earlier call leaves the model itself intact: keep using it.
             model.lock().unwrap_or_else(PoisonError::into_inner).predict(&audio)
         });
-        self.turn = Turn::Deciding { start, speech_end_at };
-        self.deciding = Some(Deciding { task, began: Instant::now(), seconds });
+        let inference = Inference { task, began: Instant::now(), seconds };
+        self.turn = Turn::Deciding { start, speech_end_at, inference };
         ctx.wake_after(POLL);
     }
 
     /// Acts on the model's decision once it is there.
     async fn collect_decision(&mut self, ctx: &ProcessorContext) {
-        let Turn::Deciding { start, speech_end_at } = self.turn else { return };
-        let Some(d) = self.deciding.as_mut() else { return };
-        if !d.task.is_finished() {
-            ctx.wake_after(POLL);
-            return;
+        match &self.turn {
+            Turn::Deciding { inference, .. } if !inference.task.is_finished() => {
+                ctx.wake_after(POLL);
+                return;
+            }
+            Turn::Deciding { .. } => {}
+            _ => return,
         }
-        let Some(d) = self.deciding.take() else { return };
+        let Turn::Deciding { start, speech_end_at, inference: d } = std::mem::replace(&mut self.turn, Turn::Idle)
+        else {
+            return;
+        };
         let took = d.began.elapsed();
         let result = d.task.await.unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
         match result {
@@ -478,7 +480,6 @@ impl Processor for SmartTurn {
             Turn::Idle => {}
             Turn::Speaking { .. } => self.end_turn(ctx, ctx.now()).await,
             Turn::Waiting { speech_end_at, .. } | Turn::Deciding { speech_end_at, .. } => {
-                self.deciding = None;
                 self.end_turn(ctx, speech_end_at).await
             }
         }
