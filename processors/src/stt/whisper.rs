@@ -354,7 +354,6 @@ impl Processor for WhisperStt {
             sender: ctx.sender(),
             cancel: ctx.cancellation(),
             turn: 0,
-            threads: self.settings.threads,
             early_threads: self.settings.early_threads,
         };
         self.worker = Some((tx, tokio::spawn(worker.run(engine, rx))));
@@ -437,7 +436,6 @@ struct Worker {
     sender: FrameSender,
     cancel: CancellationToken,
     turn: u64,
-    threads: usize,
     early_threads: usize,
 }
 
@@ -457,7 +455,7 @@ impl Worker {
                     continue;
                 }
                 Work::Early { id, audio } => {
-                    let Some(r) = self.transcribe(&mut engine, audio, self.early_threads).await else { return };
+                    let Some(r) = self.transcribe(&mut engine, audio, Some(self.early_threads)).await else { return };
                     tracing::debug!(processor = %self.id, id, "transcribed early");
                     early = Some((id, r));
                     continue;
@@ -470,7 +468,7 @@ impl Worker {
                     }
                     _ => {
                         let audio = std::mem::take(&mut job.audio);
-                        let Some(r) = self.transcribe(&mut engine, audio, self.threads).await else { return };
+                        let Some(r) = self.transcribe(&mut engine, audio, None).await else { return };
                         (job, r)
                     }
                 },
@@ -508,16 +506,20 @@ impl Worker {
         }
     }
 
-    /// Runs whisper on a blocking thread; `None` when the engine is gone (reported).
+    /// Runs whisper on a blocking thread, on `threads` or the configured number; `None` when the
+    /// engine is gone (reported).
     async fn transcribe(
         &self,
         engine: &mut Option<WhisperEngine>,
         audio: Vec<f32>,
-        threads: usize,
+        threads: Option<usize>,
     ) -> Option<anyhow::Result<Recognized>> {
         let mut e = engine.take()?;
         match tokio::task::spawn_blocking(move || {
-            let r = e.transcribe_on(&audio, threads);
+            let r = match threads {
+                Some(n) => e.transcribe_on(&audio, n),
+                None => e.transcribe(&audio),
+            };
             (e, r)
         })
         .await
