@@ -24,6 +24,26 @@ impl Problem {
     pub fn missing_model(key: &'static str, path: &std::path::Path) -> Self {
         Self::at(key, format!("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", path.display()))
     }
+
+    /// The environment variable an `api_key_env` setting names is not set (none when the setting
+    /// is empty: local servers need no key).
+    pub fn unset_api_key_env(var: &str) -> Option<Self> {
+        (!var.is_empty() && std::env::var_os(var).is_none()).then(|| {
+            Self::at(
+                "api_key_env",
+                format!(
+                    "environment variable {var} (named by `api_key_env`) is not set; export it, or set \
+                     api_key_env = \"\" for a server that needs no key"
+                ),
+            )
+        })
+    }
+}
+
+/// The API key an `api_key_env` setting names: the variable's value, or none when the setting is
+/// empty or the variable unset.
+pub fn api_key_from_env(var: &str) -> Option<String> {
+    (!var.is_empty()).then(|| std::env::var(var).ok()).flatten()
 }
 
 /// Something that must come earlier in the pipeline for a processor's frames to flow.

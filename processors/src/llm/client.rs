@@ -137,16 +137,7 @@ impl Settings for OpenAiLlmSettings {
         if self.retries > 10 {
             problems.push(Problem::at("retries", "`retries` must be at most 10"));
         }
-        if !self.api_key_env.is_empty() && std::env::var_os(&self.api_key_env).is_none() {
-            problems.push(Problem::at(
-                "api_key_env",
-                format!(
-                    "environment variable {} (named by `api_key_env`) is not set; export it, or set \
-                     api_key_env = \"\" for a server that needs no key",
-                    self.api_key_env
-                ),
-            ));
-        }
+        problems.extend(Problem::unset_api_key_env(&self.api_key_env));
         problems
     }
 
@@ -276,7 +267,7 @@ pub async fn probe(base_url: &str, api_key: Option<&str>) -> Result<Vec<String>,
 impl OpenAiLlmSettings {
     /// [`probe`] with these settings' URL and API key.
     pub async fn probe(&self) -> Result<Vec<String>, LlmError> {
-        let key = (!self.api_key_env.is_empty()).then(|| std::env::var(&self.api_key_env).ok()).flatten();
+        let key = crate::registry::api_key_from_env(&self.api_key_env);
         probe(&self.base_url, key.as_deref()).await
     }
 }

@@ -98,22 +98,13 @@ impl Settings for OpenAiTtsSettings {
         if !(self.timeout_secs > 0.0 && self.timeout_secs <= 600.0) {
             problems.push(Problem::at("timeout_secs", "`timeout_secs` must be between 0 and 600"));
         }
-        if !self.api_key_env.is_empty() && std::env::var_os(&self.api_key_env).is_none() {
-            problems.push(Problem::at(
-                "api_key_env",
-                format!(
-                    "environment variable {} (named by `api_key_env`) is not set; export it, or set api_key_env = \"\" \
-                     for a server that needs no key",
-                    self.api_key_env
-                ),
-            ));
-        }
+        problems.extend(Problem::unset_api_key_env(&self.api_key_env));
         problems.extend(check_stream(self.max_chars, self.chunk_ms));
         problems
     }
 
     fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        let api_key = (!self.api_key_env.is_empty()).then(|| std::env::var(&self.api_key_env).ok()).flatten();
+        let api_key = crate::registry::api_key_from_env(&self.api_key_env);
         let timeout = Duration::from_secs_f64(self.timeout_secs);
         let client = reqwest::Client::builder()
             .connect_timeout(timeout)
