@@ -81,6 +81,16 @@ fn spoken(ex: &Exchange) -> String {
     }
 }
 
+/// An exchange as the two chat messages it is replayed as.
+fn chat_pair(ex: &Exchange) -> [ChatMessage; 2] {
+    [ChatMessage::new(Role::User, ex.user.clone()), ChatMessage::new(Role::Assistant, spoken(ex))]
+}
+
+/// What a replayed exchange costs of the budget.
+fn pair_tokens(pair: &[ChatMessage; 2]) -> usize {
+    pair.iter().map(|m| message_tokens(&m.content)).sum()
+}
+
 /// How long ago, in words an LLM reads well.
 pub fn age(now_ms: u64, at_ms: u64) -> String {
     let mins = now_ms.saturating_sub(at_ms) / 60_000;
@@ -139,13 +149,13 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
     // Newest first until one does not fit, then back in chronological order.
     let mut pairs: Vec<[ChatMessage; 2]> = Vec::new();
     for ex in recall.recent.iter().rev().take(options.recent_exchanges) {
-        let assistant = spoken(ex);
-        let cost = message_tokens(&ex.user) + message_tokens(&assistant);
+        let pair = chat_pair(ex);
+        let cost = pair_tokens(&pair);
         if used + cost > budget - reserve {
             break;
         }
         used += cost;
-        pairs.push([ChatMessage::new(Role::User, ex.user.clone()), ChatMessage::new(Role::Assistant, assistant)]);
+        pairs.push(pair);
     }
     pairs.reverse();
 
@@ -165,7 +175,7 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
 }
 
 /// What a speaker's previous request looked like, kept between requests by [`apply_stable`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Block {
     /// Id of the oldest exchange of the recent window.
     start: u64,
@@ -236,13 +246,12 @@ pub fn apply_stable(
         (Some(newest), 1..) => window_start(newest.id, k),
         _ => u64::MAX,
     };
-    let mut window: Vec<&Exchange> = recall.recent.iter().filter(|ex| ex.id >= start).collect();
+    let window = recall.recent.iter().filter(|ex| ex.id >= start);
     let older = |id: u64| id < start && !recall.recent.iter().any(|r| r.id == id);
     let best = recall.relevant.iter().map(|(ex, _)| ex).filter(|ex| older(ex.id));
 
-    let block = match state.blocks.get(&request.speaker) {
-        Some(b) if b.start == start => {
-            let mut b = b.clone();
+    let block = match state.blocks.remove(&request.speaker) {
+        Some(mut b) if b.start == start => {
             if let Some(ex) = best.clone().next()
                 && b.lines.len() < options.relevant_exchanges
                 && !b.lines.iter().any(|(id, _)| *id == ex.id)
@@ -266,19 +275,15 @@ pub fn apply_stable(
     // lines to list (oldest pairs dropped first; the next request then starts a new layout),
     // then the section's lines while they fit.
     let reserve = if block.lines.is_empty() { 0 } else { budget / 4 };
-    let pair_cost = |ex: &Exchange| message_tokens(&ex.user) + message_tokens(&spoken(ex));
-    let mut used: usize = window.iter().map(|ex| pair_cost(ex)).sum();
-    while used > budget - reserve && !window.is_empty() {
-        used -= pair_cost(window.remove(0));
+    let mut pairs: Vec<[ChatMessage; 2]> = window.map(chat_pair).collect();
+    let mut used: usize = pairs.iter().map(pair_tokens).sum();
+    while used > budget - reserve && !pairs.is_empty() {
+        used -= pair_tokens(&pairs.remove(0));
     }
-    let lines = fit_section(block.lines.iter().cloned(), &mut used, budget);
-    let pairs: Vec<[ChatMessage; 2]> = window
-        .iter()
-        .map(|ex| [ChatMessage::new(Role::User, ex.user.clone()), ChatMessage::new(Role::Assistant, spoken(ex))])
-        .collect();
+    let lines = fit_section(block.lines.into_iter(), &mut used, budget);
     let injected = Injected { recent: pairs.len(), relevant: lines.len(), tokens: used };
-    state.blocks.insert(request.speaker.clone(), Block { start, lines: lines.clone() });
     assemble(request, pairs, &lines);
+    state.blocks.insert(request.speaker.clone(), Block { start, lines });
     Ok(injected)
 }
 
