@@ -73,9 +73,8 @@ async fn latency(n: usize, samples: usize) -> (Duration, Duration) {
 /// Prints throughput and latency for chains of 1, 6 and 20 pass-through processors.
 pub async fn pipeline(frames: usize, samples: usize) {
     println!("slowcat bench pipeline: {frames} frames per throughput run, {samples} latency samples");
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        println!("load average at start: {} (on-CPU: frames per second the routing thread ran)", load.join(" "));
+    if let Some(load) = slowcat_processors::load_average() {
+        println!("load average at start: {load} (on-CPU: frames per second the routing thread ran)");
     }
     println!("{:>10} {:>14} {:>16} {:>12} {:>12}", "processors", "frames/s", "on-CPU frames/s", "p50 µs", "p99 µs");
     for n in [1, 6, 20] {

@@ -536,11 +536,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
@@ -578,7 +573,7 @@ fn time_injections(
         p50s.push(percentile(&times, 0.5));
         p99s.push(percentile(&times, 0.99));
     }
-    Ok((median(p50s), median(p99s)))
+    Ok((crate::median_duration(p50s), crate::median_duration(p99s)))
 }
 
 /// Runs the benchmark and prints a table to `out`.
@@ -624,12 +619,8 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
         "injection = read + rewrite of one request (6 recent; relevance adds up to 4 older, BM25); store = queued to \
          the writer thread until its durable commit (fsync); B/exch = data file and live pages per exchange"
     )?;
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        writeln!(
-            out,
-            "load average at start: {} (figures are wall-clock)",
-            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-        )?;
+    if let Some(load) = crate::load_average() {
+        writeln!(out, "load average at start: {load} (figures are wall-clock)")?;
     }
     writeln!(out)?;
     writeln!(

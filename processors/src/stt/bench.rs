@@ -45,11 +45,6 @@ const UTTERANCES: [(f32, &str); 3] = [
     ),
 ];
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -83,10 +78,7 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
+    crate::load_average().unwrap_or_else(|| "unknown".into())
 }
 
 fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
@@ -139,7 +131,7 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
                     threads,
                     window,
                     runs,
-                    ms(median(times.clone())),
+                    ms(crate::median_duration(times.clone())),
                     ms(*times.iter().min().unwrap()),
                     ms(*times.iter().max().unwrap()),
                     first.text
@@ -178,7 +170,7 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(|| ()).await;
             times.push(t.elapsed());
         }
-        median(times)
+        crate::median_duration(times)
     });
     println!("{:>10}  {:>14.1}  {:>12}", "(spawn_blocking hop, no work)", hop.as_secs_f64() * 1e6, "");
     Ok(())
@@ -209,6 +201,11 @@ fn time_vad<D: Detector>(
             per_frame.push(started.elapsed() / frames.len() as u32);
         }
     }
-    println!("{:>10}  {:>14.1}  {:>12.1}", name, median(per_frame).as_secs_f64() * 1e6, worst.as_secs_f64() * 1e6);
+    println!(
+        "{:>10}  {:>14.1}  {:>12.1}",
+        name,
+        crate::median_duration(per_frame).as_secs_f64() * 1e6,
+        worst.as_secs_f64() * 1e6
+    );
     Ok(())
 }

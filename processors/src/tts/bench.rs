@@ -47,11 +47,6 @@ const SENTENCES: &[&str] = &[
 const SESSIONS: &[(&str, usize, bool)] =
     &[("1 thread", 1, false), ("2 threads, spinning", 2, true), ("2 threads, no spinning", 2, false)];
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
@@ -97,7 +92,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
             v.phoneme_ids(text)?;
             times.push(t.elapsed());
         }
-        println!("  {:>8}  {text:?}", format!("{:.2} ms", median(times).as_secs_f64() * 1000.0));
+        println!("  {:>8}  {text:?}", format!("{:.2} ms", crate::median_duration(times).as_secs_f64() * 1000.0));
     }
     drop(v);
 
@@ -127,9 +122,9 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
                 }
                 audio = Duration::from_secs_f64(clip.len() as f64 / rate);
             }
-            let synth = median(times);
+            let synth = crate::median_duration(times);
             let (cpu_s, cpu_rtf) = if threads == 1 && cpu.len() == RUNS {
-                let c = median(cpu);
+                let c = crate::median_duration(cpu);
                 cpu_cost.insert(*text, c);
                 (ms(c), format!("{:.3}", c.as_secs_f64() / audio.as_secs_f64()))
             } else {
@@ -189,7 +184,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
          average {})",
         defaults.threads,
         defaults.first_max_words,
-        ms(median(default_times)),
+        ms(crate::median_duration(default_times)),
         load_average()
     );
     println!("target: at most 150 ms from a complete 10-word sentence to its first audio on 2 cores");
@@ -208,7 +203,7 @@ fn print_first_audio(
     println!(
         "{:<72} {:>8} {:>8} {:>8} {cpu:>8}",
         format!("{name}: {first_text:?}"),
-        ms(median(times)),
+        ms(crate::median_duration(times)),
         ms(min),
         ms(max)
     );
@@ -331,7 +326,11 @@ async fn contention(models_dir: &Path, voice: &Voice, url: &str) -> anyhow::Resu
         })
         .await??;
         let rate_busy = meter.finish().await?;
-        println!("{name:<24} {:>14} {rate_first:>12.1} {:>16.3} {rate_busy:>12.1}", ms(median(times)), synth / audio);
+        println!(
+            "{name:<24} {:>14} {rate_first:>12.1} {:>16.3} {rate_busy:>12.1}",
+            ms(crate::median_duration(times)),
+            synth / audio
+        );
     }
     println!("(first audio: `phrase ≤5` cut, median; LLM tok/s beside it: during those runs, 200 ms pauses included;");
     println!(" Piper RTF busy: synthesizing sentences back to back for 6 s, the LLM's speed beside it)");
@@ -343,7 +342,5 @@ fn num_cpus() -> usize {
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
+    crate::load_average().unwrap_or_else(|| "unknown".into())
 }
