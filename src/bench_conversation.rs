@@ -16,7 +16,8 @@
 //! stages, each measured by the processor doing the work, follow each other in that interval:
 //!
 //! 1. end of turn = `user_turn_end_at − user_speech_end_at`: the VAD's stop wait (`stop_ms` of
-//!    silence, heard in real time) and Smart Turn's inference (`smart_turn_time`);
+//!    silence, heard in real time) and what is left of Smart Turn's inference after it
+//!    (`smart_turn_wait`; the inference, `smart_turn_time`, starts at the VAD's pause);
 //! 2. `stt_time`: `UserTurnEnded` reaching whisper_stt → transcript ready;
 //! 3. `memory_time`: memory injected into the request;
 //! 4. `llm_ttfb`: request reaching openai_llm → first token;
@@ -218,6 +219,7 @@ struct TurnRecord {
     heard: String,
     speech_end: Option<Duration>,
     smart_turn: Option<Duration>,
+    smart_wait: Option<Duration>,
     turn_end: Option<Duration>,
     stt: Option<Duration>,
     memory: Option<Duration>,
@@ -270,6 +272,7 @@ impl TurnRecord {
 struct EndOfTurn {
     speech_end: Option<Duration>,
     smart_turn: Option<Duration>,
+    smart_wait: Option<Duration>,
     turn_end: Option<Duration>,
 }
 
@@ -316,6 +319,7 @@ impl Collector {
                 turn: n,
                 speech_end: e.speech_end,
                 smart_turn: e.smart_turn,
+                smart_wait: e.smart_wait,
                 turn_end: e.turn_end,
                 ..TurnRecord::default()
             }
@@ -361,6 +365,7 @@ impl Collector {
         match (m.name, m.turn) {
             ("user_speech_end_at", _) => self.open.speech_end = v,
             ("smart_turn_time", _) => self.open.smart_turn = v,
+            ("smart_turn_wait", _) => self.open.smart_wait = v,
             ("user_turn_end_at", _) => {
                 self.open.turn_end = v;
                 self.ended = Some(std::mem::take(&mut self.open));
@@ -530,10 +535,11 @@ pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> 
 
 fn print_stage_table(turns: &[&TurnRecord]) {
     type Stage = fn(&TurnRecord) -> Option<f64>;
-    let rows: [(&str, Stage); 11] = [
+    let rows: [(&str, Stage); 12] = [
         ("end of turn (VAD stop wait + smart turn)", |t| t.end_of_turn_ms()),
-        ("  of which smart turn inference", |t| t.smart_turn.map(ms)),
-        ("  of which VAD stop wait and hops", |t| Some(t.end_of_turn_ms()? - ms(t.smart_turn?))),
+        ("  of which smart turn after the stop", |t| t.smart_wait.map(ms)),
+        ("  of which VAD stop wait and hops", |t| Some(t.end_of_turn_ms()? - ms(t.smart_wait?))),
+        ("  (smart turn inference, from the pause)", |t| t.smart_turn.map(ms)),
         ("speech to text", |t| t.stt.map(ms)),
         ("memory", |t| t.memory.map(ms)),
         ("LLM time to first token", |t| t.llm_ttfb.map(ms)),
@@ -968,6 +974,7 @@ mod tests {
             m("user_speech_end_at", None, 500),
             m("user_speech_end_at", None, 1000),
             m("smart_turn_time", None, 200),
+            m("smart_turn_wait", None, 20),
             m("user_turn_end_at", None, 1400),
             m("stt_time", Some(1), 150),
             m("tts_ttfb", Some(1), 80),
@@ -978,6 +985,7 @@ mod tests {
         let t = &c.turns[&1];
         assert_eq!(t.end_of_turn_ms(), Some(400.0));
         assert_eq!(t.smart_turn, Some(Duration::from_millis(200)));
+        assert_eq!(t.smart_wait, Some(Duration::from_millis(20)));
         assert_eq!(t.tts_ttfb, Some(Duration::from_millis(80)), "the first segment's counts");
     }
 }

@@ -316,7 +316,9 @@ fn init_logging(filter: Option<&str>) {
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info,whisper_rs=warn,ort=warn".to_string());
+        // whisper.cpp logs an error for every early transcription given up because the user spoke
+        // on; slowcat reports real Whisper failures itself, with what to do.
+        .unwrap_or_else(|| "info,whisper_rs=off,ort=warn".to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -195,6 +195,17 @@ pub enum Frame {
     OutputAudio(AudioFrame),
     /// Voice activity started.
     UserStartedSpeaking,
+    /// The user fell silent: speech ended `at` (on the input timeline), and the VAD reports
+    /// `UserStoppedSpeaking` once the silence lasts `stop_after`. Sent at the first silent window,
+    /// so end-of-turn work can start before the stop; it is not withdrawn when the user goes on.
+    /// That work is still valid at the stop if the stop's `user_speech_end_at` equals `at`.
+    UserSpeechPaused {
+        /// End of the last speech window.
+        at: Duration,
+        /// Silence the VAD will have heard when it reports `UserStoppedSpeaking` (its `stop_ms`,
+        /// rounded up to its detector's windows).
+        stop_after: Duration,
+    },
     /// Voice activity stopped.
     UserStoppedSpeaking,
     /// The user's turn is over (after end-of-turn detection); speech-to-text transcribes now.
@@ -247,6 +258,7 @@ impl Frame {
             | Frame::Cancel
             | Frame::InputAudio(_)
             | Frame::UserStartedSpeaking
+            | Frame::UserSpeechPaused { .. }
             | Frame::UserStoppedSpeaking
             | Frame::BotStartedSpeaking
             | Frame::BotStoppedSpeaking
@@ -282,6 +294,7 @@ impl Frame {
             Frame::InputAudio(_) => "InputAudio",
             Frame::OutputAudio(_) => "OutputAudio",
             Frame::UserStartedSpeaking => "UserStartedSpeaking",
+            Frame::UserSpeechPaused { .. } => "UserSpeechPaused",
             Frame::UserStoppedSpeaking => "UserStoppedSpeaking",
             Frame::UserTurnEnded => "UserTurnEnded",
             Frame::BotStartedSpeaking => "BotStartedSpeaking",

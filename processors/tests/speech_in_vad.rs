@@ -18,6 +18,8 @@ struct Found {
     ends: Vec<Duration>,
     started: usize,
     stopped: usize,
+    /// `UserSpeechPaused`: end of speech and the silence the stop will have heard.
+    pauses: Vec<(Duration, Duration)>,
     audio_frames: usize,
     /// Timestamp of the audio frame just before `UserStartedSpeaking`.
     audio_before_started: Option<Duration>,
@@ -25,8 +27,15 @@ struct Found {
 
 async fn run(vad: BoxProcessor, samples: &[i16], origin: Duration) -> Found {
     let out = Harness::run(vec![vad], frames(samples, origin)).await;
-    let mut f =
-        Found { starts: vec![], ends: vec![], started: 0, stopped: 0, audio_frames: 0, audio_before_started: None };
+    let mut f = Found {
+        starts: vec![],
+        ends: vec![],
+        started: 0,
+        stopped: 0,
+        pauses: vec![],
+        audio_frames: 0,
+        audio_before_started: None,
+    };
     let mut last_pts = None;
     for frame in &out.downstream {
         match frame {
@@ -38,6 +47,7 @@ async fn run(vad: BoxProcessor, samples: &[i16], origin: Duration) -> Found {
                 f.started += 1;
                 f.audio_before_started = f.audio_before_started.or(last_pts);
             }
+            Frame::UserSpeechPaused { at, stop_after } => f.pauses.push((*at, *stop_after)),
             Frame::UserStoppedSpeaking => f.stopped += 1,
             Frame::Metrics(m) if m.name == "user_speech_start_at" => f.starts.push(m.value),
             Frame::Metrics(m) if m.name == "user_speech_end_at" => f.ends.push(m.value),
@@ -77,6 +87,16 @@ async fn check_boundaries(name: &str, build: impl Fn() -> BoxProcessor) {
             ms(true_start)
         );
         assert!((ms(end) - ms(true_end)).abs() <= 100, "{name}: speech end {} ms, true {} ms", ms(end), ms(true_end));
+        // The pause that the stop confirms reports the same end of speech, so that work started
+        // at the pause is used; it says how much silence the stop waits for (400 ms, in whole
+        // detector windows).
+        let &(paused_at, stop_after) = f.pauses.last().expect("no pause before the stop");
+        assert_eq!(paused_at, end, "{name}: the last pause and the stop disagree on the end of speech");
+        assert!(
+            stop_after >= Duration::from_millis(400) && stop_after < Duration::from_millis(432),
+            "{name}: stop_after {} ms",
+            ms(stop_after)
+        );
         // UserStartedSpeaking follows the audio in which the speech had lasted start_ms.
         let emitted = f.audio_before_started.unwrap();
         assert!(

@@ -5,6 +5,7 @@ mod speech_in_util;
 
 use std::time::Duration;
 
+use slowcat_processors::frame::Metric;
 use slowcat_processors::harness::{Harness, Output};
 use slowcat_processors::registry::Settings;
 use slowcat_processors::stt::{AudioCtx, EndTurnOn, WhisperEngine, WhisperSttSettings};
@@ -209,6 +210,81 @@ fn a_missing_model_names_the_file_and_the_fix() {
     let bad = WhisperSttSettings { language: "klingon".into(), ..Default::default() };
     let problems = bad.check(&build_context());
     assert!(problems.iter().any(|p| p.key == Some("language")), "{problems:?}");
+}
+
+/// Sends `samples` as 20 ms frames from `*t`, and moves `*t` past them.
+async fn send_audio(h: &Harness, samples: &[i16], t: &mut Duration) {
+    let fs = frames(samples, *t);
+    *t += Duration::from_millis(20 * fs.len() as u64);
+    for f in fs {
+        h.send(f).await;
+    }
+}
+
+/// What the VAD sends when speech that ended at `at` has been followed by `stop_ms` of silence.
+async fn stop_at(h: &Harness, at: Duration) {
+    let metric = Metric { source: "vad".into(), turn: None, name: "user_speech_end_at", value: at };
+    h.send(Frame::Metrics(Box::new(metric))).await;
+    h.send(Frame::UserStoppedSpeaking).await;
+}
+
+fn paused(at: Duration) -> Frame {
+    Frame::UserSpeechPaused { at, stop_after: Duration::from_millis(224) }
+}
+
+const REMINDER: &str = "Can you remind me to call my mother";
+const REMINDER_END: &str = "at six o'clock tonight?";
+
+/// The user pauses mid-sentence and goes on: the transcript started at the pause misses the rest,
+/// so the turn is transcribed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_said_after_a_pause_are_in_the_turn() {
+    let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
+    let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
+    let h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
+    let mut t = Duration::ZERO;
+    h.send(Frame::UserStartedSpeaking).await;
+    send_audio(&h, &a, &mut t).await;
+    h.send(paused(t)).await;
+    // The early transcription of the first half runs meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send_audio(&h, &b, &mut t).await;
+    let end = t - Duration::from_millis(300);
+    h.send(paused(end)).await;
+    stop_at(&h, end).await;
+    h.send(Frame::UserTurnEnded).await;
+    let out = h.finish(Duration::from_secs(300)).await;
+    let ts = transcriptions(&out);
+    assert_eq!(ts.len(), 1, "{ts:?}");
+    println!("heard {:?}", ts[0].text);
+    let text = ts[0].text.to_lowercase();
+    assert!(text.contains("six") || text.contains('6'), "the words after the pause are missing: {text:?}");
+    assert!(wer(&format!("{REMINDER} {REMINDER_END}"), &ts[0].text) <= 0.4, "{text:?}");
+}
+
+/// The stop confirms the pause (same end of speech): the transcript started at the pause is the
+/// turn's, which is what makes the reply start sooner. (The test goes on with words the VAD, as
+/// far as whisper_stt is told, heard as silence; they are not transcribed again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transcript_started_at_a_confirmed_pause_is_the_turns() {
+    let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
+    let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
+    let h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
+    let mut t = Duration::ZERO;
+    h.send(Frame::UserStartedSpeaking).await;
+    send_audio(&h, &a, &mut t).await;
+    let end = t;
+    h.send(paused(end)).await;
+    send_audio(&h, &b, &mut t).await;
+    stop_at(&h, end).await;
+    h.send(Frame::UserTurnEnded).await;
+    let out = h.finish(Duration::from_secs(300)).await;
+    let ts = transcriptions(&out);
+    assert_eq!(ts.len(), 1, "{ts:?}");
+    println!("heard {:?}", ts[0].text);
+    let text = ts[0].text.to_lowercase();
+    assert!(!text.contains("six") && !text.contains('6'), "transcribed again at the stop: {text:?}");
+    assert!(wer(REMINDER, &ts[0].text) <= 0.4, "{text:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,6 +231,110 @@ async fn behind_silero_vad_a_question_is_one_turn_ending_soon_after_the_speech()
     assert_eq!(count(&out.downstream, turn_ended), 1);
 }
 
+/// The VAD's pause after speech that ended at `at` (its stop comes after 224 ms of silence).
+fn paused(at: Duration) -> Frame {
+    Frame::UserSpeechPaused { at, stop_after: Duration::from_millis(224) }
+}
+
+/// The VAD's stop for speech that ended at `at`: its end-of-speech metric, then the event.
+async fn stop_at(mic: &Mic, at: Duration) {
+    let metric = Metric { source: "vad".into(), turn: None, name: "user_speech_end_at", value: at };
+    mic.send(Frame::Metrics(Box::new(metric))).await;
+    mic.send(Frame::UserStoppedSpeaking).await;
+}
+
+fn smart_turn_wait(frames: &[Frame]) -> Vec<Duration> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Metrics(m) if m.name == "smart_turn_wait" => Some(m.value),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The VAD's stop confirms its pause: the verdict the model reached on the audio up to the pause
+/// ends the turn. (Here the input goes on with the words of a cut-off sentence that the VAD, as
+/// far as the test tells smart_turn, heard as silence: the turn ends at once all the same, which
+/// only the verdict from the pause can do.)
+#[tokio::test(start_paused = true)]
+async fn the_verdict_started_at_the_pause_ends_the_turn_at_the_stop() {
+    let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
+    let mut mic = Mic::start(smart_turn(settings)).await;
+    mic.send(Frame::UserStartedSpeaking).await;
+    let question = speak(COMPLETE);
+    // The speech and the VAD's first silent window (`speak` adds 200 ms of silence).
+    let speech = question.len() - silence(200).len();
+    let speech_end = mic.pts + Duration::from_secs_f64(speech as f64 / f64::from(PIPELINE_SAMPLE_RATE));
+    assert!(mic.play(&question[..speech + silence(32).len()], turn_ended).await.is_none());
+    mic.send(paused(speech_end)).await;
+    // The model has the verdict by the time the stop comes, as it does on a 2-core machine.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none(), "the turn ended before the stop");
+    stop_at(&mic, speech_end).await;
+    let stopped = Instant::now();
+    let ended = mic.wait(Duration::from_secs(1), turn_ended).await.expect("the stop did not end the turn");
+    assert!(ended - stopped <= FRAME, "the turn ended {} ms after the stop, not at once", ms(ended - stopped));
+    let out = mic.harness.finish(Duration::from_secs(10)).await;
+    assert_eq!(count(&out.downstream, turn_ended), 1);
+    let waits = smart_turn_wait(&out.downstream);
+    assert_eq!(waits.len(), 1);
+    assert!(waits[0] < Duration::from_millis(50), "the stop waited {} ms for the model", ms(waits[0]));
+}
+
+/// The user pauses after a complete sentence and goes on with an unfinished one: the verdict on
+/// the sentence before the pause does not end the turn; the stop's own does not either, and the
+/// turn waits for the timeout.
+#[tokio::test(start_paused = true)]
+async fn a_pause_the_user_talks_on_after_does_not_end_the_turn() {
+    let (mut mic, stopped) = {
+        let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
+        let mut mic = Mic::start(smart_turn(settings)).await;
+        mic.send(Frame::UserStartedSpeaking).await;
+        let question = speak(COMPLETE);
+        assert!(mic.play(&question, turn_ended).await.is_none());
+        let first_end = mic.pts - Duration::from_millis(200);
+        mic.send(paused(first_end)).await;
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none(), "the turn ended while the user was talking");
+        let second_end = mic.pts - Duration::from_millis(200);
+        mic.send(paused(second_end)).await;
+        stop_at(&mic, second_end).await;
+        (mic, Instant::now())
+    };
+    let ended = mic.play(&silence(4000), turn_ended).await.expect("the fallback timeout never ended the turn");
+    ended_once_at_the_timeout(mic, ended - stopped, 2 * FRAME).await;
+}
+
+/// The model's "incomplete" at the pause is asked again on the audio the stop gives: it swings
+/// with the length of the silence, and a wrong one would keep the user waiting for the timeout.
+/// (The test's input goes on with a complete sentence the VAD reports as silence, so the two
+/// verdicts differ.)
+#[tokio::test(start_paused = true)]
+async fn an_incomplete_verdict_at_the_pause_is_checked_again_at_the_stop() {
+    // The model hears exactly the complete sentence at the stop, as in the scoring test above.
+    let complete = speak(COMPLETE);
+    let max_duration_s = complete.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
+    let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, max_duration_s, ..SmartTurnSettings::default() };
+    let mut mic = Mic::start(smart_turn(settings)).await;
+    mic.send(Frame::UserStartedSpeaking).await;
+    assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none());
+    let speech_end = mic.pts - Duration::from_millis(200);
+    mic.send(paused(speech_end)).await;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(mic.play(&complete, turn_ended).await.is_none());
+    stop_at(&mic, speech_end).await;
+    let stopped = Instant::now();
+    let ended = mic.wait(Duration::from_secs(3), turn_ended).await.expect("the turn did not end");
+    assert!(
+        ended - stopped < Duration::from_millis(1000),
+        "the turn ended {} ms after the stop: the pause's verdict was not checked again",
+        ms(ended - stopped)
+    );
+    let out = mic.harness.finish(Duration::from_secs(10)).await;
+    assert_eq!(count(&out.downstream, turn_ended), 1);
+}
+
 /// A cut-off sentence said to a smart_turn with a 2000 ms fallback timeout, up to the VAD's stop:
 /// the microphone, and the instant the stop was sent.
 async fn cut_off_sentence_then_stop() -> (Mic, Instant) {

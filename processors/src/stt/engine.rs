@@ -2,6 +2,8 @@
 //! blocking thread at a time.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -117,6 +119,13 @@ pub struct Recognized {
     pub elapsed: Duration,
 }
 
+/// ggml's abort callback for [`WhisperEngine::transcribe_early`]: true once the flag `data` points
+/// at is set.
+unsafe extern "C" fn abandoned_flag(data: *mut std::ffi::c_void) -> bool {
+    // SAFETY: `run` passes a pointer to an AtomicBool that outlives the computation.
+    unsafe { (*(data as *const AtomicBool)).load(Ordering::Relaxed) }
+}
+
 impl WhisperEngine {
     /// Loads a ggml model. Takes 0.1–0.5 s; call it from a blocking thread.
     pub fn load(model: &Path, threads: usize, language: &str, audio_ctx: AudioCtx) -> anyhow::Result<Self> {
@@ -166,17 +175,29 @@ impl WhisperEngine {
         self.transcribe_with(audio, self.audio_ctx)
     }
 
-    /// Transcribes on `threads` threads instead of the configured number.
-    pub fn transcribe_on(&mut self, audio: &[f32], threads: usize) -> anyhow::Result<Recognized> {
-        self.run(audio, self.audio_ctx, threads)
+    /// Transcribes on `threads` threads instead of the configured number, and gives up (with an
+    /// error) soon after `abandoned` is set.
+    pub fn transcribe_early(
+        &mut self,
+        audio: &[f32],
+        threads: usize,
+        abandoned: Arc<AtomicBool>,
+    ) -> anyhow::Result<Recognized> {
+        self.run(audio, self.audio_ctx, threads, Some(abandoned))
     }
 
     /// Transcribes with an explicit encoder window (for benchmarks).
     pub fn transcribe_with(&mut self, audio: &[f32], audio_ctx: AudioCtx) -> anyhow::Result<Recognized> {
-        self.run(audio, audio_ctx, self.threads)
+        self.run(audio, audio_ctx, self.threads, None)
     }
 
-    fn run(&mut self, audio: &[f32], audio_ctx: AudioCtx, threads: usize) -> anyhow::Result<Recognized> {
+    fn run(
+        &mut self,
+        audio: &[f32],
+        audio_ctx: AudioCtx,
+        threads: usize,
+        abandoned: Option<Arc<AtomicBool>>,
+    ) -> anyhow::Result<Recognized> {
         let started = Instant::now();
         if audio.is_empty() {
             return Ok(Recognized {
@@ -212,6 +233,17 @@ impl WhisperEngine {
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_timestamps(false);
+        // Checked by ggml between the steps of the computation. (whisper-rs 0.16's
+        // `set_abort_callback_safe` reads its closure through the wrong pointer type and aborts
+        // at random, so this uses the C callback directly.)
+        if let Some(flag) = &abandoned {
+            // SAFETY: the callback only reads the AtomicBool behind the pointer, which `abandoned`
+            // keeps alive until this function returns, after `full` has.
+            unsafe {
+                params.set_abort_callback(Some(abandoned_flag));
+                params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut std::ffi::c_void);
+            }
+        }
         // Whisper pads the window with zeros; shorter than 1 s it tends to hallucinate, so pad to
         // 1 s of silence ourselves (cheap: the encoder window grows by at most 50 frames).
         let min = crate::PIPELINE_SAMPLE_RATE as usize;
@@ -228,7 +260,11 @@ impl WhisperEngine {
         };
         let n_ctx = audio_ctx.frames_for(audio.len());
         params.set_audio_ctx(n_ctx as i32);
-        self.state.full(params, audio).map_err(|e| anyhow!("Whisper failed: {e}"))?;
+        let result = self.state.full(params, audio);
+        if abandoned.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+            anyhow::bail!("the transcription was abandoned");
+        }
+        result.map_err(|e| anyhow!("Whisper failed: {e}"))?;
         let mut raw = String::new();
         let mut no_speech = 0f32;
         let (mut p_sum, mut p_n) = (0f32, 0usize);

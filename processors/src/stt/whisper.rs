@@ -16,6 +16,8 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -74,9 +76,10 @@ pub struct WhisperSttSettings {
     /// `"user_stopped_speaking"` (transcribe as soon as the VAD hears silence).
     pub end_turn_on: EndTurnOn,
     /// With `end_turn_on = "user_turn_ended"`: start transcribing as soon as the VAD hears the
-    /// user stop, while the end-of-turn detector decides. When the turn then ends with no new
-    /// speech, that transcript is used and the reply starts sooner by about the STT time; when the
-    /// user goes on, it is thrown away (CPU spent on turns the detector keeps open).
+    /// user pause (its first silent window), while the VAD waits for more silence and the
+    /// end-of-turn detector decides. When the turn then ends with no new speech, that transcript
+    /// is used and the reply starts sooner by about the STT time; when the user goes on, it is
+    /// thrown away (CPU spent on pauses inside the turn).
     pub transcribe_early: bool,
     /// Threads for the early transcription, which runs while the end-of-turn detector (Smart
     /// Turn, one thread) decides. On 2 cores, 1 leaves it the other core: both finish sooner
@@ -178,9 +181,32 @@ enum Work {
     Early {
         id: u64,
         audio: Vec<f32>,
+        /// Set when the user spoke on: whisper stops, or the work is skipped.
+        abandoned: Arc<AtomicBool>,
     },
     /// Answered once every turn before it has been transcribed and pushed.
     Flush(oneshot::Sender<()>),
+}
+
+/// An early transcription handed to the worker.
+#[derive(Debug)]
+struct Early {
+    id: u64,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Early {
+    /// Its transcript would miss words: stops it (whisper checks between steps) or skips it.
+    fn abandon(self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Abandons `early`, if any.
+fn abandon(early: Option<Early>) {
+    if let Some(e) = early {
+        e.abandon();
+    }
 }
 
 /// The running `whisper_stt` processor.
@@ -205,7 +231,9 @@ pub struct WhisperStt {
     vad_start: Option<Duration>,
     vad_end: Option<Duration>,
     /// The early transcription started on the turn as it stands; cleared by new speech.
-    early: Option<u64>,
+    early: Option<Early>,
+    /// The early transcription started at the VAD's pause with this end of speech.
+    paused: Option<(Early, Duration)>,
     early_ids: u64,
 }
 
@@ -234,6 +262,7 @@ impl WhisperStt {
             vad_start: None,
             vad_end: None,
             early: None,
+            paused: None,
             early_ids: 0,
         }
     }
@@ -260,7 +289,8 @@ impl WhisperStt {
         }
         self.speaking = true;
         // The turn grows: an early transcript of it would miss these words.
-        self.early = None;
+        abandon(self.early.take());
+        abandon(self.paused.take().map(|(e, _)| e));
         // An end reported before this utterance began belongs to an earlier one.
         self.vad_end = None;
         self.open.clear();
@@ -298,21 +328,50 @@ impl WhisperStt {
         if audio.is_empty() {
             return None;
         }
-        Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now(), early: self.early.take() })
+        let early = self.early.take().map(|e| e.id);
+        Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now(), early })
     }
 
-    /// Starts transcribing the turn as it stands, before the turn has ended.
-    fn transcribe_early(&mut self) {
-        let Some((tx, _)) = &self.worker else { return };
-        if self.turn_start.is_none() || self.turn.is_empty() {
-            return;
+    /// Starts transcribing `audio` before the turn has ended.
+    fn transcribe_early(&mut self, audio: Vec<f32>) -> Option<Early> {
+        let (tx, _) = self.worker.as_ref()?;
+        if audio.is_empty() {
+            return None;
         }
         self.early_ids += 1;
-        let audio = to_mono_f32(&self.turn, 1);
+        let early = Early { id: self.early_ids, abandoned: Arc::new(AtomicBool::new(false)) };
+        let work = Work::Early { id: early.id, audio, abandoned: early.abandoned.clone() };
         // Skipped when turns are queued: it would only delay them.
-        if tx.try_send(Work::Early { id: self.early_ids, audio }).is_ok() {
-            self.early = Some(self.early_ids);
+        tx.try_send(work).is_ok().then_some(early)
+    }
+
+    /// The VAD heard the user pause: transcribes the turn with the speech so far, so that the
+    /// transcript is ready when the stop and the end of the turn come.
+    fn on_paused(&mut self, at: Duration) {
+        if !self.speaking {
+            return;
         }
+        // The user spoke on after the previous pause: its transcript misses words.
+        abandon(self.paused.take().map(|(e, _)| e));
+        let mut audio = to_mono_f32(&self.turn, 1);
+        audio.extend(to_mono_f32(&self.open, 1));
+        self.paused = self.transcribe_early(audio).map(|e| (e, at));
+    }
+
+    /// The VAD heard the user stop (the speech in progress is in the turn now): keeps the
+    /// transcript started at the pause this stop confirms, or starts one.
+    fn early_at_stop(&mut self, speech_end: Option<Duration>) {
+        self.early = match self.paused.take() {
+            Some((early, at)) if Some(at) == speech_end => Some(early),
+            paused => {
+                abandon(paused.map(|(e, _)| e));
+                self.transcribe_early(to_mono_f32(&self.turn, 1))
+            }
+        };
+    }
+
+    fn early_enabled(&self) -> bool {
+        self.settings.transcribe_early && self.settings.end_turn_on == EndTurnOn::UserTurnEnded
     }
 
     async fn submit(&mut self, job: Job, ctx: &ProcessorContext) {
@@ -387,11 +446,13 @@ impl Processor for WhisperStt {
             Frame::Metrics(m) if m.name == SPEECH_START_METRIC => self.vad_start = Some(m.value),
             Frame::Metrics(m) if m.name == SPEECH_END_METRIC => self.vad_end = Some(m.value),
             Frame::UserStartedSpeaking => self.on_started(),
+            Frame::UserSpeechPaused { at, .. } if self.early_enabled() => self.on_paused(*at),
             Frame::UserStoppedSpeaking => {
+                let speech_end = self.vad_end;
                 self.on_stopped();
                 match self.settings.end_turn_on {
                     EndTurnOn::UserStoppedSpeaking => self.end_turn(ctx).await,
-                    EndTurnOn::UserTurnEnded if self.settings.transcribe_early => self.transcribe_early(),
+                    EndTurnOn::UserTurnEnded if self.settings.transcribe_early => self.early_at_stop(speech_end),
                     EndTurnOn::UserTurnEnded => {}
                 }
             }
@@ -444,19 +505,40 @@ impl Worker {
         let mut engine = Some(engine);
         // The latest early transcription: (id, result), claimed by the turn it was made for.
         let mut early: Option<(u64, anyhow::Result<Recognized>)> = None;
+        // Work taken from the queue while looking past an early transcription.
+        let mut next: Option<Work> = None;
         loop {
-            let work = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                work = rx.recv() => match work { Some(w) => w, None => return },
+            let work = match next.take() {
+                Some(work) => work,
+                None => tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    work = rx.recv() => match work { Some(w) => w, None => return },
+                },
             };
             let (job, recognized) = match work {
                 Work::Flush(done) => {
                     let _ = done.send(());
                     continue;
                 }
-                Work::Early { id, audio } => {
-                    let Some(r) = self.transcribe(&mut engine, audio, Some(self.early_threads)).await else { return };
-                    tracing::debug!(processor = %self.id, id, "transcribed early");
+                Work::Early { id, audio, abandoned } => {
+                    // A newer one queued behind it (the user spoke on after a pause and paused
+                    // again) makes it useless: skip to that one.
+                    match rx.try_recv() {
+                        Ok(newer @ Work::Early { .. }) => {
+                            next = Some(newer);
+                            continue;
+                        }
+                        Ok(other) => next = Some(other),
+                        Err(_) => {}
+                    }
+                    if abandoned.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let Some(r) = self.transcribe(&mut engine, audio, Some((self.early_threads, abandoned))).await
+                    else {
+                        return;
+                    };
+                    tracing::debug!(processor = %self.id, id, ok = r.is_ok(), "transcribed early");
                     early = Some((id, r));
                     continue;
                 }
@@ -506,18 +588,19 @@ impl Worker {
         }
     }
 
-    /// Runs whisper on a blocking thread, on `threads` or the configured number; `None` when the
-    /// engine is gone (reported).
+    /// Runs whisper on a blocking thread, on the configured number of threads or, for an early
+    /// transcription, on `early` threads until its flag is set; `None` when the engine is gone
+    /// (reported).
     async fn transcribe(
         &self,
         engine: &mut Option<WhisperEngine>,
         audio: Vec<f32>,
-        threads: Option<usize>,
+        early: Option<(usize, Arc<AtomicBool>)>,
     ) -> Option<anyhow::Result<Recognized>> {
         let mut e = engine.take()?;
         match tokio::task::spawn_blocking(move || {
-            let r = match threads {
-                Some(n) => e.transcribe_on(&audio, n),
+            let r = match early {
+                Some((n, abandoned)) => e.transcribe_early(&audio, n, abandoned),
                 None => e.transcribe(&audio),
             };
             (e, r)

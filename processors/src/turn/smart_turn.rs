@@ -6,6 +6,14 @@
 //! once; unlikely → wait: the user resuming keeps the turn open, and silence lasting
 //! `incomplete_timeout_ms` ends it anyway.
 //!
+//! The model starts listening earlier, at the VAD's `UserSpeechPaused` (its first silent window),
+//! on the turn's audio with the rest of the VAD's stop wait added as silence: inference takes
+//! about as long as that wait on a small CPU, so the verdict is ready when the stop comes. The stop
+//! uses it when it reports the same end of speech; after more speech it is thrown away. An early
+//! "incomplete" is checked again on the audio the stop gives: the model's verdict swings with
+//! a few tens of milliseconds more or less of trailing silence, and a wrong "incomplete" costs
+//! the whole timeout, where a second inference costs ~200 ms.
+//!
 //! Barge-in: user speech overlapping the assistant's speech for `barge_in_min_ms` pushes
 //! `Interruption`, so shorter sounds (a cough, a click) do not interrupt.
 
@@ -16,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use async_trait::async_trait;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
 use serde::Deserialize;
 use tracing::{debug, info, warn};
@@ -39,6 +47,11 @@ const SPEECH_END_METRIC: &str = "user_speech_end_at";
 /// Metric: when the turn ended (`UserTurnEnded` pushed), on the pipeline timeline; minus
 /// `user_speech_end_at` it is the time end-of-turn detection added.
 const TURN_END_METRIC: &str = "user_turn_end_at";
+/// Metric: how long the model ran on the turn's audio.
+pub const INFERENCE_METRIC: &str = "smart_turn_time";
+/// Metric: from the stop reaching smart_turn to the model's verdict: the part of the inference
+/// the pause did not hide.
+pub const WAIT_METRIC: &str = "smart_turn_wait";
 /// Audio kept from before the VAD's start event: the VAD fires only after some speech, and the
 /// reference pipeline the model was tuned with hears the onset too.
 const PRE_ROLL: Duration = Duration::from_millis(500);
@@ -156,13 +169,18 @@ impl SmartTurnModel {
     /// Runs the model on features from [`SmartTurnModel::features`]; returns the probability that
     /// the utterance is complete.
     pub fn infer(&mut self, features: Vec<f32>) -> anyhow::Result<f32> {
+        self.infer_with(features, &RunOptions::new().map_err(|e| anyhow!("{e}"))?)
+    }
+
+    /// [`SmartTurnModel::infer`] that `options` can stop from another thread (`terminate`).
+    pub fn infer_with(&mut self, features: Vec<f32>, options: &RunOptions) -> anyhow::Result<f32> {
         if features.len() != mel::N_MELS * N_FRAMES {
             bail!("smart turn features must be {}×{N_FRAMES} values, got {}", mel::N_MELS, features.len());
         }
         let input = Tensor::from_array(([1usize, mel::N_MELS, N_FRAMES], features)).map_err(|e| anyhow!("{e}"))?;
         let outputs = self
             .session
-            .run(ort::inputs!["input_features" => input])
+            .run_with_options(ort::inputs!["input_features" => input], options)
             .map_err(|e| anyhow!("smart turn inference failed: {e}"))?;
         let (_, probabilities) =
             outputs["logits"].try_extract_tensor::<f32>().map_err(|e| anyhow!("smart turn output: {e}"))?;
@@ -222,6 +240,8 @@ pub struct SmartTurn {
     window: usize,
     /// Samples received since start: the timeline `Turn::start` is on.
     received: u64,
+    /// Input timeline position just past the newest audio.
+    audio_end: Duration,
     turn: Turn,
     /// Between the VAD's `UserStartedSpeaking` and `UserStoppedSpeaking`.
     user_speaking: bool,
@@ -229,17 +249,40 @@ pub struct SmartTurn {
     bot_speaking: bool,
     /// How long the user has talked over the assistant in the current stretch of speech.
     overlap: Duration,
-    /// The VAD reported where the current stretch of speech ended.
-    vad_measured_end: bool,
+    /// Where the VAD found the current stretch of speech ended, if it reported it.
+    vad_end: Option<Duration>,
+    /// Inference started at the VAD's pause that ended speech at the given point.
+    early: Option<(Duration, Inference)>,
     format_reported: bool,
 }
 
 /// A Smart Turn inference in flight.
-#[derive(Debug)]
 struct Inference {
     task: tokio::task::JoinHandle<anyhow::Result<f32>>,
+    /// Stops the run, when its verdict is no longer wanted.
+    stop: Option<Arc<RunOptions>>,
     began: Instant,
     seconds: f32,
+    /// When the stop came (when it was started, for one started at a pause that is not stopped yet).
+    stopped: Instant,
+    /// Started at the pause, on audio padded with silence.
+    early: bool,
+}
+
+impl std::fmt::Debug for Inference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inference").field("seconds", &self.seconds).field("early", &self.early).finish_non_exhaustive()
+    }
+}
+
+impl Inference {
+    /// The verdict is not wanted any more (the user spoke on): stops the model between two of its
+    /// steps, so the next inference need not wait for it.
+    fn abandon(self) {
+        if let Some(stop) = self.stop {
+            let _ = stop.terminate();
+        }
+    }
 }
 
 /// How often a decision in flight is checked for when no frame arrives.
@@ -255,11 +298,13 @@ impl SmartTurn {
             audio: VecDeque::with_capacity(window),
             window,
             received: 0,
+            audio_end: Duration::ZERO,
             turn: Turn::Idle,
             user_speaking: false,
             bot_speaking: false,
             overlap: Duration::ZERO,
-            vad_measured_end: false,
+            vad_end: None,
+            early: None,
             format_reported: false,
         }
     }
@@ -291,6 +336,7 @@ impl SmartTurn {
             );
         }
         self.received += audio.frames() as u64;
+        self.audio_end = audio.pts + audio.duration();
         let excess = self.audio.len().saturating_sub(self.window);
         self.audio.drain(..excess);
         audio.duration()
@@ -305,7 +351,7 @@ impl SmartTurn {
     fn user_started(&mut self) {
         self.user_speaking = true;
         self.overlap = Duration::ZERO;
-        self.vad_measured_end = false;
+        self.vad_end = None;
         self.turn = match std::mem::replace(&mut self.turn, Turn::Idle) {
             Turn::Idle => {
                 let pre_roll = PRE_ROLL.as_millis() as u64 * u64::from(PIPELINE_SAMPLE_RATE) / 1000;
@@ -315,30 +361,77 @@ impl SmartTurn {
                 debug!("user resumed an incomplete utterance; the turn goes on");
                 Turn::Speaking { start }
             }
-            Turn::Deciding { start, .. } => {
+            Turn::Deciding { start, inference, .. } => {
                 // The result, whatever it is, came too late: the user goes on.
                 debug!("user resumed before the model decided; the turn goes on");
+                inference.abandon();
                 Turn::Speaking { start }
             }
             speaking @ Turn::Speaking { .. } => speaking,
         };
     }
 
+    /// Runs the model on `audio` on a blocking thread.
+    fn infer(&self, audio: Vec<i16>) -> Inference {
+        let seconds = audio.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
+        let model = self.model.clone();
+        let options = RunOptions::new().map(Arc::new).map_err(|e| anyhow!("{e}"));
+        let stop = options.as_ref().ok().cloned();
+        let task = tokio::task::spawn_blocking(move || {
+            // A panic in an earlier call leaves the model itself intact: keep using it.
+            let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
+            let features = model.features(&audio);
+            let options: Arc<RunOptions> = options?;
+            model.infer_with(features, &options)
+        });
+        Inference { task, stop, began: Instant::now(), seconds, stopped: Instant::now(), early: false }
+    }
+
+    /// The VAD heard the first silence after speech that ended `at`: starts the model on the turn
+    /// as the stop would give it, the silence still to come added as digital silence.
+    fn user_paused(&mut self, at: Duration, stop_after: Duration) {
+        let Turn::Speaking { start } = self.turn else { return };
+        // The user spoke on after the previous pause: its verdict is stale.
+        if let Some((_, stale)) = self.early.take() {
+            stale.abandon();
+        }
+        debug!(at_ms = at.as_millis() as u64, "user paused; the model starts listening");
+        let mut audio = self.turn_audio(start);
+        let heard = self.audio_end.saturating_sub(at);
+        let missing = stop_after.saturating_sub(heard);
+        let pad = (missing.as_nanos() * u128::from(PIPELINE_SAMPLE_RATE) / 1_000_000_000) as usize;
+        audio.resize(audio.len() + pad, 0);
+        let inference = Inference { early: true, ..self.infer(audio) };
+        self.early = Some((at, inference));
+    }
+
     async fn user_stopped(&mut self, ctx: &ProcessorContext) {
         self.user_speaking = false;
         self.overlap = Duration::ZERO;
+        let early = self.early.take();
         let Turn::Speaking { start } = self.turn else { return };
         let speech_end_at = ctx.now();
-        let audio = self.turn_audio(start);
-        let seconds = audio.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
-        let model = self.model.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            // A panic in an earlier call leaves the model itself intact: keep using it.
-            model.lock().unwrap_or_else(PoisonError::into_inner).predict(&audio)
-        });
-        let inference = Inference { task, began: Instant::now(), seconds };
+        let mut inference = match early {
+            // Started at the pause this stop confirms: no speech since.
+            Some((at, inference)) if Some(at) == self.vad_end => {
+                debug!("using the verdict started at the pause");
+                inference
+            }
+            early => {
+                debug!(
+                    pause_ms = early.as_ref().map(|(at, _)| at.as_millis() as u64),
+                    end_ms = self.vad_end.map(|at| at.as_millis() as u64),
+                    "no verdict from this pause; the model starts listening now"
+                );
+                if let Some((_, stale)) = early {
+                    stale.abandon();
+                }
+                self.infer(self.turn_audio(start))
+            }
+        };
+        inference.stopped = Instant::now();
         self.turn = Turn::Deciding { start, speech_end_at, inference };
-        ctx.wake_after(POLL);
+        self.collect_decision(ctx).await;
     }
 
     /// Acts on the model's decision once it is there.
@@ -355,13 +448,30 @@ impl SmartTurn {
         else {
             return;
         };
-        let took = d.began.elapsed();
+        let waited = d.stopped.elapsed();
         let result = d.task.await.unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
+        // Collected within POLL of finishing: close enough for a metric.
+        let took = d.began.elapsed();
         match result {
             Ok(probability) => {
-                ctx.push_metric("smart_turn_time", None, took).await;
+                ctx.push_metric(INFERENCE_METRIC, None, took).await;
+                ctx.push_metric(WAIT_METRIC, None, waited).await;
                 let complete = probability >= self.settings.threshold;
-                info!(probability, complete, audio_s = d.seconds, inference_ms = took.as_millis() as u64, "smart turn");
+                if !complete && d.early {
+                    debug!(probability, "incomplete at the pause; asking again on the audio of the stop");
+                    let inference = Inference { stopped: d.stopped, ..self.infer(self.turn_audio(start)) };
+                    self.turn = Turn::Deciding { start, speech_end_at, inference };
+                    ctx.wake_after(POLL);
+                    return;
+                }
+                info!(
+                    probability,
+                    complete,
+                    audio_s = d.seconds,
+                    inference_ms = took.as_millis() as u64,
+                    wait_ms = waited.as_millis() as u64,
+                    "smart turn"
+                );
                 if complete {
                     self.end_turn(ctx, speech_end_at).await;
                 } else {
@@ -384,7 +494,7 @@ impl SmartTurn {
         self.turn = Turn::Idle;
         ctx.cancel_wake();
         ctx.push_downstream(Frame::UserTurnEnded).await;
-        if !self.vad_measured_end {
+        if self.vad_end.is_none() {
             ctx.push_metric(SPEECH_END_METRIC, None, speech_end_at).await;
         }
         ctx.push_metric(TURN_END_METRIC, None, ctx.now()).await;
@@ -437,13 +547,17 @@ impl Processor for SmartTurn {
                 ctx.push(frame, direction).await;
                 self.user_started();
             }
+            Frame::UserSpeechPaused { at, stop_after } => {
+                ctx.push(frame, direction).await;
+                self.user_paused(at, stop_after);
+            }
             Frame::UserStoppedSpeaking => {
                 ctx.push(frame, direction).await;
                 self.user_stopped(ctx).await;
             }
             Frame::Metrics(ref metric) => {
                 if metric.name == SPEECH_END_METRIC {
-                    self.vad_measured_end = true;
+                    self.vad_end = Some(metric.value);
                 }
                 ctx.push(frame, direction).await;
             }

@@ -1,8 +1,13 @@
 //! Voice activity detection: `silero_vad` (Silero v5 through ONNX Runtime) and `webrtc_vad`
 //! (libfvad). Both cut the 16 kHz input into their detector's windows, decide speech per window
 //! (probability over a threshold and loudness over a floor), and run the same [`SpeechTracker`]:
-//! `UserStartedSpeaking` once speech has lasted `start_ms`, `UserStoppedSpeaking` once silence has
-//! lasted `stop_ms`. The audio frames travel on unchanged; speech-to-text needs them.
+//! `UserStartedSpeaking` once speech has lasted `start_ms`, `UserSpeechPaused` at the first silent
+//! window after speech, `UserStoppedSpeaking` once silence has lasted `stop_ms`. The audio frames
+//! travel on unchanged; speech-to-text needs them.
+//!
+//! The pause lets the end-of-turn detector and speech-to-text start on the turn `stop_ms` before
+//! the stop (their work takes longer than the stop wait on a small CPU); the stop then confirms it
+//! when it reports the same end of speech.
 //!
 //! Each event is preceded by a metric with the boundary's position on the pipeline timeline
 //! (taken from the audio's timestamps, not from when the event was emitted):
@@ -45,6 +50,12 @@ pub enum SpeechEvent {
         /// Start of the first speech window of the run.
         at: Duration,
     },
+    /// The first silent window after speech: the speech ended `at`, unless it resumes before the
+    /// silence has lasted long enough to stop it. Each pause inside speech gives one.
+    Paused {
+        /// End of the last speech window.
+        at: Duration,
+    },
     /// Silence has lasted long enough; the speech ended `at`.
     Stopped {
         /// End of the last speech window.
@@ -64,6 +75,7 @@ enum TrackerState {
     Speaking,
     Stopping {
         speech_end: Duration,
+        paused: bool,
     },
 }
 
@@ -79,6 +91,7 @@ pub const START_GAP: Duration = Duration::from_millis(100);
 pub struct SpeechTracker {
     start: Duration,
     stop: Duration,
+    pause: Duration,
     state: TrackerState,
     last_speech_end: Duration,
 }
@@ -86,7 +99,17 @@ pub struct SpeechTracker {
 impl SpeechTracker {
     /// A tracker needing `start` of speech to start and `stop` of silence to stop.
     pub fn new(start: Duration, stop: Duration) -> Self {
-        Self { start, stop, state: TrackerState::Quiet, last_speech_end: Duration::ZERO }
+        Self { start, stop, pause: Duration::ZERO, state: TrackerState::Quiet, last_speech_end: Duration::ZERO }
+    }
+
+    /// Reports `Paused` once silence has lasted `pause` (zero: at the first silent window).
+    pub fn with_pause(self, pause: Duration) -> Self {
+        Self { pause, ..self }
+    }
+
+    /// Silence needed to stop.
+    pub fn stop_after(&self) -> Duration {
+        self.stop
     }
 
     /// True between `Started` and `Stopped`.
@@ -114,10 +137,10 @@ impl SpeechTracker {
                 None
             }
             (TrackerState::Speaking, false) => {
-                self.state = TrackerState::Stopping { speech_end: at };
-                self.try_stop(at, end)
+                self.state = TrackerState::Stopping { speech_end: at, paused: false };
+                self.silence(at, end)
             }
-            (TrackerState::Stopping { speech_end }, false) => self.try_stop(speech_end, end),
+            (TrackerState::Stopping { speech_end, .. }, false) => self.silence(speech_end, end),
             (TrackerState::Stopping { .. }, true) => {
                 self.state = TrackerState::Speaking;
                 None
@@ -136,6 +159,20 @@ impl SpeechTracker {
         }
     }
 
+    /// Silence since `speech_end` up to `end`: a stop, a pause, or nothing yet.
+    fn silence(&mut self, speech_end: Duration, end: Duration) -> Option<SpeechEvent> {
+        if let Some(stop) = self.try_stop(speech_end, end) {
+            return Some(stop);
+        }
+        match &mut self.state {
+            TrackerState::Stopping { paused: paused @ false, .. } if end - speech_end >= self.pause => {
+                *paused = true;
+                Some(SpeechEvent::Paused { at: speech_end })
+            }
+            _ => None,
+        }
+    }
+
     fn try_stop(&mut self, speech_end: Duration, end: Duration) -> Option<SpeechEvent> {
         if end.saturating_sub(speech_end) >= self.stop {
             self.state = TrackerState::Quiet;
@@ -149,7 +186,7 @@ impl SpeechTracker {
     pub fn flush(&mut self) -> Option<SpeechEvent> {
         let event = match self.state {
             TrackerState::Speaking => Some(SpeechEvent::Stopped { at: self.last_speech_end }),
-            TrackerState::Stopping { speech_end } => Some(SpeechEvent::Stopped { at: speech_end }),
+            TrackerState::Stopping { speech_end, .. } => Some(SpeechEvent::Stopped { at: speech_end }),
             _ => None,
         };
         self.state = TrackerState::Quiet;
@@ -232,6 +269,11 @@ fn samples_to_duration(n: usize) -> Duration {
 }
 
 impl<D: Detector> VadCore<D> {
+    /// Reports pauses once silence has lasted `pause` instead of at the first silent window.
+    pub fn with_pause(self, pause: Duration) -> Self {
+        Self { tracker: self.tracker.with_pause(pause), ..self }
+    }
+
     /// Detection with `detector`, thresholds and the start/stop durations.
     pub fn new(detector: D, decision: Decision, start: Duration, stop: Duration) -> Self {
         Self {
@@ -286,6 +328,13 @@ impl<D: Detector> VadCore<D> {
     pub fn flush(&mut self) -> Option<SpeechEvent> {
         self.tracker.flush()
     }
+
+    /// Silence heard when the stop is reported: `stop_ms` rounded up to whole detector windows.
+    pub fn stop_after(&self) -> Duration {
+        let window = samples_to_duration(self.detector.window());
+        let windows = self.tracker.stop_after().as_nanos().div_ceil(window.as_nanos().max(1));
+        window * windows as u32
+    }
 }
 
 /// The `silero_vad` / `webrtc_vad` processor: forwards every frame, and after each audio frame
@@ -302,12 +351,16 @@ impl<D: Detector> VadProcessor<D> {
     }
 }
 
-async fn emit(event: SpeechEvent, ctx: &ProcessorContext) {
+async fn emit(event: SpeechEvent, stop_after: Duration, ctx: &ProcessorContext) {
     match event {
         SpeechEvent::Started { at } => {
             tracing::debug!(processor = ctx.id(), at_ms = at.as_millis() as u64, "user started speaking");
             ctx.push_metric(SPEECH_START_METRIC, None, at).await;
             ctx.push_downstream(Frame::UserStartedSpeaking).await;
+        }
+        SpeechEvent::Paused { at } => {
+            tracing::trace!(processor = ctx.id(), at_ms = at.as_millis() as u64, "user paused");
+            ctx.push_downstream(Frame::UserSpeechPaused { at, stop_after }).await;
         }
         SpeechEvent::Stopped { at } => {
             tracing::debug!(processor = ctx.id(), at_ms = at.as_millis() as u64, "user stopped speaking");
@@ -335,7 +388,7 @@ impl<D: Detector> Processor for VadProcessor<D> {
             Ok(events) => {
                 self.failed = false;
                 for event in events {
-                    emit(event, ctx).await;
+                    emit(event, self.core.stop_after(), ctx).await;
                 }
             }
             // Report once per failure streak, not 50 times a second.
@@ -350,20 +403,29 @@ impl<D: Detector> Processor for VadProcessor<D> {
 
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         if let Some(event) = self.core.flush() {
-            emit(event, ctx).await;
+            emit(event, self.core.stop_after(), ctx).await;
         }
         Ok(())
     }
 }
 
 /// Checks shared by both VADs' settings.
-pub(crate) fn check_durations(start_ms: u32, stop_ms: u32, problems: &mut Vec<crate::registry::Problem>) {
+pub(crate) fn check_durations(
+    start_ms: u32,
+    stop_ms: u32,
+    pause_ms: u32,
+    problems: &mut Vec<crate::registry::Problem>,
+) {
     use crate::registry::Problem;
     if start_ms > 2000 {
         problems.push(Problem::at("start_ms", "`start_ms` must be at most 2000 (speech needed before it counts)"));
     }
     if !(20..=5000).contains(&stop_ms) {
         problems.push(Problem::at("stop_ms", "`stop_ms` must be between 20 and 5000 (silence that ends speech)"));
+    }
+    if pause_ms >= stop_ms {
+        problems
+            .push(Problem::at("pause_ms", "`pause_ms` must be less than `stop_ms` (a pause comes before the stop)"));
     }
 }
 
@@ -382,9 +444,44 @@ mod tests {
         let mut t = SpeechTracker::new(Duration::from_millis(60), Duration::from_millis(100));
         // 2 windows of speech then 120 ms of silence is a click; then 40 ms gaps inside speech
         // neither delay the start nor end the speech.
+        // Each silence inside speech is reported as a pause when it begins; the stop gives the
+        // same end of speech as the pause it confirms.
         let events = run(&mut t, "..##......##..#..###.......");
-        assert_eq!(events, vec![SpeechEvent::Started { at: W * 10 }, SpeechEvent::Stopped { at: W * 20 }]);
+        assert_eq!(
+            events,
+            vec![
+                SpeechEvent::Started { at: W * 10 },
+                SpeechEvent::Paused { at: W * 15 },
+                SpeechEvent::Paused { at: W * 20 },
+                SpeechEvent::Stopped { at: W * 20 },
+            ]
+        );
         assert!(!t.speaking());
+    }
+
+    #[test]
+    fn a_pause_is_reported_once_silence_lasts_pause_ms() {
+        let mut t = SpeechTracker::new(Duration::from_millis(40), Duration::from_millis(200))
+            .with_pause(Duration::from_millis(50));
+        // 40 ms gaps are not pauses; a 60 ms gap is one (reported at its third window), and the
+        // final silence gives a pause and then the stop, with the same end of speech.
+        let events = run(&mut t, "###..###...###...........");
+        assert_eq!(
+            events,
+            vec![
+                SpeechEvent::Started { at: Duration::ZERO },
+                SpeechEvent::Paused { at: W * 8 },
+                SpeechEvent::Paused { at: W * 14 },
+                SpeechEvent::Stopped { at: W * 14 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stop_shorter_than_a_window_comes_without_a_pause() {
+        let mut t = SpeechTracker::new(Duration::from_millis(40), Duration::from_millis(20));
+        let events = run(&mut t, "###.");
+        assert_eq!(events, vec![SpeechEvent::Started { at: Duration::ZERO }, SpeechEvent::Stopped { at: W * 3 }]);
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct SileroVadSettings {
     /// Silence needed before `UserStoppedSpeaking`, in milliseconds. Short (200) when a
     /// `smart_turn` processor decides whether the turn is over; 600–800 without one.
     pub stop_ms: u32,
+    /// Silence after which the VAD reports a pause (`UserSpeechPaused`), in milliseconds: the
+    /// end-of-turn detector and speech-to-text start on the turn then, and the stop confirms or
+    /// discards their work. 0: at the first silent window (soonest reply; more work thrown away
+    /// when the user goes on).
+    pub pause_ms: u32,
     /// Windows quieter than this RMS level (dBFS) are silence whatever the model says.
     pub min_volume_db: f32,
     /// ONNX Runtime threads; one is plenty for a 32 ms window every 32 ms.
@@ -49,6 +54,7 @@ impl Default for SileroVadSettings {
             confidence: 0.5,
             start_ms: 200,
             stop_ms: 200,
+            pause_ms: 0,
             min_volume_db: -45.0,
             threads: 1,
         }
@@ -75,7 +81,7 @@ impl Settings for SileroVadSettings {
         if !(1..=8).contains(&self.threads) {
             problems.push(Problem::at("threads", "`threads` must be between 1 and 8"));
         }
-        check_durations(self.start_ms, self.stop_ms, &mut problems);
+        check_durations(self.start_ms, self.stop_ms, self.pause_ms, &mut problems);
         problems
     }
 
@@ -95,7 +101,8 @@ impl Settings for SileroVadSettings {
             decision,
             Duration::from_millis(self.start_ms.into()),
             Duration::from_millis(self.stop_ms.into()),
-        );
+        )
+        .with_pause(Duration::from_millis(self.pause_ms.into()));
         Ok(Box::new(VadProcessor::new(core)))
     }
 }

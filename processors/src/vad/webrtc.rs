@@ -23,13 +23,18 @@ pub struct WebRtcVadSettings {
     pub start_ms: u32,
     /// Silence needed before `UserStoppedSpeaking`, in milliseconds.
     pub stop_ms: u32,
+    /// Silence after which the VAD reports a pause (`UserSpeechPaused`), in milliseconds: the
+    /// end-of-turn detector and speech-to-text start on the turn then, and the stop confirms or
+    /// discards their work. 0: at the first silent window (soonest reply; more work thrown away
+    /// when the user goes on).
+    pub pause_ms: u32,
     /// Frames quieter than this RMS level (dBFS) are silence whatever the detector says.
     pub min_volume_db: f32,
 }
 
 impl Default for WebRtcVadSettings {
     fn default() -> Self {
-        Self { aggressiveness: 2, frame_ms: 20, start_ms: 200, stop_ms: 200, min_volume_db: -45.0 }
+        Self { aggressiveness: 2, frame_ms: 20, start_ms: 200, stop_ms: 200, pause_ms: 0, min_volume_db: -45.0 }
     }
 }
 
@@ -49,7 +54,7 @@ impl Settings for WebRtcVadSettings {
         if !(-100.0..=0.0).contains(&self.min_volume_db) {
             problems.push(Problem::at("min_volume_db", "`min_volume_db` is in dBFS: between -100 and 0"));
         }
-        check_durations(self.start_ms, self.stop_ms, &mut problems);
+        check_durations(self.start_ms, self.stop_ms, self.pause_ms, &mut problems);
         problems
     }
 
@@ -65,7 +70,8 @@ impl Settings for WebRtcVadSettings {
             decision,
             Duration::from_millis(self.start_ms.into()),
             Duration::from_millis(self.stop_ms.into()),
-        );
+        )
+        .with_pause(Duration::from_millis(self.pause_ms.into()));
         Ok(Box::new(VadProcessor::new(core)))
     }
 }
