@@ -17,6 +17,8 @@ fn settings(base_url: String) -> OpenAiLlmSettings {
         base_url,
         model: "fake-model".into(),
         warmup: false,
+        // The scripted replies are for the turns; the test of the prefill turns it on.
+        prefill_next_turn: false,
         retries: 2,
         retry_backoff_ms: 20,
         connect_timeout_ms: 1_000,
@@ -48,6 +50,40 @@ async fn a_good_stream_becomes_separate_text_frames_and_the_request_is_openai_sh
     assert_eq!(sent["messages"][1]["role"], "user");
     assert_eq!(sent["messages"][1]["content"], "What is the capital of France?");
     h.finish(LIMIT).await;
+}
+
+/// After a reply, the chat as the next turn begins it goes to the server for one token, so a
+/// server with a prompt cache has read it before the user's next question; the next turn waits for
+/// it rather than racing it, and is answered as usual.
+#[tokio::test]
+async fn after_a_reply_the_next_turns_prompt_is_sent_ahead_for_one_token() {
+    let server = FakeServer::start(vec![Reply::Stream(vec!["Paris", " is", " the", " capital."])]).await;
+    let mut h = harness(OpenAiLlmSettings { prefill_next_turn: true, ..settings(server.base_url()) }).await;
+    turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while server.chat_requests().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let requests = server.chat_requests();
+    assert_eq!(requests.len(), 2, "no request ahead of the next turn");
+    let ahead: serde_json::Value = serde_json::from_str(&requests[1]).unwrap();
+    assert_eq!(ahead["stream"], false);
+    assert_eq!(ahead["max_tokens"], 1);
+    let first: serde_json::Value = serde_json::from_str(&requests[0]).unwrap();
+    let messages = ahead["messages"].as_array().unwrap();
+    assert_eq!(messages[..2], first["messages"].as_array().unwrap()[..], "it begins as the answered request");
+    assert_eq!(messages[2]["role"], "assistant");
+    assert_eq!(messages[2]["content"], "Paris is the capital.");
+    assert_eq!(messages[3]["role"], "user");
+    assert_eq!(messages[3]["content"], "");
+    assert_eq!(messages.len(), 4);
+
+    let frames = turn(&mut h, 2, "And of Spain?", LIMIT).await;
+    assert_reply(&frames, 2, 1);
+    // Nothing of the request ahead reaches the pipeline: one start and one end per turn.
+    let out = h.finish(LIMIT).await;
+    let starts = out.downstream.iter().filter(|f| matches!(f, Frame::LlmResponseStart { .. })).count();
+    assert_eq!(starts, 2);
 }
 
 #[tokio::test]

@@ -82,6 +82,11 @@ pub struct OpenAiLlmSettings {
     /// Send a one-token request at start so the server has the model loaded before the first
     /// turn. Failing is only a warning.
     pub warmup: bool,
+    /// After each complete reply, send the chat as the next turn will begin it (this reply, then
+    /// an empty user message) with a one-token budget, so that a server with a prompt cache
+    /// (llama.cpp, LM Studio) has read it before the user speaks again: the next reply's first
+    /// token comes a few prompt tokens sooner. Failing is only logged.
+    pub prefill_next_turn: bool,
 }
 
 impl Default for OpenAiLlmSettings {
@@ -99,6 +104,7 @@ impl Default for OpenAiLlmSettings {
             retries: 2,
             retry_backoff_ms: 250,
             warmup: true,
+            prefill_next_turn: true,
         }
     }
 }
@@ -383,11 +389,12 @@ impl OpenAiLlm {
         }
     }
 
-    async fn reply(&self, request: LlmRequest, received: Instant, ctx: &ProcessorContext) {
+    /// Answers `request`; returns the chat with the reply appended when it completed.
+    async fn reply(&self, request: LlmRequest, received: Instant, ctx: &ProcessorContext) -> Option<Vec<ChatMessage>> {
         let turn = request.turn;
         if request.messages.is_empty() {
             ctx.push_error(format!("the LLM request for turn {turn} has no messages; nothing was sent")).await;
-            return;
+            return None;
         }
         let total = Deadline::from_std(received) + Duration::from_millis(self.settings.total_timeout_ms);
         ctx.push_downstream(Frame::LlmResponseStart { turn }).await;
@@ -406,11 +413,11 @@ impl OpenAiLlm {
             Err(e) => {
                 self.fail(ctx, turn, 0, LlmError::Malformed { url: self.endpoint.base.clone(), detail: e.to_string() })
                     .await;
-                return;
+                return None;
             }
         };
 
-        let mut progress = Progress { received, turn, chunks: 0 };
+        let mut progress = Progress { received, turn, chunks: 0, text: String::new() };
         let mut attempt = 0u32;
         let outcome = loop {
             match self.attempt(&body, ctx, total, &mut progress).await {
@@ -439,8 +446,42 @@ impl OpenAiLlm {
                     "LLM reply complete"
                 );
                 ctx.push_downstream(Frame::LlmResponseEnd).await;
+                let mut chat = messages;
+                chat.push(ChatMessage::new(Role::Assistant, progress.text));
+                Some(chat)
             }
-            Err(e) => self.fail(ctx, turn, progress.chunks, e).await,
+            Err(e) => {
+                self.fail(ctx, turn, progress.chunks, e).await;
+                None
+            }
+        }
+    }
+
+    /// Sends `chat` followed by an empty user message, for one token, in the background: the
+    /// server's prompt cache then holds what the next request begins with. The next request
+    /// waits for it (`wait_for_warmup`): llama.cpp would otherwise read both at once.
+    fn prefill(&mut self, mut chat: Vec<ChatMessage>) {
+        chat.push(ChatMessage::new(Role::User, ""));
+        let warmup = self.warmup_request();
+        let task = async move {
+            let started = Instant::now();
+            let model = warmup.model.get().cloned();
+            match warmup.one_token(model.as_deref(), &chat).await {
+                Ok(()) => debug!(elapsed_ms = started.elapsed().as_millis() as u64, "next turn's prompt read ahead"),
+                Err(e) => debug!(error = %e, "reading the next turn's prompt ahead failed"),
+            }
+        };
+        self.warmup = Some(tokio::spawn(task.instrument(info_span!("llm_prefill"))));
+    }
+
+    fn warmup_request(&self) -> Warmup {
+        Warmup {
+            client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
+            api_key: self.api_key.clone(),
+            model: self.model.clone(),
+            first_token_timeout: self.first_token_timeout(),
+            total_timeout: Duration::from_millis(self.settings.total_timeout_ms),
         }
     }
 
@@ -620,14 +661,7 @@ impl Processor for OpenAiLlm {
         }
         // In the background: a server that is down or still loading its model must not hold up
         // the rest of the pipeline's start.
-        let warmup = Warmup {
-            client: self.client.clone(),
-            endpoint: self.endpoint.clone(),
-            api_key: self.api_key.clone(),
-            model: self.model.clone(),
-            first_token_timeout: self.first_token_timeout(),
-            total_timeout: Duration::from_millis(self.settings.total_timeout_ms),
-        };
+        let warmup = self.warmup_request();
         let sender = ctx.sender();
         let source = ctx.id().to_string();
         let cancel = ctx.cancellation();
@@ -662,8 +696,11 @@ impl Processor for OpenAiLlm {
                 let turn = request.turn;
                 self.replying = Some(turn);
                 self.wait_for_warmup().await;
-                self.reply(*request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
+                let chat = self.reply(*request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
                 self.replying = None;
+                if let Some(chat) = chat.filter(|_| self.settings.prefill_next_turn) {
+                    self.prefill(chat);
+                }
             }
             other => {
                 ctx.push(other, direction).await;
@@ -691,11 +728,14 @@ struct Progress {
     received: Instant,
     turn: u64,
     chunks: usize,
+    /// The reply so far.
+    text: String,
 }
 
 impl Progress {
     async fn text(&mut self, ctx: &ProcessorContext, text: String) {
         let ttfb = self.received.elapsed();
+        self.text.push_str(&text);
         ctx.push_downstream(Frame::LlmText(text)).await;
         self.chunks += 1;
         if self.chunks == 1 {
@@ -733,9 +773,14 @@ impl Warmup {
                 self.model.get_or_init(|| m).clone()
             }
         };
-        let messages = [ChatMessage::new(Role::User, "Hello")];
-        let body =
-            ChatRequest { model: Some(&model), messages: &messages, stream: false, temperature: 0.0, max_tokens: 1 };
+        self.one_token(Some(&model), &[ChatMessage::new(Role::User, "Hello")]).await?;
+        Ok(model)
+    }
+
+    /// A non-streamed request for one token of a reply to `messages`.
+    async fn one_token(&self, model: Option<&str>, messages: &[ChatMessage]) -> Result<(), LlmError> {
+        let url = &self.endpoint.base;
+        let body = ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1 };
         let mut request = self.client.post(self.endpoint.chat.clone()).json(&body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(&key.0);
@@ -758,7 +803,7 @@ impl Warmup {
             ReadError::Timeout => timeout(),
             ReadError::Failed(e) => e,
         })?;
-        Ok(model)
+        Ok(())
     }
 }
 
