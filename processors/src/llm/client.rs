@@ -1,6 +1,7 @@
 //! `openai_llm`: streams replies from an OpenAI-compatible chat-completions server.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bounds of `probe`, which must answer quickly for `slowcat check`.
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a reply the next turn's beginning is sent ahead: not while the reply's first
+/// sentence is synthesized, which the server's work would slow down (short replies end by then).
+const PREFILL_DELAY: Duration = Duration::from_secs(1);
 /// Bound of the model lookup that precedes the first request when `model` is empty.
 const MODEL_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -349,6 +353,8 @@ pub struct OpenAiLlm {
     /// The model to ask for: from the settings, or looked up once at the server.
     model: Arc<OnceLock<String>>,
     warmup: Option<JoinHandle<()>>,
+    /// Set once the request ahead of the next turn in `warmup` has gone out.
+    prefill_sent: Option<Arc<AtomicBool>>,
     /// The turn being answered; still set after an interruption dropped the reply.
     replying: Option<u64>,
 }
@@ -372,7 +378,7 @@ impl OpenAiLlm {
         if !settings.model.trim().is_empty() {
             let _ = model.set(settings.model.trim().to_string());
         }
-        Ok(Self { settings, endpoint, client, api_key, model, warmup: None, replying: None })
+        Ok(Self { settings, endpoint, client, api_key, model, warmup: None, prefill_sent: None, replying: None })
     }
 
     fn first_token_timeout(&self) -> Duration {
@@ -457,13 +463,18 @@ impl OpenAiLlm {
         }
     }
 
-    /// Sends `chat` followed by an empty user message, for one token, in the background: the
-    /// server's prompt cache then holds what the next request begins with. The next request
-    /// waits for it (`wait_for_warmup`): llama.cpp would otherwise read both at once.
+    /// Sends `chat` followed by an empty user message, for one token, in the background, after
+    /// [`PREFILL_DELAY`]: the server's prompt cache then holds what the next request begins with.
+    /// A request that comes sooner cancels it, or waits for it once sent (`wait_for_warmup`):
+    /// llama.cpp would otherwise read both at once.
     fn prefill(&mut self, mut chat: Vec<ChatMessage>) {
         chat.push(ChatMessage::new(Role::User, ""));
         let warmup = self.warmup_request();
+        let sent = Arc::new(AtomicBool::new(false));
+        self.prefill_sent = Some(sent.clone());
         let task = async move {
+            tokio::time::sleep(PREFILL_DELAY).await;
+            sent.store(true, Ordering::Relaxed);
             let started = Instant::now();
             let model = warmup.model.get().cloned();
             match warmup.one_token(model.as_deref(), &chat).await {
@@ -695,6 +706,12 @@ impl Processor for OpenAiLlm {
                 let received = Instant::now();
                 let turn = request.turn;
                 self.replying = Some(turn);
+                if let Some(sent) = self.prefill_sent.take()
+                    && !sent.load(Ordering::Relaxed)
+                    && let Some(task) = self.warmup.take()
+                {
+                    task.abort();
+                }
                 self.wait_for_warmup().await;
                 let chat = self.reply(*request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
                 self.replying = None;
