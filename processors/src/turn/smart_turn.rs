@@ -258,10 +258,10 @@ pub struct SmartTurn {
 
 /// A Smart Turn inference in flight.
 struct Inference {
-    task: tokio::task::JoinHandle<anyhow::Result<f32>>,
+    /// The probability, and how long the model took (it may finish well before it is collected).
+    task: tokio::task::JoinHandle<anyhow::Result<(f32, Duration)>>,
     /// Stops the run, when its verdict is no longer wanted.
     stop: Option<Arc<RunOptions>>,
-    began: Instant,
     seconds: f32,
     /// When the stop came (when it was started, for one started at a pause that is not stopped yet).
     stopped: Instant,
@@ -380,11 +380,12 @@ impl SmartTurn {
         let task = tokio::task::spawn_blocking(move || {
             // A panic in an earlier call leaves the model itself intact: keep using it.
             let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
+            let began = Instant::now();
             let features = model.features(&audio);
             let options: Arc<RunOptions> = options?;
-            model.infer_with(features, &options)
+            Ok((model.infer_with(features, &options)?, began.elapsed()))
         });
-        Inference { task, stop, began: Instant::now(), seconds, stopped: Instant::now(), early: false }
+        Inference { task, stop, seconds, stopped: Instant::now(), early: false }
     }
 
     /// The VAD heard the first silence after speech that ended `at`: starts the model on the turn
@@ -450,10 +451,8 @@ impl SmartTurn {
         };
         let waited = d.stopped.elapsed();
         let result = d.task.await.unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
-        // Collected within POLL of finishing: close enough for a metric.
-        let took = d.began.elapsed();
         match result {
-            Ok(probability) => {
+            Ok((probability, took)) => {
                 ctx.push_metric(INFERENCE_METRIC, None, took).await;
                 ctx.push_metric(WAIT_METRIC, None, waited).await;
                 let complete = probability >= self.settings.threshold;
