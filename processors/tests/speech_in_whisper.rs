@@ -235,56 +235,51 @@ fn paused(at: Duration) -> Frame {
 const REMINDER: &str = "Can you remind me to call my mother";
 const REMINDER_END: &str = "at six o'clock tonight?";
 
+/// The reminder said with a pause after "mother", then the VAD's stop: reporting the end of speech
+/// at the end of the words (the user spoke on after the pause), or at the pause itself (the stop
+/// confirms it: the test goes on with words the VAD, as far as whisper_stt is told, heard as
+/// silence). Returns the turn's transcript.
+async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
+    let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
+    let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
+    let h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
+    let mut t = Duration::ZERO;
+    h.send(Frame::UserStartedSpeaking).await;
+    send_audio(&h, &a, &mut t).await;
+    let pause = t;
+    h.send(paused(pause)).await;
+    // The early transcription of the first half runs meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send_audio(&h, &b, &mut t).await;
+    let end = if stop_confirms_pause { pause } else { t - Duration::from_millis(300) };
+    if !stop_confirms_pause {
+        h.send(paused(end)).await;
+    }
+    stop_at(&h, end).await;
+    h.send(Frame::UserTurnEnded).await;
+    let out = h.finish(Duration::from_secs(300)).await;
+    let ts = transcriptions(&out);
+    assert_eq!(ts.len(), 1, "{ts:?}");
+    println!("heard {:?}", ts[0].text);
+    ts[0].text.clone()
+}
+
 /// The user pauses mid-sentence and goes on: the transcript started at the pause misses the rest,
 /// so the turn is transcribed whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn words_said_after_a_pause_are_in_the_turn() {
-    let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
-    let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
-    let h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
-    let mut t = Duration::ZERO;
-    h.send(Frame::UserStartedSpeaking).await;
-    send_audio(&h, &a, &mut t).await;
-    h.send(paused(t)).await;
-    // The early transcription of the first half runs meanwhile.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    send_audio(&h, &b, &mut t).await;
-    let end = t - Duration::from_millis(300);
-    h.send(paused(end)).await;
-    stop_at(&h, end).await;
-    h.send(Frame::UserTurnEnded).await;
-    let out = h.finish(Duration::from_secs(300)).await;
-    let ts = transcriptions(&out);
-    assert_eq!(ts.len(), 1, "{ts:?}");
-    println!("heard {:?}", ts[0].text);
-    let text = ts[0].text.to_lowercase();
+    let text = reminder_with_a_pause(false).await.to_lowercase();
     assert!(text.contains("six") || text.contains('6'), "the words after the pause are missing: {text:?}");
-    assert!(wer(&format!("{REMINDER} {REMINDER_END}"), &ts[0].text) <= 0.4, "{text:?}");
+    assert!(wer(&format!("{REMINDER} {REMINDER_END}"), &text) <= 0.4, "{text:?}");
 }
 
 /// The stop confirms the pause (same end of speech): the transcript started at the pause is the
-/// turn's, which is what makes the reply start sooner. (The test goes on with words the VAD, as
-/// far as whisper_stt is told, heard as silence; they are not transcribed again.)
+/// turn's, which is what makes the reply start sooner. The words after it are not transcribed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transcript_started_at_a_confirmed_pause_is_the_turns() {
-    let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
-    let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
-    let h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
-    let mut t = Duration::ZERO;
-    h.send(Frame::UserStartedSpeaking).await;
-    send_audio(&h, &a, &mut t).await;
-    let end = t;
-    h.send(paused(end)).await;
-    send_audio(&h, &b, &mut t).await;
-    stop_at(&h, end).await;
-    h.send(Frame::UserTurnEnded).await;
-    let out = h.finish(Duration::from_secs(300)).await;
-    let ts = transcriptions(&out);
-    assert_eq!(ts.len(), 1, "{ts:?}");
-    println!("heard {:?}", ts[0].text);
-    let text = ts[0].text.to_lowercase();
+    let text = reminder_with_a_pause(true).await.to_lowercase();
     assert!(!text.contains("six") && !text.contains('6'), "transcribed again at the stop: {text:?}");
-    assert!(wer(REMINDER, &ts[0].text) <= 0.4, "{text:?}");
+    assert!(wer(REMINDER, &text) <= 0.4, "{text:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
