@@ -196,8 +196,9 @@ pub enum Frame {
     /// Voice activity started.
     UserStartedSpeaking,
     /// The user fell silent: speech ended `at` (on the input timeline), and the VAD reports
-    /// `UserStoppedSpeaking` once the silence lasts `stop_after`. Sent at the first silent window,
-    /// so end-of-turn work can start before the stop; it is not withdrawn when the user goes on.
+    /// `UserStoppedSpeaking` once the silence lasts `stop_after`. Sent once the silence has lasted
+    /// the VAD's `pause_ms` (by default at its first silent window), so end-of-turn work can start
+    /// before the stop; it is not withdrawn when the user goes on.
     /// That work is still valid at the stop if the stop's `user_speech_end_at` equals `at`.
     UserSpeechPaused {
         /// End of the last speech window.

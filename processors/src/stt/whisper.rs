@@ -505,15 +505,10 @@ impl Worker {
         let mut engine = Some(engine);
         // The latest early transcription: (id, result), claimed by the turn it was made for.
         let mut early: Option<(u64, anyhow::Result<Recognized>)> = None;
-        // Work taken from the queue while looking past an early transcription.
-        let mut next: Option<Work> = None;
         loop {
-            let work = match next.take() {
-                Some(work) => work,
-                None => tokio::select! {
-                    _ = self.cancel.cancelled() => return,
-                    work = rx.recv() => match work { Some(w) => w, None => return },
-                },
+            let work = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                work = rx.recv() => match work { Some(w) => w, None => return },
             };
             let (job, recognized) = match work {
                 Work::Flush(done) => {
@@ -521,16 +516,8 @@ impl Worker {
                     continue;
                 }
                 Work::Early { id, audio, abandoned } => {
-                    // A newer one queued behind it (the user spoke on after a pause and paused
-                    // again) makes it useless: skip to that one.
-                    match rx.try_recv() {
-                        Ok(newer @ Work::Early { .. }) => {
-                            next = Some(newer);
-                            continue;
-                        }
-                        Ok(other) => next = Some(other),
-                        Err(_) => {}
-                    }
+                    // Abandoned while it waited: the processor abandons an early transcription
+                    // before it sends the one that replaces it.
                     if abandoned.load(Ordering::Relaxed) {
                         continue;
                     }

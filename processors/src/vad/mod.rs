@@ -1,9 +1,9 @@
 //! Voice activity detection: `silero_vad` (Silero v5 through ONNX Runtime) and `webrtc_vad`
 //! (libfvad). Both cut the 16 kHz input into their detector's windows, decide speech per window
 //! (probability over a threshold and loudness over a floor), and run the same [`SpeechTracker`]:
-//! `UserStartedSpeaking` once speech has lasted `start_ms`, `UserSpeechPaused` at the first silent
-//! window after speech, `UserStoppedSpeaking` once silence has lasted `stop_ms`. The audio frames
-//! travel on unchanged; speech-to-text needs them.
+//! `UserStartedSpeaking` once speech has lasted `start_ms`, `UserSpeechPaused` once silence after
+//! speech has lasted `pause_ms` (0: at the first silent window), `UserStoppedSpeaking` once it has
+//! lasted `stop_ms`. The audio frames travel on unchanged; speech-to-text needs them.
 //!
 //! The pause lets the end-of-turn detector and speech-to-text start on the turn `stop_ms` before
 //! the stop (their work takes longer than the stop wait on a small CPU); the stop then confirms it
@@ -50,8 +50,9 @@ pub enum SpeechEvent {
         /// Start of the first speech window of the run.
         at: Duration,
     },
-    /// The first silent window after speech: the speech ended `at`, unless it resumes before the
-    /// silence has lasted long enough to stop it. Each pause inside speech gives one.
+    /// Silence after speech has lasted the tracker's `pause` (zero: its first silent window): the
+    /// speech ended `at`, unless it resumes before the silence has lasted long enough to stop it.
+    /// Each pause inside speech gives one.
     Paused {
         /// End of the last speech window.
         at: Duration,
