@@ -215,12 +215,18 @@ pub enum Frame {
     BotStartedSpeaking,
     /// The assistant's audio stopped playing.
     BotStoppedSpeaking,
-    /// Partial transcription while the user speaks.
+    /// Partial transcription while the user speaks: from `whisper_stt`, the turn as it stands
+    /// when the user stopped speaking, before the end of the turn is decided.
     InterimTranscription(Box<Transcription>),
     /// Final transcription of a user turn.
     Transcription(Box<Transcription>),
     /// A chat request for the LLM.
     LlmRequest(Box<LlmRequest>),
+    /// The request the turn will make if it ends with the words heard so far (made from an
+    /// [`Frame::InterimTranscription`] once the user stopped speaking, while the end of the turn is
+    /// decided): the LLM has the server read it into its prompt cache, and nothing answers it.
+    /// Memory rewrites it as it would the request.
+    LlmReadAhead(Box<LlmRequest>),
     /// The LLM started answering turn `turn`.
     LlmResponseStart {
         /// The conversation turn being answered.
@@ -264,6 +270,7 @@ impl Frame {
             | Frame::BotStartedSpeaking
             | Frame::BotStoppedSpeaking
             | Frame::InterimTranscription(_)
+            | Frame::LlmReadAhead(_)
             | Frame::Interruption
             | Frame::Error(_)
             | Frame::Metrics(_) => FrameClass::System,
@@ -303,6 +310,7 @@ impl Frame {
             Frame::InterimTranscription(_) => "InterimTranscription",
             Frame::Transcription(_) => "Transcription",
             Frame::LlmRequest(_) => "LlmRequest",
+            Frame::LlmReadAhead(_) => "LlmReadAhead",
             Frame::LlmResponseStart { .. } => "LlmResponseStart",
             Frame::LlmText(_) => "LlmText",
             Frame::LlmResponseEnd => "LlmResponseEnd",

@@ -5,7 +5,7 @@ mod llm_support;
 
 use std::time::Duration;
 
-use llm_support::{FakeServer, Reply, assert_fault, assert_reply, free_port, llm, texts, turn};
+use llm_support::{FakeServer, Reply, assert_fault, assert_reply, free_port, llm, request, texts, turn};
 use slowcat_processors::Frame;
 use slowcat_processors::harness::Harness;
 use slowcat_processors::llm::OpenAiLlmSettings;
@@ -84,6 +84,45 @@ async fn after_a_reply_the_next_turns_prompt_is_sent_ahead_for_one_token() {
     let out = h.finish(LIMIT).await;
     let starts = out.downstream.iter().filter(|f| matches!(f, Frame::LlmResponseStart { .. })).count();
     assert_eq!(starts, 2);
+}
+
+/// While the end of the turn is decided, the request the turn will make with the words so far goes
+/// to the server for one token (the server reads it into its prompt cache); the turn's own request
+/// is then answered as usual, and nothing of the read-ahead reaches the pipeline.
+#[tokio::test]
+async fn a_request_read_ahead_goes_out_for_one_token_before_the_turns() {
+    let one_token =
+        r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"It"}}]}"#;
+    let script = vec![Reply::Status(200, one_token), Reply::Stream(vec!["It", " is", " noon."])];
+    for read_ahead_turn in [true, false] {
+        let server = FakeServer::start(script.clone()).await;
+        let mut h = harness(OpenAiLlmSettings { read_ahead_turn, ..settings(server.base_url()) }).await;
+        let Frame::LlmRequest(asked) = request(1, "What time is it?") else { unreachable!() };
+        h.send(Frame::LlmReadAhead(asked)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while server.chat_requests().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let frames = turn(&mut h, 1, "What time is it?", LIMIT).await;
+        let requests = server.chat_requests();
+        if !read_ahead_turn {
+            assert_eq!(requests.len(), 1, "read ahead although read_ahead_turn = false");
+            assert_reply(&frames, 1, 1);
+            h.finish(LIMIT).await;
+            continue;
+        }
+        assert_eq!(assert_reply(&frames, 1, 3), ["It", " is", " noon."], "the turn got the read-ahead's reply");
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        let ahead: serde_json::Value = serde_json::from_str(&requests[0]).unwrap();
+        let asked: serde_json::Value = serde_json::from_str(&requests[1]).unwrap();
+        assert_eq!((&ahead["stream"], &ahead["max_tokens"]), (&false.into(), &1.into()));
+        assert_eq!(asked["stream"], true);
+        assert_eq!(ahead["messages"], asked["messages"], "read ahead exactly as the turn asks");
+        let out = h.finish(LIMIT).await;
+        assert!(!out.downstream.iter().any(|f| matches!(f, Frame::LlmReadAhead(_))));
+        let starts = out.downstream.iter().filter(|f| matches!(f, Frame::LlmResponseStart { .. })).count();
+        assert_eq!(starts, 1);
+    }
 }
 
 #[tokio::test]

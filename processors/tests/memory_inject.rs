@@ -7,6 +7,7 @@ mod memory_util;
 use std::time::Duration;
 
 use memory_util::*;
+use slowcat_processors::harness::Harness;
 use slowcat_processors::memory::bench::Generator;
 use slowcat_processors::memory::{MemoryDb, NewExchange, StatelessMemorySettings, StoreOptions, estimate_tokens};
 use slowcat_processors::{ChatMessage, Direction, Frame, LlmRequest, Role};
@@ -272,6 +273,39 @@ async fn shared_beginnings(stable_prefix: bool) -> (Vec<bool>, LlmRequest) {
     (shared, r)
 }
 
+/// Replies long enough that the recent window outgrows the budget every few turns: the window is
+/// then trimmed well below it, so the requests that follow keep its beginning (the LLM server
+/// reads only the new messages) instead of each dropping its oldest pair, which changes every
+/// request from the first message after the system message on.
+#[tokio::test]
+async fn a_window_over_budget_is_trimmed_so_the_next_requests_keep_its_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 1024;
+    let settings = StatelessMemorySettings { max_context_tokens: budget, ..settings(dir.path()) };
+    let mut h = start(dir.path(), settings).await;
+    let mut conv = Generator::new(11);
+    let mut previous: Option<LlmRequest> = None;
+    let mut restarts = Vec::new();
+    for t in 1..=30u64 {
+        let u = conv.user_text();
+        let a = format!("{} {} {}", conv.assistant_text(), conv.assistant_text(), conv.assistant_text());
+        let r = turn(&mut h, "default", t, &u, Some((&a, false))).await;
+        let added: usize = r.messages[1..r.messages.len() - 1].iter().map(|m| estimate_tokens(&m.content)).sum();
+        assert!(added <= budget, "turn {t}: {added} estimated tokens of memory");
+        if let Some(p) = previous
+            && p.messages.len() > 2
+            && r.messages.get(1) != p.messages.get(1)
+        {
+            restarts.push(t);
+        }
+        previous = Some(r);
+    }
+    h.finish(Duration::from_secs(10)).await;
+    println!("the recent window restarted at turns {restarts:?}");
+    assert!(!restarts.is_empty(), "the replies were too short to fill the budget");
+    assert!(restarts.len() <= 8, "the window restarted at {} of 30 turns: {restarts:?}", restarts.len());
+}
+
 #[tokio::test]
 async fn with_a_stable_prefix_most_requests_begin_like_the_previous_one() {
     let (stable, r) = shared_beginnings(true).await;
@@ -296,4 +330,61 @@ async fn with_a_stable_prefix_most_requests_begin_like_the_previous_one() {
         "the memory section must still take a later question's best match:\n{}",
         r.messages[0].content
     );
+}
+
+/// Memory a read-ahead (the request the turn will make with the words heard when the user stopped) gets,
+/// once it came out of the processor.
+async fn read_ahead(h: &mut Harness, turn: u64, user: &str) -> LlmRequest {
+    let before = h.output().downstream.len();
+    h.send(Frame::LlmReadAhead(Box::new(request("default", turn, user)))).await;
+    h.wait_for(Duration::from_secs(10), |f, d| d == Direction::Downstream && matches!(f, Frame::LlmReadAhead(_)))
+        .await
+        .expect("the read-ahead came out of the memory processor");
+    let out = h.output().downstream[before..].iter().rev().find_map(|f| match f {
+        Frame::LlmReadAhead(r) => Some((**r).clone()),
+        _ => None,
+    });
+    out.expect("a read-ahead in the output")
+}
+
+/// A read-ahead is rewritten exactly as the turn's request with the same words, and leaves no
+/// trace: one made with words the user then did not end the turn with (they went on talking)
+/// changes neither the turn's request nor what is stored.
+#[tokio::test]
+async fn a_read_ahead_gets_the_turns_memory_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "default", 1, "my locker code is 4512", Some(("Locker code 4512, noted.", false))).await;
+    let mut conv = Generator::new(7);
+    // Thirteen exchanges: the recent window (advancing six at a time) then starts after the first.
+    for t in 2..=13u64 {
+        let (u, a) = (conv.user_text(), conv.assistant_text());
+        turn(&mut h, "default", t, &u, Some((&a, false))).await;
+    }
+    let (question, answer) = (conv.user_text(), conv.assistant_text());
+
+    let abandoned = read_ahead(&mut h, 14, "what was my locker code").await;
+    assert!(abandoned.memory_injected);
+    assert!(all_text(&abandoned).contains("4512"), "the read-ahead gets relevant memory too");
+    let ahead = read_ahead(&mut h, 14, &question).await;
+    let asked = turn(&mut h, "default", 14, &question, Some((&answer, false))).await;
+    assert_eq!(ahead, asked, "read ahead exactly as the turn then asks");
+    assert!(
+        !all_text(&asked).contains("4512"),
+        "the abandoned read-ahead changed the layout:\n{}",
+        asked.messages[0].content
+    );
+    let memory_times = h
+        .output()
+        .downstream
+        .iter()
+        .filter(|f| matches!(f, Frame::Metrics(m) if m.name == "memory_time" && m.turn == Some(14)))
+        .count();
+    assert_eq!(memory_times, 1, "read-aheads are not the turn's memory time");
+    h.finish(Duration::from_secs(10)).await;
+
+    let db = MemoryDb::open_existing(&db_path(dir.path())).unwrap();
+    let stored = db.recent("default", 1).unwrap();
+    assert_eq!((stored[0].user.as_str(), stored[0].assistant.as_str()), (question.as_str(), answer.as_str()));
+    assert_eq!(db.recent("default", 100).unwrap().len(), 14, "one exchange per turn");
 }

@@ -238,7 +238,8 @@ const REMINDER_END: &str = "at six o'clock tonight?";
 /// The reminder said with a pause after "mother", then the VAD's stop: reporting the end of speech
 /// at the end of the words (the user spoke on after the pause), or at the pause itself (the stop
 /// confirms it: the test goes on with words the VAD, as far as whisper_stt is told, heard as
-/// silence). Returns the turn's transcript.
+/// silence). Returns the turn's transcript, after checking the interim transcript sent at the stop
+/// (for the LLM to read ahead): the turn as it stood then, ahead of the final one.
 async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
     let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
     let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
@@ -256,11 +257,31 @@ async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
         h.send(paused(end)).await;
     }
     stop_at(&h, end).await;
+    // What the end-of-turn detector takes to decide.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     h.send(Frame::UserTurnEnded).await;
     let out = h.finish(Duration::from_secs(300)).await;
     let ts = transcriptions(&out);
     assert_eq!(ts.len(), 1, "{ts:?}");
     println!("heard {:?}", ts[0].text);
+
+    let data = out.downstream_data();
+    let interims: Vec<_> =
+        data.iter().filter_map(|f| if let Frame::InterimTranscription(t) = f { Some(t) } else { None }).collect();
+    if stop_confirms_pause {
+        // The transcript made at the pause is the turn as it stood at the stop: it goes on at once.
+        assert_eq!(interims.len(), 1, "{interims:?}");
+        let names: Vec<_> = data.iter().map(|f| f.name()).collect();
+        let at = |name| names.iter().position(|n| *n == name).unwrap();
+        assert!(at("InterimTranscription") < at("Transcription"), "{names:?}");
+        assert_eq!(interims[0].text, ts[0].text, "the turn's transcript is the one made at the pause");
+        assert_eq!((interims[0].turn, ms(interims[0].end)), (1, ms(pause)), "{:?}", interims[0]);
+    } else {
+        // The transcript made at the pause misses the words after it: it is never sent on.
+        for t in interims {
+            assert!(t.text.contains("six") || t.text.contains('6'), "an interim transcript missed words: {t:?}");
+        }
+    }
     ts[0].text.clone()
 }
 

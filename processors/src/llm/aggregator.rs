@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::frame::{ChatMessage, Direction, Frame, LlmRequest, Role, Transcription};
+use crate::frame::{ChatMessage, DEFAULT_SPEAKER, Direction, Frame, LlmRequest, Role, Transcription};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Settings};
 
@@ -42,6 +42,13 @@ impl Settings for UserTurnSettings {
 /// The transcription itself travels on too, ahead of the request, for whoever wants the user's
 /// words as heard (memory, logs, a transcript); every other frame passes unchanged. A
 /// transcription that is empty or only whitespace makes no request.
+///
+/// An [`Frame::InterimTranscription`] (speech-to-text's transcript of the turn so far, sent when
+/// the user stopped speaking) makes the same request as an [`Frame::LlmReadAhead`]: the LLM
+/// server can read it while the end of the turn is decided, and the turn's request, when the user
+/// said nothing more, is then already in its prompt cache. At start it sends what every request
+/// begins with, the system prompt (memory adds the recent exchanges), as a read-ahead too, so the
+/// first turn does not wait for the server to read it.
 #[derive(Debug)]
 pub struct UserTurn {
     system_prompt: String,
@@ -73,6 +80,16 @@ impl Processor for UserTurn {
         crate::processor::bypass::upstream
     }
 
+    async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        if !self.system_prompt.is_empty() {
+            let messages =
+                vec![ChatMessage::new(Role::System, self.system_prompt.clone()), ChatMessage::new(Role::User, "")];
+            let request = LlmRequest { messages, speaker: DEFAULT_SPEAKER.into(), turn: 0, memory_injected: false };
+            ctx.push_downstream(Frame::LlmReadAhead(Box::new(request))).await;
+        }
+        Ok(())
+    }
+
     async fn process(
         &mut self,
         frame: Frame,
@@ -88,6 +105,13 @@ impl Processor for UserTurn {
                 ctx.push_downstream(Frame::Transcription(t)).await;
                 if let Some(request) = request {
                     ctx.push_downstream(Frame::LlmRequest(Box::new(request))).await;
+                }
+            }
+            Frame::InterimTranscription(t) if direction == Direction::Downstream => {
+                let request = self.request(&t);
+                ctx.push_downstream(Frame::InterimTranscription(t)).await;
+                if let Some(request) = request {
+                    ctx.push_downstream(Frame::LlmReadAhead(Box::new(request))).await;
                 }
             }
             other => {
@@ -121,14 +145,26 @@ mod tests {
         let p = UserTurn::new(UserTurnSettings { system_prompt: "  Be brief.  ".into() });
         let out = Harness::run(vec![Box::new(p)], vec![transcription("  What time is it? ", 3)]).await;
         let data = out.downstream_data();
-        assert_eq!(data.len(), 2, "{data:?}");
-        assert!(matches!(data[0], Frame::Transcription(t) if t.turn == 3));
-        let Frame::LlmRequest(r) = data[1] else { panic!("expected a request, got {:?}", data[1]) };
+        assert_eq!(data.len(), 3, "{data:?}");
+        // At start, what every request begins with is read ahead.
+        let Frame::LlmReadAhead(start) = data[0] else { panic!("expected a read-ahead, got {:?}", data[0]) };
+        assert_eq!(start.messages, vec![ChatMessage::new(Role::System, "Be brief."), ChatMessage::new(Role::User, "")]);
+        assert_eq!((start.speaker.as_str(), start.turn), (DEFAULT_SPEAKER, 0));
+        assert!(matches!(data[1], Frame::Transcription(t) if t.turn == 3));
+        let Frame::LlmRequest(r) = data[2] else { panic!("expected a request, got {:?}", data[2]) };
         assert_eq!(
             r.messages,
             vec![ChatMessage::new(Role::System, "Be brief."), ChatMessage::new(Role::User, "What time is it?")]
         );
         assert_eq!((r.speaker.as_str(), r.turn, r.memory_injected), ("alice", 3, false));
+    }
+
+    #[tokio::test]
+    async fn without_a_system_prompt_nothing_is_read_ahead_at_start() {
+        let p = UserTurn::new(UserTurnSettings { system_prompt: " ".into() });
+        let out = Harness::run(vec![Box::new(p)], vec![transcription("Hi", 1)]).await;
+        let names: Vec<_> = out.downstream_data().iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["Transcription", "LlmRequest"]);
     }
 
     #[tokio::test]
@@ -144,10 +180,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interim_transcript_is_read_ahead_as_the_turns_request_would_be() {
+        let p = UserTurn::new(UserTurnSettings::default());
+        let interim = Frame::InterimTranscription(Box::new(Transcription {
+            text: "What time is it?".into(),
+            speaker: "alice".into(),
+            turn: 3,
+            start: Duration::ZERO,
+            end: Duration::from_secs(1),
+            processing: Duration::from_millis(100),
+        }));
+        let out = Harness::run(vec![Box::new(p)], vec![interim, transcription("What time is it?", 3)]).await;
+        let data = out.downstream_data();
+        let names: Vec<_> = data.iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["LlmReadAhead", "InterimTranscription", "LlmReadAhead", "Transcription", "LlmRequest"]);
+        let (Frame::LlmReadAhead(ahead), Frame::LlmRequest(request)) = (data[2], data[4]) else {
+            unreachable!("checked by name")
+        };
+        assert_eq!(ahead, request, "read ahead exactly as the turn asks");
+    }
+
+    #[tokio::test]
     async fn blank_transcriptions_make_no_request_and_other_frames_pass() {
         let p = UserTurn::new(UserTurnSettings::default());
         let interim = Frame::InterimTranscription(Box::new(Transcription {
-            text: "Wh".into(),
+            text: " ".into(),
             speaker: "alice".into(),
             turn: 1,
             start: Duration::ZERO,
@@ -156,8 +213,8 @@ mod tests {
         }));
         let frames = vec![interim, transcription(" \n\t", 1), Frame::LlmText("x".into())];
         let out = Harness::run(vec![Box::new(p)], frames).await;
-        assert!(!out.downstream.iter().any(|f| matches!(f, Frame::LlmRequest(_))));
         let names: Vec<_> = out.downstream_data().iter().map(|f| f.name()).collect();
-        assert_eq!(names, ["InterimTranscription", "Transcription", "LlmText"]);
+        // Only the read-ahead at start.
+        assert_eq!(names, ["LlmReadAhead", "InterimTranscription", "Transcription", "LlmText"]);
     }
 }

@@ -91,6 +91,12 @@ pub struct OpenAiLlmSettings {
     /// (llama.cpp, LM Studio) has read it before the user speaks again: the next reply's first
     /// token comes a few prompt tokens sooner. Failing is only logged.
     pub prefill_next_turn: bool,
+    /// When the user has stopped speaking and the end of the turn is still being decided
+    /// ([`Frame::LlmReadAhead`], from the transcript so far), send the request the turn will
+    /// make, for one token: the server then reads the question while the turn ends, and the
+    /// reply's first token comes sooner by that head start. When the user goes on instead, the
+    /// server read a prompt for nothing. Failing is only logged.
+    pub read_ahead_turn: bool,
 }
 
 impl Default for OpenAiLlmSettings {
@@ -109,6 +115,7 @@ impl Default for OpenAiLlmSettings {
             retry_backoff_ms: 250,
             warmup: true,
             prefill_next_turn: true,
+            read_ahead_turn: true,
         }
     }
 }
@@ -469,20 +476,41 @@ impl OpenAiLlm {
     /// llama.cpp would otherwise read both at once.
     fn prefill(&mut self, mut chat: Vec<ChatMessage>) {
         chat.push(ChatMessage::new(Role::User, ""));
+        self.read_ahead(chat, PREFILL_DELAY, "next turn's prompt");
+    }
+
+    /// Sends `chat` for one token in the background after `delay` (and after the request ahead
+    /// still in flight, if any), so the server's prompt cache holds it. `what` names it in logs.
+    fn read_ahead(&mut self, chat: Vec<ChatMessage>, delay: Duration, what: &'static str) {
+        self.cancel_unsent_read_ahead();
+        let before = self.warmup.take();
         let warmup = self.warmup_request();
         let sent = Arc::new(AtomicBool::new(false));
         self.prefill_sent = Some(sent.clone());
         let task = async move {
-            tokio::time::sleep(PREFILL_DELAY).await;
+            tokio::time::sleep(delay).await;
+            if let Some(before) = before {
+                let _ = tokio::time::timeout(warmup.first_token_timeout, before).await;
+            }
             sent.store(true, Ordering::Relaxed);
             let started = Instant::now();
             let model = warmup.model.get().cloned();
             match warmup.one_token(model.as_deref(), &chat).await {
-                Ok(()) => debug!(elapsed_ms = started.elapsed().as_millis() as u64, "next turn's prompt read ahead"),
-                Err(e) => debug!(error = %e, "reading the next turn's prompt ahead failed"),
+                Ok(()) => debug!(what, elapsed_ms = started.elapsed().as_millis() as u64, "prompt read ahead"),
+                Err(e) => debug!(what, error = %e, "reading the prompt ahead failed"),
             }
         };
-        self.warmup = Some(tokio::spawn(task.instrument(info_span!("llm_prefill"))));
+        self.warmup = Some(tokio::spawn(task.instrument(info_span!("llm_read_ahead"))));
+    }
+
+    /// Drops a read-ahead whose request has not gone out yet: what comes now supersedes it.
+    fn cancel_unsent_read_ahead(&mut self) {
+        if let Some(sent) = self.prefill_sent.take()
+            && !sent.load(Ordering::Relaxed)
+            && let Some(task) = self.warmup.take()
+        {
+            task.abort();
+        }
     }
 
     fn warmup_request(&self) -> Warmup {
@@ -706,17 +734,19 @@ impl Processor for OpenAiLlm {
                 let received = Instant::now();
                 let turn = request.turn;
                 self.replying = Some(turn);
-                if let Some(sent) = self.prefill_sent.take()
-                    && !sent.load(Ordering::Relaxed)
-                    && let Some(task) = self.warmup.take()
-                {
-                    task.abort();
-                }
+                self.cancel_unsent_read_ahead();
                 self.wait_for_warmup().await;
                 let chat = self.reply(*request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
                 self.replying = None;
                 if let Some(chat) = chat.filter(|_| self.settings.prefill_next_turn) {
                     self.prefill(chat);
+                }
+            }
+            Frame::LlmReadAhead(request) if direction == Direction::Downstream => {
+                if self.settings.read_ahead_turn && !request.messages.is_empty() {
+                    debug!(turn = request.turn, "reading the turn's prompt ahead");
+                    let chat = self.with_system_prompt(request.messages);
+                    self.read_ahead(chat, Duration::ZERO, "turn's prompt");
                 }
             }
             other => {

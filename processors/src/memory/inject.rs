@@ -175,9 +175,10 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
 }
 
 /// What a speaker's previous request looked like, kept between requests by [`apply_stable`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Block {
-    /// Id of the oldest exchange of the recent window.
+    /// Id of the oldest exchange of the recent window (past [`window_start`] when the budget
+    /// trimmed the window).
     start: u64,
     /// The memory section's lines, frozen while the window keeps its start.
     lines: Vec<(u64, String)>,
@@ -185,7 +186,7 @@ struct Block {
 
 /// Layout state of [`apply_stable`], per speaker (in memory only: after a restart the first
 /// request simply starts a new block).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PrefixState {
     blocks: HashMap<String, Block>,
 }
@@ -220,6 +221,10 @@ fn day_age(now_ms: u64, at_ms: u64) -> String {
 /// - The memory section is chosen when a block starts, for that turn's question, and then kept;
 ///   a later question's best match that is not listed yet is added while there is room (that
 ///   turn's request then differs from the system message on).
+/// - When the window outgrows the budget (long replies), its oldest exchanges are dropped until
+///   it fills half of what it may use, and the window then starts there until [`window_start`]
+///   passes it: the next requests again only add to it, where dropping just what does not fit
+///   would change every request's beginning from then on.
 /// - Ages are in days.
 ///
 /// The budget and the one-system-message rules of [`rewrite`] hold.
@@ -242,15 +247,23 @@ pub fn apply_stable(
     };
     request.memory_injected = true;
     let budget = options.max_context_tokens;
+    let previous = state.blocks.remove(&request.speaker);
     let start = match (recall.recent.last(), k) {
-        (Some(newest), 1..) => window_start(newest.id, k),
+        (Some(newest), 1..) => {
+            let start = window_start(newest.id, k);
+            // A window the budget trimmed keeps its start until the steps pass it.
+            match &previous {
+                Some(b) if b.start > start && b.start <= newest.id => b.start,
+                _ => start,
+            }
+        }
         _ => u64::MAX,
     };
-    let window = recall.recent.iter().filter(|ex| ex.id >= start);
+    let window: Vec<&Exchange> = recall.recent.iter().filter(|ex| ex.id >= start).collect();
     let older = |id: u64| id < start && !recall.recent.iter().any(|r| r.id == id);
     let best = recall.relevant.iter().map(|(ex, _)| ex).filter(|ex| older(ex.id));
 
-    let block = match state.blocks.remove(&request.speaker) {
+    let block = match previous {
         Some(mut b) if b.start == start => {
             if let Some(ex) = best.clone().next()
                 && b.lines.len() < options.relevant_exchanges
@@ -272,13 +285,24 @@ pub fn apply_stable(
     };
 
     // The budget, as in `rewrite`: the window first, within three quarters of it when there are
-    // lines to list (oldest pairs dropped first; the next request then starts a new layout),
-    // then the section's lines while they fit.
+    // lines to list, then the section's lines while they fit. A window over its share is trimmed
+    // to half of it, oldest pairs first, and starts after them from now on.
     let reserve = if block.lines.is_empty() { 0 } else { budget / 4 };
-    let mut pairs: Vec<[ChatMessage; 2]> = window.map(chat_pair).collect();
+    let mut pairs: Vec<[ChatMessage; 2]> = window.iter().map(|ex| chat_pair(ex)).collect();
     let mut used: usize = pairs.iter().map(pair_tokens).sum();
-    while used > budget - reserve && !pairs.is_empty() {
-        used -= pair_tokens(&pairs.remove(0));
+    let mut start = start;
+    if used > budget - reserve {
+        let mut dropped = 0;
+        while used > (budget - reserve) / 2 && dropped < pairs.len() {
+            used -= pair_tokens(&pairs[dropped]);
+            dropped += 1;
+        }
+        pairs.drain(..dropped);
+        start = match window.get(dropped) {
+            Some(ex) => ex.id,
+            // All of it (the newest exchange alone is over half): the window starts after it.
+            None => window.last().map_or(u64::MAX, |ex| ex.id + 1),
+        };
     }
     let lines = fit_section(block.lines.into_iter(), &mut used, budget);
     let injected = Injected { recent: pairs.len(), relevant: lines.len(), tokens: used };

@@ -396,8 +396,11 @@ impl StatelessMemory {
         }
     }
 
-    async fn on_request(&mut self, mut request: LlmRequest, ctx: &ProcessorContext) -> LlmRequest {
-        if let Some(user) = request.last_user_message() {
+    /// Injects memory into `request`. A read-ahead (`ahead`) gets exactly what the turn's request
+    /// would get with the same words, and changes nothing: the turn is not remembered from it, and
+    /// the layout `stable_prefix` keeps between requests is left as it was.
+    async fn on_request(&mut self, mut request: LlmRequest, ahead: bool, ctx: &ProcessorContext) -> LlmRequest {
+        if !ahead && let Some(user) = request.last_user_message() {
             let user = user.to_string();
             self.remember_turn(request.turn, &request.speaker.clone(), &user, true);
         }
@@ -413,7 +416,11 @@ impl StatelessMemory {
             let injected = match prefix {
                 Some(state) => {
                     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                    inject::apply_stable(&db, &mut request, &options, unix_now_ms(), &mut state)?
+                    if ahead {
+                        inject::apply_stable(&db, &mut request, &options, unix_now_ms(), &mut state.clone())?
+                    } else {
+                        inject::apply_stable(&db, &mut request, &options, unix_now_ms(), &mut state)?
+                    }
                 }
                 None => inject::apply(&db, &mut request, &options, unix_now_ms())?,
             };
@@ -424,14 +431,22 @@ impl StatelessMemory {
                 let took = started.elapsed();
                 debug!(
                     turn,
+                    ahead,
                     recent = injected.recent,
                     relevant = injected.relevant,
                     tokens = injected.tokens,
                     took_us = took.as_micros() as u64,
                     "memory injected"
                 );
-                ctx.push_metric("memory_time", Some(turn), took).await;
+                if !ahead {
+                    ctx.push_metric("memory_time", Some(turn), took).await;
+                }
                 request
+            }
+            // The turn's own request will meet the same failure and report it.
+            Ok(Err(e)) if ahead => {
+                debug!(turn, error = %e, "memory not read for a read-ahead");
+                original
             }
             Ok(Err(e)) => {
                 ctx.push_error(format!(
@@ -497,8 +512,12 @@ impl Processor for StatelessMemory {
                 ctx.push(Frame::Transcription(t), direction).await;
             }
             (Frame::LlmRequest(request), Direction::Downstream) => {
-                let request = self.on_request(*request, ctx).await;
+                let request = self.on_request(*request, false, ctx).await;
                 ctx.push(Frame::LlmRequest(Box::new(request)), direction).await;
+            }
+            (Frame::LlmReadAhead(request), Direction::Downstream) => {
+                let request = self.on_request(*request, true, ctx).await;
+                ctx.push(Frame::LlmReadAhead(Box::new(request)), direction).await;
             }
             (Frame::SpokenReply(reply), Direction::Upstream) => {
                 self.on_spoken(&reply, ctx).await;

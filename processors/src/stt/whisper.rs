@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -79,7 +79,10 @@ pub struct WhisperSttSettings {
     /// user pause (its first silent window), while the VAD waits for more silence and the
     /// end-of-turn detector decides. When the turn then ends with no new speech, that transcript
     /// is used and the reply starts sooner by about the STT time; when the user goes on, it is
-    /// thrown away (CPU spent on pauses inside the turn).
+    /// thrown away (CPU spent on pauses inside the turn). The transcript of the turn as it stands
+    /// when the VAD reports the stop also goes downstream as an `InterimTranscription` (unless the
+    /// turn has ended by then), so the LLM can read the turn's prompt while the end-of-turn
+    /// detector decides.
     pub transcribe_early: bool,
     /// Threads for the early transcription, which runs while the end-of-turn detector (Smart
     /// Turn, one thread) decides. On 2 cores, 1 leaves it the other core: both finish sooner
@@ -181,9 +184,15 @@ enum Work {
     Early {
         id: u64,
         audio: Vec<f32>,
+        /// Where the speech so far starts and ends on the input timeline.
+        start: Duration,
+        end: Duration,
         /// Set when the user spoke on: whisper stops, or the work is skipped.
         abandoned: Arc<AtomicBool>,
     },
+    /// The user stopped, and early transcription `id` is of the turn as it stands: send it on as
+    /// an interim transcript unless a turn has claimed it.
+    Interim(u64),
     /// Answered once every turn before it has been transcribed and pushed.
     Flush(oneshot::Sender<()>),
 }
@@ -235,6 +244,9 @@ pub struct WhisperStt {
     /// The early transcription started at the VAD's pause with this end of speech.
     paused: Option<(Early, Duration)>,
     early_ids: u64,
+    /// Id of the newest early transcription a turn has claimed (shared with the worker, which
+    /// then has no use for sending it on as an interim transcript).
+    claimed: Arc<AtomicU64>,
 }
 
 fn duration_of(samples: usize) -> Duration {
@@ -264,6 +276,7 @@ impl WhisperStt {
             early: None,
             paused: None,
             early_ids: 0,
+            claimed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -329,18 +342,22 @@ impl WhisperStt {
             return None;
         }
         let early = self.early.take().map(|e| e.id);
+        if let Some(id) = early {
+            self.claimed.store(id, Ordering::Relaxed);
+        }
         Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now(), early })
     }
 
-    /// Starts transcribing `audio` before the turn has ended.
-    fn transcribe_early(&mut self, audio: Vec<f32>) -> Option<Early> {
+    /// Starts transcribing `audio`, the speech up to `end`, before the turn has ended.
+    fn transcribe_early(&mut self, audio: Vec<f32>, end: Duration) -> Option<Early> {
         let (tx, _) = self.worker.as_ref()?;
         if audio.is_empty() {
             return None;
         }
         self.early_ids += 1;
         let early = Early { id: self.early_ids, abandoned: Arc::new(AtomicBool::new(false)) };
-        let work = Work::Early { id: early.id, audio, abandoned: early.abandoned.clone() };
+        let start = self.turn_start.or(self.vad_start).unwrap_or(self.open_start);
+        let work = Work::Early { id: early.id, audio, start, end, abandoned: early.abandoned.clone() };
         // Skipped when turns are queued: it would only delay them.
         tx.try_send(work).is_ok().then_some(early)
     }
@@ -355,19 +372,23 @@ impl WhisperStt {
         abandon(self.paused.take().map(|(e, _)| e));
         let mut audio = to_mono_f32(&self.turn, 1);
         audio.extend(to_mono_f32(&self.open, 1));
-        self.paused = self.transcribe_early(audio).map(|e| (e, at));
+        self.paused = self.transcribe_early(audio, at).map(|e| (e, at));
     }
 
     /// The VAD heard the user stop (the speech in progress is in the turn now): keeps the
-    /// transcript started at the pause this stop confirms, or starts one.
+    /// transcript started at the pause this stop confirms, or starts one, and has it sent on as an
+    /// interim transcript.
     fn early_at_stop(&mut self, speech_end: Option<Duration>) {
         self.early = match self.paused.take() {
             Some((early, at)) if Some(at) == speech_end => Some(early),
             paused => {
                 abandon(paused.map(|(e, _)| e));
-                self.transcribe_early(to_mono_f32(&self.turn, 1))
+                self.transcribe_early(to_mono_f32(&self.turn, 1), self.turn_end)
             }
         };
+        if let (Some(early), Some((tx, _))) = (&self.early, &self.worker) {
+            let _ = tx.try_send(Work::Interim(early.id));
+        }
     }
 
     fn early_enabled(&self) -> bool {
@@ -414,6 +435,7 @@ impl Processor for WhisperStt {
             cancel: ctx.cancellation(),
             turn: 0,
             early_threads: self.settings.early_threads,
+            claimed: self.claimed.clone(),
         };
         self.worker = Some((tx, tokio::spawn(worker.run(engine, rx))));
         Ok(())
@@ -498,13 +520,16 @@ struct Worker {
     cancel: CancellationToken,
     turn: u64,
     early_threads: usize,
+    /// See [`WhisperStt::claimed`].
+    claimed: Arc<AtomicU64>,
 }
 
 impl Worker {
     async fn run(mut self, engine: WhisperEngine, mut rx: mpsc::Receiver<Work>) {
         let mut engine = Some(engine);
-        // The latest early transcription: (id, result), claimed by the turn it was made for.
-        let mut early: Option<(u64, anyhow::Result<Recognized>)> = None;
+        // The latest early transcription: (id, result, start and end of its speech), claimed by the
+        // turn it was made for.
+        let mut early: Option<(u64, anyhow::Result<Recognized>, Duration, Duration)> = None;
         loop {
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -515,23 +540,43 @@ impl Worker {
                     let _ = done.send(());
                     continue;
                 }
-                Work::Early { id, audio, abandoned } => {
+                Work::Early { id, audio, start, end, abandoned } => {
                     // Abandoned while it waited: the processor abandons an early transcription
                     // before it sends the one that replaces it.
                     if abandoned.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let Some(r) = self.transcribe(&mut engine, audio, Some((self.early_threads, abandoned))).await
-                    else {
+                    let threads = Some((self.early_threads, abandoned.clone()));
+                    let Some(r) = self.transcribe(&mut engine, audio, threads).await else {
                         return;
                     };
                     tracing::debug!(processor = %self.id, id, ok = r.is_ok(), "transcribed early");
-                    early = Some((id, r));
+                    early = Some((id, r, start, end));
+                    continue;
+                }
+                Work::Interim(id) => {
+                    // Work runs in order: the early transcription is done by now. Once a turn
+                    // has claimed it, its final transcript follows at once.
+                    if let Some((eid, Ok(r), start, end)) = &early
+                        && *eid == id
+                        && !r.text.is_empty()
+                        && self.claimed.load(Ordering::Relaxed) != id
+                    {
+                        let t = Transcription {
+                            text: r.text.clone(),
+                            speaker: self.speaker.clone(),
+                            turn: self.turn + 1,
+                            start: *start,
+                            end: (*end).max(*start),
+                            processing: r.elapsed,
+                        };
+                        self.sender.downstream(Frame::InterimTranscription(Box::new(t))).await;
+                    }
                     continue;
                 }
                 Work::Turn(mut job) => match early.take() {
                     // Work runs in order: an early transcription of this turn is done by now.
-                    Some((id, r)) if job.early == Some(id) => {
+                    Some((id, r, ..)) if job.early == Some(id) => {
                         tracing::debug!(processor = %self.id, id, "using the early transcription");
                         (job, r)
                     }
