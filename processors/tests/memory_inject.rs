@@ -12,6 +12,12 @@ use slowcat_processors::memory::bench::Generator;
 use slowcat_processors::memory::{MemoryDb, NewExchange, StatelessMemorySettings, StoreOptions, estimate_tokens};
 use slowcat_processors::{ChatMessage, Direction, Frame, LlmRequest, Role};
 
+/// How many `memory_time` metrics turn `turn` has reported so far.
+fn memory_times(h: &Harness, turn: u64) -> usize {
+    let is_it = |f: &&Frame| matches!(f, Frame::Metrics(m) if m.name == "memory_time" && m.turn == Some(turn));
+    h.output().downstream.iter().filter(is_it).count()
+}
+
 #[tokio::test]
 async fn recent_exchanges_go_in_as_pairs_in_order_before_the_question() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,13 +59,7 @@ async fn recent_exchanges_go_in_as_pairs_in_order_before_the_question() {
     assert!(r.messages[0].content.starts_with(SYSTEM), "the original system prompt stays first");
     assert!(r.memory_injected);
     assert!(errors(&h).is_empty(), "{:?}", errors(&h));
-    let metrics = h
-        .output()
-        .downstream
-        .iter()
-        .filter(|f| matches!(f, Frame::Metrics(m) if m.name == "memory_time" && m.turn == Some(4)))
-        .count();
-    assert_eq!(metrics, 1, "one memory_time metric per injected turn");
+    assert_eq!(memory_times(&h, 4), 1, "one memory_time metric per injected turn");
     h.finish(Duration::from_secs(10)).await;
 }
 
@@ -374,13 +374,7 @@ async fn a_read_ahead_gets_the_turns_memory_and_changes_nothing() {
         "the abandoned read-ahead changed the layout:\n{}",
         asked.messages[0].content
     );
-    let memory_times = h
-        .output()
-        .downstream
-        .iter()
-        .filter(|f| matches!(f, Frame::Metrics(m) if m.name == "memory_time" && m.turn == Some(14)))
-        .count();
-    assert_eq!(memory_times, 1, "read-aheads are not the turn's memory time");
+    assert_eq!(memory_times(&h, 14), 1, "read-aheads are not the turn's memory time");
     h.finish(Duration::from_secs(10)).await;
 
     let db = MemoryDb::open_existing(&db_path(dir.path())).unwrap();

@@ -129,15 +129,19 @@ mod tests {
     use super::*;
     use crate::harness::Harness;
 
-    fn transcription(text: &str, turn: u64) -> Frame {
-        Frame::Transcription(Box::new(Transcription {
+    fn said(text: &str, turn: u64) -> Box<Transcription> {
+        Box::new(Transcription {
             text: text.into(),
             speaker: "alice".into(),
             turn,
             start: Duration::ZERO,
             end: Duration::from_secs(1),
             processing: Duration::from_millis(100),
-        }))
+        })
+    }
+
+    fn transcription(text: &str, turn: u64) -> Frame {
+        Frame::Transcription(said(text, turn))
     }
 
     #[tokio::test]
@@ -182,14 +186,7 @@ mod tests {
     #[tokio::test]
     async fn an_interim_transcript_is_read_ahead_as_the_turns_request_would_be() {
         let p = UserTurn::new(UserTurnSettings::default());
-        let interim = Frame::InterimTranscription(Box::new(Transcription {
-            text: "What time is it?".into(),
-            speaker: "alice".into(),
-            turn: 3,
-            start: Duration::ZERO,
-            end: Duration::from_secs(1),
-            processing: Duration::from_millis(100),
-        }));
+        let interim = Frame::InterimTranscription(said("What time is it?", 3));
         let out = Harness::run(vec![Box::new(p)], vec![interim, transcription("What time is it?", 3)]).await;
         let data = out.downstream_data();
         let names: Vec<_> = data.iter().map(|f| f.name()).collect();
@@ -203,14 +200,7 @@ mod tests {
     #[tokio::test]
     async fn blank_transcriptions_make_no_request_and_other_frames_pass() {
         let p = UserTurn::new(UserTurnSettings::default());
-        let interim = Frame::InterimTranscription(Box::new(Transcription {
-            text: " ".into(),
-            speaker: "alice".into(),
-            turn: 1,
-            start: Duration::ZERO,
-            end: Duration::ZERO,
-            processing: Duration::ZERO,
-        }));
+        let interim = Frame::InterimTranscription(said(" ", 1));
         let frames = vec![interim, transcription(" \n\t", 1), Frame::LlmText("x".into())];
         let out = Harness::run(vec![Box::new(p)], frames).await;
         let names: Vec<_> = out.downstream_data().iter().map(|f| f.name()).collect();
