@@ -382,3 +382,26 @@ async fn a_read_ahead_gets_the_turns_memory_and_changes_nothing() {
     assert_eq!((stored[0].user.as_str(), stored[0].assistant.as_str()), (question.as_str(), answer.as_str()));
     assert_eq!(db.recent("default", 100).unwrap().len(), 14, "one exchange per turn");
 }
+
+/// Small talk repeats itself: a question asked again and again takes one line of the memory
+/// section, not all of them, so an older fact still finds room when the user asks about it.
+#[tokio::test]
+async fn a_repeated_question_takes_one_line_of_the_memory_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = StatelessMemorySettings { recent_exchanges: 4, ..settings(dir.path()) };
+    let mut h = start(dir.path(), settings).await;
+    turn(&mut h, "default", 1, "Hello! My name is Margaret and I grow tomatoes.", Some(("Hi Margaret!", false))).await;
+    let small_talk = ["What a lovely morning it is.", "Do you like music?", "How far away is the moon?"];
+    for t in 2..=29u64 {
+        let answer = format!("Answer number {t}.");
+        turn(&mut h, "default", t, small_talk[t as usize % small_talk.len()], Some((&answer, false))).await;
+    }
+    let r = turn(&mut h, "default", 30, "Do you remember my name?", None).await;
+    h.finish(Duration::from_secs(10)).await;
+    let system = &r.messages[0].content;
+    for q in small_talk {
+        let lines = system.matches(&format!("the user said \"{q}\"")).count();
+        assert!(lines <= 1, "{q:?} takes {lines} lines:\n{system}");
+    }
+    assert!(system.contains("Margaret"), "no room was left for the name:\n{system}");
+}

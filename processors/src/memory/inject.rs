@@ -220,7 +220,8 @@ fn day_age(now_ms: u64, at_ms: u64) -> String {
 ///   block, each request is the previous one plus its exchange and the new question.
 /// - The memory section is chosen when a block starts, for that turn's question, and then kept;
 ///   a later question's best match that is not listed yet is added while there is room (that
-///   turn's request then differs from the system message on).
+///   turn's request then differs from the system message on). A question already listed (small
+///   talk repeats itself) is not listed again: it would take the room of other memories.
 /// - When the window outgrows the budget (long replies), its oldest exchanges are dropped until
 ///   it fills half of what it may use, and the window then starts there until [`window_start`]
 ///   passes it: the next requests again only add to it, where dropping just what does not fit
@@ -263,11 +264,17 @@ pub fn apply_stable(
     let older = |id: u64| id < start && !recall.recent.iter().any(|r| r.id == id);
     let best = recall.relevant.iter().map(|(ex, _)| ex).filter(|ex| older(ex.id));
 
+    // A line whose question is already listed adds nothing (small talk repeats itself), and would
+    // take the room a question about something else needs.
+    let listed = |lines: &[(u64, String)], ex: &Exchange| {
+        let said = format!("the user said \"{}\"", ex.user);
+        lines.iter().any(|(id, line)| *id == ex.id || line.contains(&said))
+    };
     let block = match previous {
         Some(mut b) if b.start == start => {
             if let Some(ex) = best.clone().next()
                 && b.lines.len() < options.relevant_exchanges
-                && !b.lines.iter().any(|(id, _)| *id == ex.id)
+                && !listed(&b.lines, ex)
             {
                 b.lines.push((ex.id, memory_line(ex, &day_age(now_ms, ex.at_ms))));
                 b.lines.sort_unstable_by_key(|(id, _)| *id);
@@ -275,10 +282,15 @@ pub fn apply_stable(
             b
         }
         _ => {
-            let mut lines: Vec<(u64, String)> = best
-                .take(options.relevant_exchanges)
-                .map(|ex| (ex.id, memory_line(ex, &day_age(now_ms, ex.at_ms))))
-                .collect();
+            let mut lines: Vec<(u64, String)> = Vec::new();
+            for ex in best {
+                if lines.len() == options.relevant_exchanges {
+                    break;
+                }
+                if !listed(&lines, ex) {
+                    lines.push((ex.id, memory_line(ex, &day_age(now_ms, ex.at_ms))));
+                }
+            }
             lines.sort_unstable_by_key(|(id, _)| *id);
             Block { start, lines }
         }
