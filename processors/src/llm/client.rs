@@ -360,8 +360,9 @@ pub struct OpenAiLlm {
     /// The model to ask for: from the settings, or looked up once at the server.
     model: Arc<OnceLock<String>>,
     warmup: Option<JoinHandle<()>>,
-    /// Set once the request ahead of the next turn in `warmup` has gone out.
-    prefill_sent: Option<Arc<AtomicBool>>,
+    /// Set once the read-ahead in `warmup` (the next turn's beginning, or the turn's prompt) has
+    /// gone out; until then a request may drop it.
+    read_ahead_sent: Option<Arc<AtomicBool>>,
     /// The turn being answered; still set after an interruption dropped the reply.
     replying: Option<u64>,
 }
@@ -385,7 +386,7 @@ impl OpenAiLlm {
         if !settings.model.trim().is_empty() {
             let _ = model.set(settings.model.trim().to_string());
         }
-        Ok(Self { settings, endpoint, client, api_key, model, warmup: None, prefill_sent: None, replying: None })
+        Ok(Self { settings, endpoint, client, api_key, model, warmup: None, read_ahead_sent: None, replying: None })
     }
 
     fn first_token_timeout(&self) -> Duration {
@@ -486,7 +487,7 @@ impl OpenAiLlm {
         let before = self.warmup.take();
         let warmup = self.warmup_request();
         let sent = Arc::new(AtomicBool::new(false));
-        self.prefill_sent = Some(sent.clone());
+        self.read_ahead_sent = Some(sent.clone());
         let task = async move {
             tokio::time::sleep(delay).await;
             if let Some(before) = before {
@@ -505,7 +506,7 @@ impl OpenAiLlm {
 
     /// Drops a read-ahead whose request has not gone out yet: what comes now supersedes it.
     fn cancel_unsent_read_ahead(&mut self) {
-        if let Some(sent) = self.prefill_sent.take()
+        if let Some(sent) = self.read_ahead_sent.take()
             && !sent.load(Ordering::Relaxed)
             && let Some(task) = self.warmup.take()
         {

@@ -105,9 +105,14 @@ pub fn age(now_ms: u64, at_ms: u64) -> String {
     }
 }
 
+/// How a memory line quotes the user, which also tells whether a question is listed already.
+fn user_said(ex: &Exchange) -> String {
+    format!("the user said \"{}\"", ex.user)
+}
+
 /// One line of the memory section; `age` says when (see [`age`] and `day_age`).
 fn memory_line(ex: &Exchange, age: &str) -> String {
-    let mut line = format!("- {age}: the user said \"{}\" and you answered \"{}\"", ex.user, ex.assistant);
+    let mut line = format!("- {age}: {} and you answered \"{}\"", user_said(ex), ex.assistant);
     if ex.interrupted {
         line.push_str(" (the user interrupted you there)");
     }
@@ -267,7 +272,7 @@ pub fn apply_stable(
     // A line whose question is already listed adds nothing (small talk repeats itself), and would
     // take the room a question about something else needs.
     let listed = |lines: &[(u64, String)], ex: &Exchange| {
-        let said = format!("the user said \"{}\"", ex.user);
+        let said = user_said(ex);
         lines.iter().any(|(id, line)| *id == ex.id || line.contains(&said))
     };
     let block = match previous {
