@@ -393,6 +393,16 @@ impl User {
             .unwrap_or(false)
     }
 
+    /// Seconds since the assistant's last reply ended, when nothing has happened since: no reply
+    /// started and the user has not spoken. None while a turn is under way.
+    fn idle_since_reply(&self) -> Option<f64> {
+        let last = self.events.iter().rposition(|e| upstream_spoken(&e.frame, e.dir).is_some())?;
+        let busy = self.events[last + 1..].iter().any(|e| {
+            matches!(e.frame, Frame::LlmResponseStart { .. } | Frame::UserStartedSpeaking | Frame::UserTurnEnded)
+        });
+        (!busy).then(|| self.now() - self.events[last].at)
+    }
+
     fn describe(&self, from: usize) -> String {
         self.events[from.min(self.events.len())..]
             .iter()
@@ -466,6 +476,8 @@ struct Conversation {
     sampler: Sampler,
     stats: SpeakerStats,
     requests: Arc<Mutex<Vec<LlmRequest>>>,
+    /// The request for a long story, as spoken.
+    story: Vec<i16>,
     interruption: Vec<i16>,
     /// Two backchannels: a "mm" too short for the VAD, and an "uh-huh" the VAD hears as speech
     /// but that overlaps the assistant for less than `barge_in_min_ms` (the VAD's 200 ms of
@@ -504,7 +516,20 @@ async fn ask_for_a_long_reply(started: Direction) -> Conversation {
             matches!(f, Frame::BotStartedSpeaking) && d == started
         })
         .await;
-    Conversation { sink, dir, user, recorder, sampler, stats, requests, interruption, backchannels: [mm, uh_huh], bot1 }
+    let story = question;
+    Conversation {
+        sink,
+        dir,
+        user,
+        recorder,
+        sampler,
+        stats,
+        requests,
+        story,
+        interruption,
+        backchannels: [mm, uh_huh],
+        bot1,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,6 +544,7 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
         sampler,
         stats,
         requests,
+        story,
         interruption,
         backchannels,
         bot1,
@@ -583,12 +609,20 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
 
     // Backchannels while it speaks must not interrupt it. That needs the assistant speaking
     // throughout; Piper may fall behind between sentences on a loaded machine, so try again then.
+    // When the reply ends before that (the 135M model may answer in one short sentence), the user
+    // asks for the story again.
     let mut blips = None;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut asked_again = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
     while Instant::now() < deadline {
         let played = stats.played_frames();
         user.silence(Duration::from_millis(300)).await;
         if !user.bot_speaking() || stats.played_frames() == played {
+            if user.idle_since_reply().is_some_and(|s| s > 1.0) && asked_again < 3 {
+                println!("the reply ended before the backchannels; the user asks for the story again");
+                user.say(&story).await;
+                asked_again += 1;
+            }
             continue;
         }
         let from = user.events.len();
