@@ -516,7 +516,6 @@ async fn ask_for_a_long_reply(started: Direction) -> Conversation {
             matches!(f, Frame::BotStartedSpeaking) && d == started
         })
         .await;
-    let story = question;
     Conversation {
         sink,
         dir,
@@ -525,7 +524,7 @@ async fn ask_for_a_long_reply(started: Direction) -> Conversation {
         sampler,
         stats,
         requests,
-        story,
+        story: question,
         interruption,
         backchannels: [mm, uh_huh],
         bot1,

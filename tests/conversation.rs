@@ -51,9 +51,9 @@ async fn a_spoken_question_gets_a_spoken_answer() {
     // What the log says the user said. Whisper tiny.en often hears Piper's "capital of France" as
     // "capital, a France"; one word of the question heard is enough to tell it was the question.
     let said: Vec<&str> = stderr.lines().filter(|l| l.contains("user said")).collect();
-    let heard = said.join("\n").to_lowercase();
+    let question_heard = said.join("\n").to_lowercase();
     assert!(
-        heard.contains("capital") || heard.contains("france"),
+        question_heard.contains("capital") || question_heard.contains("france"),
         "Whisper should hear the question; the user said:\n{}\n\nthe whole log:\n{stderr}",
         said.join("\n")
     );
