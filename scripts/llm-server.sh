@@ -19,10 +19,12 @@ DEFAULT_PORT="${SLOWCAT_LLM_PORT:-8089}"
 # than one. GOMP_SPINCOUNT, set below, lets them spin only briefly before they sleep: two threads are then never
 # slower than one, and generate ~25 % faster than threads that sleep at once (OMP_WAIT_POLICY=PASSIVE).
 DEFAULT_THREADS=2
-# SLOWCAT_LLM_NICE=N runs the server at a lower CPU priority, so the assistant's own speech synthesis goes first on
-# a small machine. Off by default: at nice 10, a busy machine (the test suite running beside it) starved the server
-# until a reply took over a minute, and the gain for the first reply audio was within run-to-run noise.
-DEFAULT_NICE="${SLOWCAT_LLM_NICE:-0}"
+# The server runs at a lower CPU priority than the assistant (nice 10 by default; SLOWCAT_LLM_NICE or --nice, 0 turns
+# it off), so speech synthesis goes first while the LLM writes the rest of a reply: on 2 cores Piper's first audio
+# beside a generating LLM then takes ~160 ms instead of ~220-300 ms. Linux shares the CPU between sessions
+# (terminals, "autogroups") before it looks at priorities, so the server stays in the caller's session: started
+# from the terminal that runs slowcat (scripts/run.sh does that), its priority counts.
+DEFAULT_NICE="${SLOWCAT_LLM_NICE:-10}"
 DEFAULT_CTX=2048
 READY_TIMEOUT=60
 WARMUP_TIMEOUT=60
@@ -38,7 +40,7 @@ A local OpenAI-compatible LLM server: llama-cpp-python serving SmolLM2-135M-Inst
 Commands:
   install                 build the virtual environment $VENV
                           (compiles llama.cpp: about 8 minutes on 2 cores; a no-op when already built)
-  start [--port P] [--threads N] [--ctx N]
+  start [--port P] [--threads N] [--ctx N] [--nice N]
                           install if needed, start the server in the background, wait until it answers,
                           send one warm-up request; print the base URL and the model id.
                           A no-op when a server already answers on the port.
@@ -50,6 +52,8 @@ Options:
   --port P      TCP port on 127.0.0.1 (default $DEFAULT_PORT; env SLOWCAT_LLM_PORT)
   --threads N   llama.cpp threads for generation and prompt processing (default $DEFAULT_THREADS)
   --ctx N       context length in tokens (default $DEFAULT_CTX)
+  --nice N      CPU priority below the assistant's, 0-19: the assistant's speech synthesis goes first
+                (default $DEFAULT_NICE; env SLOWCAT_LLM_NICE; 0: same priority)
   -h, --help    show this help
 
 Environment:
@@ -232,29 +236,31 @@ do_install() {
 PORT="$DEFAULT_PORT"
 THREADS="$DEFAULT_THREADS"
 CTX="$DEFAULT_CTX"
+NICE="$DEFAULT_NICE"
 
 parse_options() {
     local cmd="$1"; shift
     while [ $# -gt 0 ]; do
         case "$1" in
-            --port|--threads|--ctx|--n_ctx)
+            --port|--threads|--ctx|--n_ctx|--nice)
                 [ $# -ge 2 ] || die "$1 needs a value (see --help)"
                 is_uint "$2" || die "$1 must be a positive integer, got '$2'"
                 case "$1" in
                     --port) PORT="$2" ;;
                     --threads) THREADS="$2" ;;
+                    --nice) NICE="$2" ;;
                     *) CTX="$2" ;;
                 esac
                 shift 2
                 ;;
-            --port=*|--threads=*|--ctx=*|--n_ctx=*)
+            --port=*|--threads=*|--ctx=*|--n_ctx=*|--nice=*)
                 set -- "${1%%=*}" "${1#*=}" "${@:2}"
                 ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown option '$1' for '$cmd' (see --help)" ;;
         esac
-        if [ "$cmd" != start ] && [ "$THREADS$CTX" != "$DEFAULT_THREADS$DEFAULT_CTX" ]; then
-            die "--threads and --ctx only apply to 'start'"
+        if [ "$cmd" != start ] && [ "$THREADS,$CTX,$NICE" != "$DEFAULT_THREADS,$DEFAULT_CTX,$DEFAULT_NICE" ]; then
+            die "--threads, --ctx and --nice only apply to 'start'"
         fi
     done
     if ! is_uint "$PORT" || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
@@ -262,6 +268,7 @@ parse_options() {
     fi
     [ "$THREADS" -ge 1 ] || die "--threads must be at least 1"
     [ "$CTX" -ge 64 ] || die "--ctx must be at least 64"
+    { is_uint "$NICE" && [ "$NICE" -le 19 ]; } || die "the nice value must be 0-19, got '$NICE' (--nice or SLOWCAT_LLM_NICE)"
     BASE_URL="http://127.0.0.1:$PORT/v1"
     LOG_FILE="$CACHE/llm-server-$PORT.log"
     PID_FILE="$CACHE/llm-server-$PORT.pid"
@@ -372,20 +379,19 @@ do_start() {
     if [ -z "${OMP_WAIT_POLICY:-}" ]; then
         export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-300}"
     fi
-    if [ "$DEFAULT_NICE" != 0 ] && command -v nice >/dev/null 2>&1; then
-        cmd=(nice -n "$DEFAULT_NICE" "${cmd[@]}")
+    if [ "$NICE" != 0 ] && command -v nice >/dev/null 2>&1; then
+        cmd=(nice -n "$NICE" "${cmd[@]}")
     fi
     log "starting: GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-} ${cmd[*]}"
     local t0
     t0="$(now_ms)"
-    # Own session, so Ctrl-C in the calling terminal or the end of a CI step's process group does not take the
-    # server down with the caller; stdout/stderr go to the log so a caller's $(...) or pipe never waits on it.
-    if command -v setsid >/dev/null 2>&1; then
-        setsid "${cmd[@]}" </dev/null >"$LOG_FILE" 2>&1 &
-    else
-        nohup "${cmd[@]}" </dev/null >"$LOG_FILE" 2>&1 &
-    fi
+    # Its own process group (job control), so Ctrl-C in the calling terminal does not reach it, and immune to the
+    # terminal's hang-up (nohup); but the caller's session, where its lower priority counts (see DEFAULT_NICE).
+    # stdout/stderr go to the log so a caller's $(...) or pipe never waits on it.
+    set -m
+    nohup "${cmd[@]}" </dev/null >"$LOG_FILE" 2>&1 &
     STARTED_PID=$!
+    set +m
     echo "$STARTED_PID" >"$PID_FILE"
     trap 'abort_start "interrupted"' INT TERM
 

@@ -45,7 +45,9 @@ scripts/fetch-models.sh --all
 step "local LLM server (llama.cpp + SmolLM2-135M) on port $port"
 started_llm=0
 if ! scripts/llm-server.sh status --port "$port" >/dev/null 2>&1; then
-    scripts/llm-server.sh start --port "$port"
+    # At the default nice 10 the server yields to the assistant; here the test binaries run many pipelines at once
+    # beside it and would starve it (replies taking over a minute), so it runs at their priority.
+    scripts/llm-server.sh start --port "$port" --nice 0
     started_llm=1
 fi
 export SLOWCAT_LLM_URL

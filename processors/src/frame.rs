@@ -215,15 +215,16 @@ pub enum Frame {
     BotStartedSpeaking,
     /// The assistant's audio stopped playing.
     BotStoppedSpeaking,
-    /// Partial transcription while the user speaks: from `whisper_stt`, the turn as it stands
-    /// when the user stopped speaking, before the end of the turn is decided.
+    /// Partial transcription while the user speaks: from `whisper_stt`, the turn as it stood at a
+    /// pause (sent once transcribed, while the user pauses or speaks on) and when the user stopped
+    /// speaking, before the end of the turn is decided.
     InterimTranscription(Box<Transcription>),
     /// Final transcription of a user turn.
     Transcription(Box<Transcription>),
     /// A chat request for the LLM.
     LlmRequest(Box<LlmRequest>),
     /// The request the turn will make if it ends with the words heard so far (made from an
-    /// [`Frame::InterimTranscription`] once the user stopped speaking, while the end of the turn is
+    /// [`Frame::InterimTranscription`], while the user pauses and while the end of the turn is
     /// decided): the LLM has the server read it into its prompt cache, and nothing answers it.
     /// Memory rewrites it as it would the request.
     LlmReadAhead(Box<LlmRequest>),

@@ -46,20 +46,31 @@ pub fn session(models_dir: &Path, model: &Path, threads: usize) -> anyhow::Resul
     session_with(models_dir, model, &SessionOptions { threads, ..SessionOptions::default() })
 }
 
+/// What a session's idle intra-op threads do while they wait for work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spin {
+    /// Spin-wait, during a run and for a while after it (ONNX Runtime's default).
+    Always,
+    /// Spin-wait between the operators of a run, and sleep as soon as the run ends: a run keeps
+    /// its cores against a lower-priority process (the LLM server), and nothing spins between runs.
+    DuringRuns,
+    /// Sleep at once. Each operator then wakes the threads again, and a process holding the cores
+    /// in between (the LLM server) delays every wake-up.
+    Never,
+}
+
 /// How a session runs; the defaults are ONNX Runtime's (one thread aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Intra-op threads.
     pub threads: usize,
-    /// Whether idle intra-op threads spin-wait for work instead of sleeping. Spinning saves a few
-    /// microseconds per operator on an idle machine, but it burns the cores another process
-    /// (the LLM server) needs, and it collapses when that process holds one of them.
-    pub intra_op_spinning: bool,
+    /// What idle intra-op threads do.
+    pub spin: Spin,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { threads: 1, intra_op_spinning: true }
+        Self { threads: 1, spin: Spin::Always }
     }
 }
 
@@ -72,9 +83,13 @@ pub fn session_with(models_dir: &Path, model: &Path, options: &SessionOptions) -
         .map_err(|e| anyhow!("{e}"))?
         .with_inter_threads(1)
         .map_err(|e| anyhow!("{e}"))?;
-    if !options.intra_op_spinning {
-        builder = builder.with_intra_op_spinning(false).map_err(|e| anyhow!("{e}"))?;
-    }
+    builder = match options.spin {
+        Spin::Always => builder,
+        Spin::DuringRuns => {
+            builder.with_config_entry("session.force_spinning_stop", "1").map_err(|e| anyhow!("{e}"))?
+        }
+        Spin::Never => builder.with_intra_op_spinning(false).map_err(|e| anyhow!("{e}"))?,
+    };
     builder
         .commit_from_file(model)
         .map_err(|e| anyhow!("{e}"))

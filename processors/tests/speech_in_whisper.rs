@@ -238,19 +238,25 @@ const REMINDER_END: &str = "at six o'clock tonight?";
 /// The reminder said with a pause after "mother", then the VAD's stop: reporting the end of speech
 /// at the end of the words (the user spoke on after the pause), or at the pause itself (the stop
 /// confirms it: the test goes on with words the VAD, as far as whisper_stt is told, heard as
-/// silence). Returns the turn's transcript, after checking the interim transcript sent at the stop
-/// (for the LLM to read ahead): the turn as it stood then, ahead of the final one.
+/// silence). Returns the turn's transcript, after checking the interim transcripts (for the LLM to
+/// read ahead): the words before the pause go on as soon as they are transcribed, before the
+/// final transcript.
 async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
     let a = padded(&espeak(REMINDER, "en-us"), 0.3, 0.0);
     let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
-    let h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
+    let mut h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
     let mut t = Duration::ZERO;
     h.send(Frame::UserStartedSpeaking).await;
     send_audio(&h, &a, &mut t).await;
     let pause = t;
     h.send(paused(pause)).await;
-    // The early transcription of the first half runs meanwhile.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The early transcription of the first half goes on as soon as it is made, with the user
+    // still pausing (or already speaking on: the LLM server then reads the turn's beginning).
+    let interim = |f: &Frame, _| matches!(f, Frame::InterimTranscription(_));
+    let Some(Frame::InterimTranscription(first)) = h.wait_for(Duration::from_secs(120), interim).await else {
+        panic!("the words before the pause were not sent on as an interim transcript");
+    };
+    assert_eq!((first.turn, ms(first.end)), (1, ms(pause)), "{first:?}");
     send_audio(&h, &b, &mut t).await;
     let end = if stop_confirms_pause { pause } else { t - Duration::from_millis(300) };
     if !stop_confirms_pause {
@@ -269,7 +275,7 @@ async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
     let interims: Vec<_> =
         data.iter().filter_map(|f| if let Frame::InterimTranscription(t) = f { Some(t) } else { None }).collect();
     if stop_confirms_pause {
-        // The transcript made at the pause is the turn as it stood at the stop: it goes on at once.
+        // The transcript made at the pause is the turn as it stood at the stop: it went on once.
         assert_eq!(interims.len(), 1, "{interims:?}");
         let names: Vec<_> = data.iter().map(|f| f.name()).collect();
         let at = |name| names.iter().position(|n| *n == name).unwrap();
@@ -277,8 +283,11 @@ async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
         assert_eq!(interims[0].text, ts[0].text, "the turn's transcript is the one made at the pause");
         assert_eq!((interims[0].turn, ms(interims[0].end)), (1, ms(pause)), "{:?}", interims[0]);
     } else {
-        // The transcript made at the pause misses the words after it: it is never sent on.
-        for t in interims {
+        // The transcript made at the pause has only the words before it; any made later (at the
+        // second pause, when it was done before the turn ended) has the words after it too.
+        let (first, later) = interims.split_first().expect("the interim transcript made at the pause");
+        assert!(!first.text.contains("six") && !first.text.contains('6'), "{first:?}");
+        for t in later {
             assert!(t.text.contains("six") || t.text.contains('6'), "an interim transcript missed words: {t:?}");
         }
     }

@@ -43,10 +43,10 @@ impl Settings for UserTurnSettings {
 /// words as heard (memory, logs, a transcript); every other frame passes unchanged. A
 /// transcription that is empty or only whitespace makes no request.
 ///
-/// An [`Frame::InterimTranscription`] (speech-to-text's transcript of the turn so far, sent when
-/// the user stopped speaking) makes the same request as an [`Frame::LlmReadAhead`]: the LLM
-/// server can read it while the end of the turn is decided, and the turn's request, when the user
-/// said nothing more, is then already in its prompt cache. At start it sends what every request
+/// An [`Frame::InterimTranscription`] (speech-to-text's transcript of the turn so far, made at a
+/// pause) makes the same request as an [`Frame::LlmReadAhead`]: the LLM server can read it while
+/// the user pauses and the end of the turn is decided, and the turn's request, when the user said
+/// nothing more, is then already in its prompt cache (when the user went on, its beginning is). At start it sends what every request
 /// begins with, the system prompt (memory adds the recent exchanges), as a read-ahead too, so the
 /// first turn does not wait for the server to read it.
 #[derive(Debug)]

@@ -79,10 +79,10 @@ pub struct WhisperSttSettings {
     /// user pause (its first silent window), while the VAD waits for more silence and the
     /// end-of-turn detector decides. When the turn then ends with no new speech, that transcript
     /// is used and the reply starts sooner by about the STT time; when the user goes on, it is
-    /// thrown away (CPU spent on pauses inside the turn). The transcript of the turn as it stands
-    /// when the VAD reports the stop also goes downstream as an `InterimTranscription` (unless the
-    /// turn has ended by then), so the LLM can read the turn's prompt while the end-of-turn
-    /// detector decides.
+    /// thrown away (CPU spent on pauses inside the turn). Each early transcript also goes
+    /// downstream as an `InterimTranscription` once it is made, unless the user spoke on before
+    /// (or the turn has ended by then), so the LLM can read the turn's prompt while the user
+    /// pauses and the end-of-turn detector decides.
     pub transcribe_early: bool,
     /// Threads for the early transcription, which runs while the end-of-turn detector (Smart
     /// Turn, one thread) decides. On 2 cores, 1 leaves it the other core: both finish sooner
@@ -530,6 +530,8 @@ impl Worker {
         // The latest early transcription: (id, result, start and end of its speech), claimed by the
         // turn it was made for.
         let mut early: Option<(u64, anyhow::Result<Recognized>, Duration, Duration)> = None;
+        // The early transcription last sent on as an interim transcript.
+        let mut sent: Option<u64> = None;
         loop {
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -552,25 +554,19 @@ impl Worker {
                     };
                     tracing::debug!(processor = %self.id, id, ok = r.is_ok(), "transcribed early");
                     early = Some((id, r, start, end));
+                    // The user has not spoken on since the pause: the turn so far goes on at once,
+                    // so the LLM server starts reading the turn's prompt. When the user goes on, the
+                    // server has read its beginning, and the next read adds only the new words.
+                    if !abandoned.load(Ordering::Relaxed) && self.send_interim(early.as_ref(), id).await {
+                        sent = Some(id);
+                    }
                     continue;
                 }
                 Work::Interim(id) => {
-                    // Work runs in order: the early transcription is done by now. Once a turn
-                    // has claimed it, its final transcript follows at once.
-                    if let Some((eid, Ok(r), start, end)) = &early
-                        && *eid == id
-                        && !r.text.is_empty()
-                        && self.claimed.load(Ordering::Relaxed) != id
-                    {
-                        let t = Transcription {
-                            text: r.text.clone(),
-                            speaker: self.speaker.clone(),
-                            turn: self.turn + 1,
-                            start: *start,
-                            end: (*end).max(*start),
-                            processing: r.elapsed,
-                        };
-                        self.sender.downstream(Frame::InterimTranscription(Box::new(t))).await;
+                    // Work runs in order: the early transcription is done by now (and was sent on
+                    // when it was done, unless the user spoke meanwhile).
+                    if sent != Some(id) && self.send_interim(early.as_ref(), id).await {
+                        sent = Some(id);
                     }
                     continue;
                 }
@@ -618,6 +614,30 @@ impl Worker {
                 Err(e) => self.error(format!("{e:#}"), true).await,
             }
         }
+    }
+
+    /// Sends early transcription `id` on as an interim transcript, when `early` is it, it has
+    /// words and no turn has claimed it (its final transcript follows at once then). Whether it
+    /// was sent.
+    async fn send_interim(
+        &self,
+        early: Option<&(u64, anyhow::Result<Recognized>, Duration, Duration)>,
+        id: u64,
+    ) -> bool {
+        let Some((eid, Ok(r), start, end)) = early else { return false };
+        if *eid != id || r.text.is_empty() || self.claimed.load(Ordering::Relaxed) == id {
+            return false;
+        }
+        let t = Transcription {
+            text: r.text.clone(),
+            speaker: self.speaker.clone(),
+            turn: self.turn + 1,
+            start: *start,
+            end: (*end).max(*start),
+            processing: r.elapsed,
+        };
+        self.sender.downstream(Frame::InterimTranscription(Box::new(t))).await;
+        true
     }
 
     /// Runs whisper on a blocking thread, on the configured number of threads or, for an early

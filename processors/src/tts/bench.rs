@@ -18,7 +18,7 @@ use super::piper::{Overrides, Piper, PiperSettings, PiperVoice};
 use super::stream::StreamingTts;
 use crate::frame::Frame;
 use crate::harness::Harness;
-use crate::onnx::SessionOptions;
+use crate::onnx::{SessionOptions, Spin};
 use crate::processor::{BoxProcessor, BuildContext};
 use crate::registry::Settings as _;
 
@@ -44,8 +44,12 @@ const SENTENCES: &[&str] = &[
 ];
 
 /// The ONNX Runtime set-ups compared: (name, threads, intra-op threads spin-wait).
-const SESSIONS: &[(&str, usize, bool)] =
-    &[("1 thread", 1, false), ("2 threads, spinning", 2, true), ("2 threads, no spinning", 2, false)];
+const SESSIONS: &[(&str, usize, Spin)] = &[
+    ("1 thread", 1, Spin::Never),
+    ("2 threads, spinning", 2, Spin::Always),
+    ("2 threads, spin in runs", 2, Spin::DuringRuns),
+    ("2 threads, no spinning", 2, Spin::Never),
+];
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
@@ -63,8 +67,8 @@ struct Voice {
 }
 
 impl Voice {
-    fn load(&self, models_dir: &Path, threads: usize, spinning: bool) -> anyhow::Result<PiperVoice> {
-        let session = SessionOptions { threads, intra_op_spinning: spinning };
+    fn load(&self, models_dir: &Path, threads: usize, spin: Spin) -> anyhow::Result<PiperVoice> {
+        let session = SessionOptions { threads, spin };
         PiperVoice::load_with(models_dir, &self.model, &self.config, &session, Overrides::default())
     }
 }
@@ -84,7 +88,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
     println!("machine: {} logical CPUs; load average {}", num_cpus(), load_average());
 
     println!("\nphonemization (espeak-ng, before inference), median:");
-    let v = voice.load(models_dir, 1, false)?;
+    let v = voice.load(models_dir, 1, Spin::Never)?;
     for text in [FIRST_SEGMENTS[2], FIRST] {
         let mut times = Vec::new();
         for _ in 0..RUNS {
@@ -100,9 +104,9 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
     println!("the synthesizing thread actually ran (1 thread only): what the wall time would be on an idle core.");
     println!("{:<24} {:>7} {:>9} {:>7} {:>8} {:>7}  text", "session", "audio", "synthesis", "RTF", "on-CPU", "CPU RTF");
     let mut cpu_cost = std::collections::HashMap::new();
-    for &(name, threads, spinning) in SESSIONS {
+    for &(name, threads, spin) in SESSIONS {
         let started = Instant::now();
-        let mut v = voice.load(models_dir, threads, spinning)?;
+        let mut v = voice.load(models_dir, threads, spin)?;
         let load = started.elapsed();
         let options = RunOptions::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         // Blocking on this thread is fine here: nothing else runs, and it makes the thread's
@@ -150,19 +154,19 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
         data_dir: std::env::temp_dir(),
         config_dir: std::env::temp_dir(),
     };
-    // (name, threads, spinning, first_clause_words, first_max_words)
-    let variants: [(&str, usize, bool, usize, usize); 7] = [
-        ("1 thread, whole sentence", 1, false, 0, 0),
-        ("1 thread, 6 words", 1, false, 6, 6),
-        ("1 thread, phrase ≤5", 1, false, 3, 5),
-        ("2 threads spinning, phrase ≤5", 2, true, 3, 5),
-        ("2 threads, whole sentence", 2, false, 0, 0),
-        ("2 threads, 6 words", 2, false, 6, 6),
-        ("2 threads, phrase ≤5", 2, false, 3, 5),
+    // (name, threads, spin, first_clause_words, first_max_words)
+    let variants: [(&str, usize, Spin, usize, usize); 7] = [
+        ("1 thread, whole sentence", 1, Spin::Never, 0, 0),
+        ("1 thread, 6 words", 1, Spin::Never, 6, 6),
+        ("1 thread, phrase ≤5", 1, Spin::Never, 3, 5),
+        ("2 threads not spinning, phrase ≤5", 2, Spin::Never, 3, 5),
+        ("2 threads, whole sentence", 2, Spin::DuringRuns, 0, 0),
+        ("2 threads, 6 words", 2, Spin::DuringRuns, 6, 6),
+        ("2 threads, phrase ≤5", 2, Spin::DuringRuns, 3, 5),
     ];
-    for (name, threads, spinning, clause, words) in variants {
+    for (name, threads, spin, clause, words) in variants {
         let settings = PiperSettings { first_clause_words: clause, first_max_words: words, ..PiperSettings::default() };
-        let v = voice.load(models_dir, threads, spinning)?;
+        let v = voice.load(models_dir, threads, spin)?;
         let tts: BoxProcessor = Box::new(StreamingTts::new(Piper::new(v), settings.stream_options()));
         let (times, first_text) = first_audio(tts).await?;
         print_first_audio(name, &first_text, times, &cpu_cost);
@@ -302,16 +306,16 @@ async fn contention(models_dir: &Path, voice: &Voice, url: &str) -> anyhow::Resu
         "{:<24} {:>14} {:>12} {:>16} {:>12}",
         "session", "first audio", "LLM tok/s", "Piper RTF busy", "LLM tok/s"
     );
-    for &(name, threads, spinning) in SESSIONS {
+    for &(name, threads, spin) in SESSIONS {
         let settings = PiperSettings { first_clause_words: 3, first_max_words: 5, ..PiperSettings::default() };
-        let v = voice.load(models_dir, threads, spinning)?;
+        let v = voice.load(models_dir, threads, spin)?;
         let tts: BoxProcessor = Box::new(StreamingTts::new(Piper::new(v), settings.stream_options()));
         let meter = LlmMeter::start(url).await;
         let (times, _) = first_audio(tts).await?;
         let rate_first = meter.finish().await?;
 
         // Piper synthesizing a reply back to back (as while it is spoken) with the LLM busy.
-        let mut v = voice.load(models_dir, threads, spinning)?;
+        let mut v = voice.load(models_dir, threads, spin)?;
         let meter = LlmMeter::start(url).await;
         let (audio, synth) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
             let options = RunOptions::new().map_err(|e| anyhow::anyhow!("{e}"))?;

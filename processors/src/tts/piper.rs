@@ -27,9 +27,9 @@ pub struct PiperSettings {
     pub model: PathBuf,
     /// The voice's config; empty means the model's path with `.json` added.
     pub config: PathBuf,
-    /// ONNX Runtime threads for synthesis. They sleep when idle instead of spin-waiting (ONNX
-    /// Runtime's default), so a second thread no longer burns the core the LLM server generates
-    /// on, nor collapses when that core is taken (`slowcat bench tts` compares).
+    /// ONNX Runtime threads for synthesis. During a synthesis they spin-wait between operators,
+    /// and they sleep between syntheses ([`onnx::Spin::DuringRuns`]), so they burn no core the LLM
+    /// server needs while nothing is synthesized (`slowcat bench tts` compares).
     pub threads: usize,
     /// Speaking rate: 1.0 is the voice's own, 1.2 is 20 % faster (divides `length_scale`).
     pub speed: f32,
@@ -247,7 +247,7 @@ const EOS: char = '$';
 
 impl PiperVoice {
     /// Loads the model and its config, and checks that espeak-ng knows the voice's language.
-    /// The session's threads sleep when idle ([`Self::session_options`]).
+    /// The session's threads spin only during a synthesis ([`Self::session_options`]).
     pub fn load(
         models_dir: &Path,
         model: &Path,
@@ -258,9 +258,13 @@ impl PiperVoice {
         Self::load_with(models_dir, model, config, &Self::session_options(threads), overrides)
     }
 
-    /// The session options Piper runs with: `threads` intra-op threads that do not spin-wait.
+    /// The session options Piper runs with: `threads` intra-op threads that spin-wait during a
+    /// synthesis and sleep between syntheses. Sleeping threads are woken for every operator, and
+    /// with the LLM server generating on the cores meanwhile each wake-up waits for it: on 2
+    /// cores the first audio then took ~220 ms instead of ~120 ms. Spinning threads keep their
+    /// cores against a server running at a lower priority (`scripts/llm-server.sh` runs it at nice 10).
     pub fn session_options(threads: usize) -> onnx::SessionOptions {
-        onnx::SessionOptions { threads, intra_op_spinning: false }
+        onnx::SessionOptions { threads, spin: onnx::Spin::DuringRuns }
     }
 
     /// [`Self::load`] with explicit session options (benchmarks compare them).
