@@ -511,6 +511,17 @@ impl Processor for WhisperStt {
     }
 }
 
+/// An early transcription the worker has made.
+struct EarlyDone {
+    id: u64,
+    recognized: anyhow::Result<Recognized>,
+    /// Where its speech starts and ends on the input timeline.
+    start: Duration,
+    end: Duration,
+    /// Sent on as an interim transcript already.
+    sent: bool,
+}
+
 /// The task that feeds turns to whisper on a blocking thread, one at a time, and pushes the
 /// results downstream.
 struct Worker {
@@ -527,11 +538,8 @@ struct Worker {
 impl Worker {
     async fn run(mut self, engine: WhisperEngine, mut rx: mpsc::Receiver<Work>) {
         let mut engine = Some(engine);
-        // The latest early transcription: (id, result, start and end of its speech), claimed by the
-        // turn it was made for.
-        let mut early: Option<(u64, anyhow::Result<Recognized>, Duration, Duration)> = None;
-        // The early transcription last sent on as an interim transcript.
-        let mut sent: Option<u64> = None;
+        // The latest early transcription, claimed by the turn it was made for.
+        let mut early: Option<EarlyDone> = None;
         loop {
             let work = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -549,32 +557,33 @@ impl Worker {
                         continue;
                     }
                     let threads = Some((self.early_threads, abandoned.clone()));
-                    let Some(r) = self.transcribe(&mut engine, audio, threads).await else {
+                    let Some(recognized) = self.transcribe(&mut engine, audio, threads).await else {
                         return;
                     };
-                    tracing::debug!(processor = %self.id, id, ok = r.is_ok(), "transcribed early");
-                    early = Some((id, r, start, end));
+                    tracing::debug!(processor = %self.id, id, ok = recognized.is_ok(), "transcribed early");
+                    let mut done = EarlyDone { id, recognized, start, end, sent: false };
                     // The user has not spoken on since the pause: the turn so far goes on at once,
                     // so the LLM server starts reading the turn's prompt. When the user goes on, the
                     // server has read its beginning, and the next read adds only the new words.
-                    if !abandoned.load(Ordering::Relaxed) && self.send_interim(early.as_ref(), id).await {
-                        sent = Some(id);
+                    if !abandoned.load(Ordering::Relaxed) {
+                        self.send_interim(&mut done).await;
                     }
+                    early = Some(done);
                     continue;
                 }
                 Work::Interim(id) => {
                     // Work runs in order: the early transcription is done by now (and was sent on
                     // when it was done, unless the user spoke meanwhile).
-                    if sent != Some(id) && self.send_interim(early.as_ref(), id).await {
-                        sent = Some(id);
+                    if let Some(done) = early.as_mut().filter(|e| e.id == id) {
+                        self.send_interim(done).await;
                     }
                     continue;
                 }
                 Work::Turn(mut job) => match early.take() {
                     // Work runs in order: an early transcription of this turn is done by now.
-                    Some((id, r, ..)) if job.early == Some(id) => {
-                        tracing::debug!(processor = %self.id, id, "using the early transcription");
-                        (job, r)
+                    Some(done) if job.early == Some(done.id) => {
+                        tracing::debug!(processor = %self.id, id = done.id, "using the early transcription");
+                        (job, done.recognized)
                     }
                     _ => {
                         let audio = std::mem::take(&mut job.audio);
@@ -616,28 +625,23 @@ impl Worker {
         }
     }
 
-    /// Sends early transcription `id` on as an interim transcript, when `early` is it, it has
-    /// words and no turn has claimed it (its final transcript follows at once then). Whether it
-    /// was sent.
-    async fn send_interim(
-        &self,
-        early: Option<&(u64, anyhow::Result<Recognized>, Duration, Duration)>,
-        id: u64,
-    ) -> bool {
-        let Some((eid, Ok(r), start, end)) = early else { return false };
-        if *eid != id || r.text.is_empty() || self.claimed.load(Ordering::Relaxed) == id {
-            return false;
+    /// Sends `early` on as an interim transcript, once, when it has words and no turn has claimed
+    /// it (its final transcript follows at once then).
+    async fn send_interim(&self, early: &mut EarlyDone) {
+        let Ok(r) = &early.recognized else { return };
+        if early.sent || r.text.is_empty() || self.claimed.load(Ordering::Relaxed) == early.id {
+            return;
         }
         let t = Transcription {
             text: r.text.clone(),
             speaker: self.speaker.clone(),
             turn: self.turn + 1,
-            start: *start,
-            end: (*end).max(*start),
+            start: early.start,
+            end: early.end.max(early.start),
             processing: r.elapsed,
         };
         self.sender.downstream(Frame::InterimTranscription(Box::new(t))).await;
-        true
+        early.sent = true;
     }
 
     /// Runs whisper on a blocking thread, on the configured number of threads or, for an early
