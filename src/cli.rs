@@ -253,7 +253,9 @@ pub enum BenchCommand {
     Stt(ModelsArgs),
     /// The whole assistant of the config, microphone and speaker swapped for WAV files: spoken
     /// questions (made once with Piper) in real time, each after the previous answer has played;
-    /// p50/p95 per stage, voice-to-voice, and the pipeline's overhead.
+    /// p50/p95 per stage, voice-to-voice, and the pipeline's overhead. The replies' wording moves
+    /// the figures (a short first phrase is spoken sooner): `--set processors.llm.seed=N` makes
+    /// them repeat from run to run, as far as the transcripts do.
     Conversation {
         #[command(flatten)]
         config: ConfigArgs,

@@ -49,6 +49,23 @@ async fn a_good_stream_becomes_separate_text_frames_and_the_request_is_openai_sh
     assert_eq!(sent["model"], "fake-model");
     assert_eq!(sent["messages"][1]["role"], "user");
     assert_eq!(sent["messages"][1]["content"], "What is the capital of France?");
+    assert!(sent.get("seed").is_none(), "no seed unless one is set: {sent}");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_configured_seed_plus_the_turn_goes_with_every_reply_request() {
+    let server = FakeServer::start(vec![Reply::Stream(vec!["Hi."]), Reply::Stream(vec!["Hello."])]).await;
+    let mut h = harness(OpenAiLlmSettings { seed: Some(7), ..settings(server.base_url()) }).await;
+    assert_reply(&turn(&mut h, 1, "Hi there.", LIMIT).await, 1, 1);
+    assert_reply(&turn(&mut h, 2, "Hello again.", LIMIT).await, 2, 1);
+    let seeds: Vec<serde_json::Value> = server
+        .chat_requests()
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["seed"].clone())
+        .collect();
+    // Each turn its own seed: one seed for all would draw the same numbers every turn.
+    assert_eq!(seeds, [8, 9]);
     h.finish(LIMIT).await;
 }
 

@@ -62,6 +62,29 @@ async fn a_reply_streams_as_separate_text_frames_as_tokens_arrive() {
     h.finish(LIMIT).await;
 }
 
+/// `seed` reaches the server's sampler: the same question, sampled at a high temperature, gets the
+/// same words under one seed and other words under another.
+#[tokio::test]
+async fn the_seed_decides_the_reply() {
+    let _server = real_server_turn().await;
+    let question = "Invent a name for a pet dragon and say why.";
+    let mut replies = Vec::new();
+    for seed in [1234, 1234, 99] {
+        let seeded = OpenAiLlmSettings {
+            seed: Some(seed),
+            temperature: 1.2,
+            warmup: false,
+            prefill_next_turn: false,
+            ..settings(real_server_url())
+        };
+        let mut h = Harness::start(vec![llm(seeded)]).await;
+        replies.push(assert_reply(&turn(&mut h, 1, question, LIMIT).await, 1, 2).concat());
+        h.finish(LIMIT).await;
+    }
+    assert_eq!(replies[0], replies[1], "the same seed gave different replies");
+    assert_ne!(replies[0], replies[2], "another seed gave the same reply: the seed is not used");
+}
+
 #[tokio::test]
 async fn a_transcription_is_answered_through_user_turn_with_the_model_the_server_lists() {
     let _server = real_server_turn().await;

@@ -64,6 +64,11 @@ pub struct OpenAiLlmSettings {
     pub temperature: f32,
     /// The longest reply, in tokens.
     pub max_tokens: u32,
+    /// Sampling seed, so the same conversation gets the same replies (benchmarks, bug reports):
+    /// turn n's request carries seed + n. (One seed for every request would draw the same random
+    /// numbers every turn, and a small model then says the same thing over and over.) None: the
+    /// server's own choice (usually a new random one).
+    pub seed: Option<u64>,
     /// Extra instructions put in front of the request's system message (or as the system message
     /// when the request has none). Usually empty: the system prompt belongs to `user_turn`; this
     /// is for instructions that go with one model, whatever built the request.
@@ -106,6 +111,7 @@ impl Default for OpenAiLlmSettings {
             model: String::new(),
             temperature: 0.7,
             max_tokens: 256,
+            seed: None,
             system_prompt: String::new(),
             connect_timeout_ms: 2_000,
             first_token_timeout_ms: 15_000,
@@ -421,6 +427,7 @@ impl OpenAiLlm {
             stream: true,
             temperature: self.settings.temperature,
             max_tokens: self.settings.max_tokens,
+            seed: self.settings.seed.map(|seed| seed.wrapping_add(turn)),
         };
         let body = match serde_json::to_vec(&body) {
             Ok(b) => Bytes::from(b),
@@ -828,7 +835,7 @@ impl Warmup {
     /// A non-streamed request for one token of a reply to `messages`.
     async fn one_token(&self, model: Option<&str>, messages: &[ChatMessage]) -> Result<(), LlmError> {
         let url = &self.endpoint.base;
-        let body = ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1 };
+        let body = ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1, seed: None };
         let mut request = self.client.post(self.endpoint.chat.clone()).json(&body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(&key.0);

@@ -18,6 +18,8 @@ pub(crate) struct ChatRequest<'a> {
     pub stream: bool,
     pub temperature: f32,
     pub max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// What one server-sent event of a streamed reply means.
