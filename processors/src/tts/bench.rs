@@ -43,7 +43,7 @@ const SENTENCES: &[&str] = &[
     "I would take a long walk in the park, then have lunch with a friend near the river.",
 ];
 
-/// The ONNX Runtime set-ups compared: (name, threads, intra-op threads spin-wait).
+/// The ONNX Runtime set-ups compared: (name, threads, what idle intra-op threads do).
 const SESSIONS: &[(&str, usize, Spin)] = &[
     ("1 thread", 1, Spin::Never),
     ("2 threads, spinning", 2, Spin::Always),
