@@ -113,6 +113,64 @@ fn locate(rec: &[f32], clip: &[f32]) -> (f64, usize) {
         .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
 }
 
+/// What went wrong in a recording that does not match: runs of exact zeros (the sink played
+/// nothing: an underrun) inside the clip, and the pieces of the clip found at another lag than
+/// the whole (audio late after a gap, repeated or dropped).
+fn diagnose(rec: &[f32], clip: &[f32], at: usize) -> String {
+    let end = (at + clip.len()).min(rec.len());
+    let mut gaps = Vec::new();
+    let mut run = 0usize;
+    // At least 5 ms of exact zeros where the clip is not silent itself.
+    let mut report = |from: usize, len: usize| {
+        let c = &clip[from - at..from - at + len];
+        if len >= 80 && c.iter().map(|s| s * s).sum::<f32>() / len as f32 > 1e-5 {
+            gaps.push(format!("{:.3} s +{} ms", from as f64 / 16e3, len / 16));
+        }
+    };
+    for (i, &s) in rec[at..end].iter().enumerate() {
+        if s == 0.0 {
+            run += 1;
+        } else {
+            report(at + i - run, run);
+            run = 0;
+        }
+    }
+    report(end - run, run);
+    // Each 100 ms block of the clip that holds speech, found within 200 ms of where it belongs.
+    let block = 1600;
+    let mut moved = Vec::new();
+    for (b, piece) in clip.chunks_exact(block).enumerate() {
+        if piece.iter().map(|s| s * s).sum::<f32>() / (block as f32) < 1e-4 {
+            continue;
+        }
+        let home = at + b * block;
+        let lo = home.saturating_sub(3200);
+        let hi = (home + 3200).min(rec.len().saturating_sub(block));
+        let best_of = |lags: &mut dyn Iterator<Item = usize>| {
+            lags.map(|lag| (normalised(&rec[lag..lag + block], piece), lag))
+                .fold((0.0, 0), |a, x| if x.0 > a.0 { x } else { a })
+        };
+        let coarse = best_of(&mut (lo..=hi).step_by(4)).1;
+        let best = best_of(&mut (coarse.saturating_sub(4).max(lo)..=(coarse + 4).min(hi)));
+        let shift = best.1 as i64 - home as i64;
+        if shift.abs() > 16 || best.0 < 0.8 {
+            moved.push(format!("{:.1} s: {:+} ms (corr {:.2})", b as f64 / 10.0, shift / 16, best.0));
+        }
+    }
+    format!(
+        "exact-zero runs inside the clip: {}; 100 ms blocks of the clip off their place: {}",
+        if gaps.is_empty() { "none".to_string() } else { gaps.join(", ") },
+        if moved.is_empty() { "none".to_string() } else { moved.join(", ") }
+    )
+}
+
+fn normalised(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+}
+
 fn count(out: &Output, dir: Direction, pred: impl Fn(&Frame) -> bool) -> usize {
     let frames = match dir {
         Direction::Downstream => &out.downstream,
@@ -163,7 +221,17 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
         recording.len() as f64 / 16e3,
         at as f64 / 16e3
     );
-    assert!(correlation >= 0.9, "what was recorded is not what was played: correlation {correlation:.3}");
+    let diagnosis = diagnose(&recording, &played, at);
+    let errors: Vec<&str> = out
+        .downstream
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Error(e) => Some(e.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    println!("{diagnosis}; device errors: {errors:?}");
+    assert!(correlation >= 0.9, "what was recorded is not what was played: correlation {correlation:.3}; {diagnosis}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

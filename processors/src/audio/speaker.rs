@@ -5,7 +5,17 @@
 //! small lock-free ring buffer that the device callback reads from. The callback never blocks
 //! and plays silence when the ring is empty. `process` waits for room in the ring, so the
 //! device's pace holds back the TTS (backpressure). An interruption asks the callback to empty
-//! the ring, so the speaker falls silent within one device period.
+//! the ring, so the speaker falls silent once the device has played what it already holds.
+//!
+//! The device buffer is not left at the device's default: through ALSA's PulseAudio plugin
+//! (ALSA's `default` on most desktops) that is three 512-frame periods, 32 ms at 48 kHz, and
+//! the device underruns whenever cpal's audio thread waits about 20 ms for a CPU, which a busy
+//! 2-core machine does several times a minute. PulseAudio then plays silence; when nothing was
+//! written since, the plugin reports an xrun, cpal re-prepares the device (the plugin drops and
+//! reconnects its PulseAudio stream) and the rest of the reply is heard about 100 ms late.
+//! So the speaker asks for a 100 ms buffer ([`AUTO_PERIOD_MS`]), and creates the threads that
+//! move audio (cpal's and the plugin's PulseAudio client thread) at PulseAudio's own raised
+//! priority where it may ([`AudioPriority`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +48,9 @@ pub struct SpeakerSettings {
     pub chunk_ms: u32,
     /// Audio queued for the device beyond the piece being written, in milliseconds.
     pub queue_ms: u32,
-    /// Device buffer in frames; 0 keeps the device's default (small buffers underrun under load).
+    /// Device period in frames (cpal's buffer size: the device holds two or three periods);
+    /// 0 picks about 50 ms (at least `chunk_ms`). Devices' own defaults can be far
+    /// smaller and underrun under load.
     pub buffer_frames: u32,
     /// Silence inside a reply (waiting for the next sentence) after which the assistant counts
     /// as having stopped speaking, in milliseconds.
@@ -157,6 +169,12 @@ pub struct Speaker {
     monitor: Option<JoinHandle<()>>,
 }
 
+/// The device period asked for when `buffer_frames` is 0, in milliseconds. Through PulseAudio's
+/// ALSA plugin this gives a 100 ms device buffer in 33 ms periods (the plugin wants at least
+/// three periods in the two that cpal asks for), through a hardware device 50 ms periods in a
+/// 100 ms buffer: the audio thread may then wait 45 ms or more for a CPU without an underrun.
+const AUTO_PERIOD_MS: u32 = 50;
+
 /// How long `interrupted` waits for the callback to empty the ring before going on.
 const CLEAR_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long `process` waits for room in the ring before deciding the device has stalled.
@@ -190,17 +208,18 @@ impl Speaker {
         let supported = device.default_output_config().map_err(|e| open_error(&e))?;
         let rate = supported.sample_rate();
         let channels = supported.channels();
-        let mut config = supported.config();
-        if settings.buffer_frames > 0 {
-            config.buffer_size = cpal::BufferSize::Fixed(settings.buffer_frames);
-        }
         let chunk_frames = (rate as usize * settings.chunk_ms as usize / 1000).max(1);
+        let auto = settings.buffer_frames == 0;
+        let period = if auto {
+            (rate as usize * AUTO_PERIOD_MS as usize / 1000).max(chunk_frames) as u32
+        } else {
+            settings.buffer_frames
+        };
+        let mut config = supported.config();
+        config.buffer_size = cpal::BufferSize::Fixed(period);
         // Room for the queue plus the piece being written; at least two device periods so the
         // callback can always be served.
-        let queue = (rate as usize * settings.queue_ms as usize / 1000)
-            .max(2 * settings.buffer_frames as usize)
-            .max(chunk_frames);
-        let (producer, consumer) = rtrb::RingBuffer::new(queue + chunk_frames);
+        let queue = (rate as usize * settings.queue_ms as usize / 1000).max(2 * period as usize).max(chunk_frames);
         let shared = Arc::new(Shared {
             base: Instant::now(),
             played: AtomicU64::new(0),
@@ -214,18 +233,25 @@ impl Speaker {
             chunk_frames,
         });
         let (err_tx, err_rx) = sync_channel(8);
-        let stream = match supported.sample_format() {
-            SampleFormat::F32 => build_stream::<f32>(&device, config, consumer, shared.clone(), err_tx),
-            SampleFormat::I16 => build_stream::<i16>(&device, config, consumer, shared.clone(), err_tx),
-            SampleFormat::I32 => build_stream::<i32>(&device, config, consumer, shared.clone(), err_tx),
-            SampleFormat::U16 => build_stream::<u16>(&device, config, consumer, shared.clone(), err_tx),
-            SampleFormat::U8 => build_stream::<u8>(&device, config, consumer, shared.clone(), err_tx),
-            SampleFormat::F64 => build_stream::<f64>(&device, config, consumer, shared.clone(), err_tx),
-            other => return Err(open_error(&format!("its sample format {other} is not supported"))),
-        }
-        .map_err(|e| open_error(&e))?;
+        let format = supported.sample_format();
+        let capacity = queue + chunk_frames;
+        // Threads take their creator's priority: cpal's audio thread and the sound server
+        // client's threads (ALSA's PulseAudio plugin starts one) are created while building.
+        let boosted = AudioPriority::raise();
+        let (stream, producer) = match open_stream(&device, config, format, capacity, &shared, &err_tx) {
+            Ok(opened) => opened,
+            // A device that cannot take the automatic period keeps its own.
+            Err(e) if auto && e.kind() != cpal::ErrorKind::UnsupportedOperation => {
+                tracing::warn!(device = %device_name, period, error = %e, "the device refuses this period; keeping its default");
+                config.buffer_size = cpal::BufferSize::Default;
+                open_stream(&device, config, format, capacity, &shared, &err_tx).map_err(|e| open_error(&e))?
+            }
+            Err(e) => return Err(open_error(&e)),
+        };
+        drop(boosted);
         stream.play().map_err(|e| open_error(&e))?;
-        tracing::info!(device = %device_name, rate, channels, format = %supported.sample_format(), "speaker open");
+        let period = stream.buffer_size().ok();
+        tracing::info!(device = %device_name, rate, channels, %format, ?period, "speaker open");
         let state = State {
             text: PlayedText::new(rate),
             speaking: false,
@@ -306,6 +332,92 @@ impl Speaker {
     }
 }
 
+/// The nice value the threads that move audio run at: PulseAudio's own. They sleep almost all
+/// the time; woken late on a busy machine, the device underruns.
+const AUDIO_NICE: i32 = -11;
+
+/// Runs the current thread at [`AUDIO_NICE`] until dropped (Linux: the nice value is per
+/// thread and new threads inherit it). Without the right to (not root, no `RLIMIT_NICE`),
+/// nothing changes.
+struct AudioPriority(Option<i32>);
+
+#[cfg(target_os = "linux")]
+mod nice {
+    use std::ffi::c_int;
+    unsafe extern "C" {
+        fn getpriority(which: c_int, who: u32) -> c_int;
+        fn setpriority(which: c_int, who: u32, prio: c_int) -> c_int;
+    }
+    const PRIO_PROCESS: c_int = 0;
+
+    /// The calling thread's nice value (who 0: on Linux, the calling thread).
+    pub fn get() -> i32 {
+        // SAFETY: plain system calls on the calling thread; no memory is handed over.
+        unsafe { getpriority(PRIO_PROCESS, 0) }
+    }
+
+    pub fn set(nice: i32) -> bool {
+        // SAFETY: as above.
+        unsafe { setpriority(PRIO_PROCESS, 0, nice) == 0 }
+    }
+}
+
+impl AudioPriority {
+    #[cfg(target_os = "linux")]
+    fn raise() -> Self {
+        let before = nice::get();
+        if before > AUDIO_NICE && nice::set(AUDIO_NICE) {
+            Self(Some(before))
+        } else {
+            tracing::debug!(nice = before, "cannot raise the audio threads' priority");
+            Self(None)
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn raise() -> Self {
+        Self(None)
+    }
+}
+
+impl Drop for AudioPriority {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(before) = self.0 {
+            nice::set(before);
+        }
+    }
+}
+
+/// Builds the output stream in the device's sample format, with a new ring of `capacity` frames
+/// for it to play from; returns the stream and the ring's writing end.
+fn open_stream(
+    device: &cpal::Device,
+    config: cpal::StreamConfig,
+    format: SampleFormat,
+    capacity: usize,
+    shared: &Arc<Shared>,
+    errors: &SyncSender<String>,
+) -> Result<(cpal::Stream, rtrb::Producer<f32>), cpal::Error> {
+    let (producer, ring) = rtrb::RingBuffer::new(capacity);
+    let (shared, errors) = (shared.clone(), errors.clone());
+    let stream = match format {
+        SampleFormat::F32 => build_stream::<f32>(device, config, ring, shared, errors),
+        SampleFormat::I16 => build_stream::<i16>(device, config, ring, shared, errors),
+        SampleFormat::I32 => build_stream::<i32>(device, config, ring, shared, errors),
+        SampleFormat::U16 => build_stream::<u16>(device, config, ring, shared, errors),
+        SampleFormat::U8 => build_stream::<u8>(device, config, ring, shared, errors),
+        SampleFormat::F64 => build_stream::<f64>(device, config, ring, shared, errors),
+        other => {
+            return Err(cpal::Error::with_message(
+                cpal::ErrorKind::UnsupportedOperation,
+                format!("its sample format {other} is not supported"),
+            ));
+        }
+    }?;
+    Ok((stream, producer))
+}
+
 fn build_stream<T>(
     device: &cpal::Device,
     config: cpal::StreamConfig,
@@ -358,9 +470,16 @@ where
                 shared.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(0), Ordering::Relaxed);
             }
         },
-        move |err| {
+        move |err: cpal::Error| {
             // Full: the monitor has not caught up; one message of the burst is enough.
             let _ = errors.try_send(err.to_string());
+            // After any error but an xrun, cpal's ALSA thread tries again at once. ALSA's
+            // PulseAudio plugin fails snd_pcm_avail_delay with EIO until PulseAudio's first
+            // timing report for a (re)connected stream has come, so that is a busy loop, hundreds
+            // of calls in a few ms, taking a CPU from the threads that bring the report.
+            if err.kind() != cpal::ErrorKind::Xrun {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         },
         None,
     )
