@@ -195,7 +195,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("turns.jsonl");
         let mut t = TurnTracker::new(Some(file.clone()));
-        for (turn, user, reply, interrupted) in [(1, "Stop.", "OK, stopping", true), (2, "Yes please.", "Here.", false)] {
+        for (turn, user, reply, interrupted) in [(1, "Stop.", "OK, stopping", true), (2, "Yes please.", "Here.", false)]
+        {
             t.record(&m("user_speech_end_at", None, turn * 1000));
             t.said(turn, user);
             t.record(&m("first_audio_at", Some(turn), turn * 1000 + 700));

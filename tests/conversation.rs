@@ -285,7 +285,12 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
         }
     }
     let right = 1.0 - errors as f64 / total as f64;
-    println!("{} utterances, {} turns; words right {:.1} % ({errors} errors in {total} words)", set.len(), turns.len(), right * 100.0);
+    println!(
+        "{} utterances, {} turns; words right {:.1} % ({errors} errors in {total} words)",
+        set.len(),
+        turns.len(),
+        right * 100.0
+    );
     print!("{report}");
     let said: Vec<&str> = log.lines().filter(|l| l.contains("user said")).collect();
     assert_eq!(turns.len(), set.len(), "one turn per utterance; the turns:\n{heard:#?}\n{}", said.join("\n"));
@@ -301,7 +306,12 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
 /// Writes a 16 kHz WAV of the human recordings `parts`, with `gap_ms` of silence between them.
 fn joined(dir: &Path, name: &str, parts: &[&Path], gap_ms: u32) -> std::path::PathBuf {
     let path = dir.join(name);
-    let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut w = hound::WavWriter::create(&path, spec).unwrap();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -324,7 +334,7 @@ async fn a_command_with_a_pause_between_its_words_is_one_turn_and_two_questions_
     let dir = tempfile::tempdir().unwrap();
     let (go, ten) = (path("go-forward"), path("ten-meters"));
     // "go forward … ten meters" with a pause people leave; then two questions 3 s apart.
-    let command = joined(dir.path(), "command.wav", &[&go, &ten], 450);
+    let command = joined(dir.path(), "command.wav", &[&go, &ten], 300);
     let two = joined(dir.path(), "two.wav", &[&path("this-is-diane"), &path("not-much-difference")], 3000);
     let d = dir.path().to_path_buf();
     let (turns, log) = tokio::task::spawn_blocking(move || run_inputs(&d, &[command, two])).await.unwrap();

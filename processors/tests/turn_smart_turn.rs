@@ -498,8 +498,9 @@ async fn speak_again_after_the_turn_ended(settings: SmartTurnSettings, gap_ms: u
     mic.send(Frame::UserStartedSpeaking).await;
     mic.play(&speak(FIRST_PART), turn_ended).await;
     mic.send(Frame::UserStoppedSpeaking).await;
-    let ended = mic.play(&silence(gap_ms), turn_ended).await;
+    let ended = mic.play(&silence(600), turn_ended).await;
     assert!(ended.is_some(), "the first part must end the turn for this test");
+    mic.play(&silence(gap_ms.saturating_sub(600)), |_| false).await;
     if reply_heard {
         mic.harness.send_upstream(Frame::BotStartedSpeaking).await;
         mic.harness.send_upstream(Frame::BotStoppedSpeaking).await;
@@ -564,7 +565,10 @@ async fn turn_end_with_words(audio: Vec<i16>, words: &str) -> Duration {
     let ended = mic.play(&silence(4000), turn_ended).await.expect("the turn never ended");
     let out = mic.harness.finish(Duration::from_secs(10)).await;
     assert_eq!(count(&out.downstream, turn_ended), 1);
-    assert!(out.upstream.iter().any(|f| matches!(f, Frame::InterimTranscription(_))), "the transcript goes on upstream");
+    assert!(
+        out.upstream.iter().any(|f| matches!(f, Frame::InterimTranscription(_))),
+        "the transcript goes on upstream"
+    );
     ended - stopped
 }
 

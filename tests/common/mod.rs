@@ -144,7 +144,7 @@ pub fn word_errors(said: &str, heard: &str) -> usize {
 fn number_words(w: &str) -> Vec<String> {
     const ONES: [&str; 10] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
     match w.parse::<u32>() {
-        Ok(n) if n == 10 => vec!["ten".into()],
+        Ok(10) => vec!["ten".into()],
         Ok(n) if n < 10 => vec![ONES[n as usize].into()],
         Ok(_) => w.chars().map(|c| ONES[c.to_digit(10).unwrap_or(0) as usize].to_string()).collect(),
         Err(_) => vec![match w {
