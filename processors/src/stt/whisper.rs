@@ -70,8 +70,9 @@ pub struct WhisperSttSettings {
     /// so on a machine whose cores are busy with other work (2 cores, a local LLM) 1 thread can be
     /// several times faster than 2.
     pub threads: usize,
-    /// Encoder window: `"auto"` sizes it to the utterance (fast for short turns), a number of
-    /// encoder frames (50 per second, at most 1500), or 0 for whisper's full 30 s window.
+    /// Encoder window: `"auto"` sizes it to the utterance, at least 512 frames (see `AUDIO_CTX_FLOOR`)
+    /// (fast for short turns), a number of encoder frames (50 per second, at most 1500), or 0
+    /// for whisper's full 30 s window.
     pub audio_ctx: AudioCtx,
     /// Audio kept from before the VAD reported speech, in milliseconds; should exceed the VAD's
     /// `start_ms` or the first syllable is lost.
@@ -656,7 +657,7 @@ impl Worker {
                     let stt_time = job.queued.elapsed();
                     tracing::info!(
                         processor = %self.id, turn = self.turn, text = %r.text, audio_ctx = r.audio_ctx,
-                        ms = r.elapsed.as_millis() as u64, "transcribed"
+                        retried = r.retried, ms = r.elapsed.as_millis() as u64, "transcribed"
                     );
                     let t = Transcription {
                         text: r.text,

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod human;
+pub mod score;
+
 /// The models directory: `SLOWCAT_MODELS_DIR`, else `<repo>/models`.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("SLOWCAT_MODELS_DIR")
