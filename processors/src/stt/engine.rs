@@ -31,10 +31,11 @@ const AUDIO_CTX_MARGIN: u32 = 64;
 /// | 768   | 0     | 0          | 94.8 %           |  641 / 669                 |
 /// | full  | 0     | 0          | 94.8 %           | 2474 / 2373                |
 ///
-/// 512 is the smallest without loops. It costs about 280 ms of one core on a short turn; without
-/// it a loop costs a second pass with the full window (2.5–3.5 s on one core, see
-/// [`Guards::retry_full`]), needed by 3 of the 32 clips: the same total time on this set, spent
-/// on every turn instead of as stalls of seconds on a few.
+/// 512 is the smallest without loops, but on every short turn it costs about 280 ms of one core
+/// (a 1 s turn 94 → 375 ms), which the reply would wait for. So the first pass keeps the window
+/// sized to the turn, and only a transcript that loops, or comes back empty although the VAD
+/// heard speech ("go" and "eight" alone did), is decoded again with at least this window (and,
+/// should it still loop, with the full one): 3 + 2 of the 32 clips, about 0.4 s each.
 pub const AUDIO_CTX_FLOOR: u32 = 512;
 /// Whisper's full 30 s window.
 const AUDIO_CTX_MAX: u32 = 1500;
@@ -49,8 +50,9 @@ const MAX_TOKENS_PER_SEC: f32 = 10.0;
 /// How much of whisper's 30 s encoder window to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioCtx {
-    /// Sized to each utterance (50 encoder frames per second of audio plus a margin, at least
-    /// [`AUDIO_CTX_FLOOR`]), so a short turn costs a fraction of a full window.
+    /// Sized to each utterance (50 encoder frames per second of audio plus a margin), so a short
+    /// turn costs a fraction of a full window; a transcript that loops or is empty is decoded
+    /// again with at least [`AUDIO_CTX_FLOOR`] frames.
     Auto,
     /// A fixed number of encoder frames (at most 1500); 0 is whisper's default, the full window.
     Fixed(u32),
@@ -61,7 +63,7 @@ impl AudioCtx {
     pub fn frames_for(self, samples: usize) -> u32 {
         match self {
             AudioCtx::Fixed(n) => n.min(AUDIO_CTX_MAX),
-            AudioCtx::Auto => Self::sized(samples, AUDIO_CTX_FLOOR),
+            AudioCtx::Auto => Self::sized(samples, 0),
         }
     }
 
@@ -155,8 +157,10 @@ pub struct Guards {
     /// whisper is unsure of (low mean log-probability) while it hears speech is decoded again at
     /// higher temperatures.
     pub fallback: bool,
-    /// A transcript that says a word or short phrase 3 or more times in a row is decoded again
-    /// with the full window (which does not loop where a sub-second one does).
+    /// A transcript that says a word or short phrase 3 or more times in a row, or a first pass
+    /// that heard no words, is decoded again with a larger window ([`AUDIO_CTX_FLOOR`]), and
+    /// with the full one while it still loops (larger windows do not loop where a window sized
+    /// to a sub-second segment does).
     pub retry_full: bool,
 }
 
@@ -295,11 +299,23 @@ impl WhisperEngine {
         let mut n_ctx = audio_ctx.frames_for(audio.len());
         let mut decoded = self.decode(audio, n_ctx, threads, abandoned.as_ref())?;
         let mut retried = false;
-        if self.guards.retry_full && n_ctx != 0 && repeats_itself(&strip_annotations(&decoded.raw)) {
-            tracing::debug!(raw = %decoded.raw.trim(), audio_ctx = n_ctx, "whisper repeated itself; again with the full window");
-            n_ctx = 0;
-            decoded = self.decode(audio, n_ctx, threads, abandoned.as_ref())?;
-            retried = true;
+        // A window sized to a short turn sometimes loops, or hears nothing in a single word: decode
+        // again with a larger window, then with the full one while it still loops.
+        let loops = |raw: &str| repeats_itself(&strip_annotations(raw));
+        let failed = |raw: &str, first: bool| loops(raw) || (first && clean_transcript(raw).is_empty());
+        if self.guards.retry_full && n_ctx != 0 && failed(&decoded.raw, true) {
+            for larger in [AudioCtx::sized(audio.len(), AUDIO_CTX_FLOOR), 0] {
+                if larger != 0 && larger <= n_ctx {
+                    continue;
+                }
+                tracing::debug!(raw = %decoded.raw.trim(), audio_ctx = n_ctx, larger, "whisper looped or heard nothing; again with a larger window");
+                n_ctx = larger;
+                decoded = self.decode(audio, n_ctx, threads, abandoned.as_ref())?;
+                retried = true;
+                if !loops(&decoded.raw) {
+                    break;
+                }
+            }
         }
         let language = whisper_rs::get_lang_str(self.state.full_lang_id_from_state()).unwrap_or("").to_string();
         Ok(Recognized {
@@ -617,7 +633,8 @@ mod tests {
 
     #[test]
     fn audio_ctx_grows_with_the_utterance_and_caps() {
-        assert_eq!(AudioCtx::Auto.frames_for(16_000), AUDIO_CTX_FLOOR);
+        assert_eq!(AudioCtx::Auto.frames_for(16_000), (50 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
+        assert_eq!(AudioCtx::sized(16_000, AUDIO_CTX_FLOOR), AUDIO_CTX_FLOOR);
         assert_eq!(AudioCtx::Auto.frames_for(12 * 16_000), (600 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
         assert_eq!(AudioCtx::Auto.frames_for(12 * 16_000) % AUDIO_CTX_ALIGN, 0);
         assert_eq!(AudioCtx::sized(16_000, 0), (50 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
