@@ -125,7 +125,13 @@ pub async fn run_processors(
             Frame::Metrics(m) => {
                 tracker.record(&m);
             }
-            Frame::Transcription(t) => info!(turn = t.turn, speaker = %t.speaker, text = %t.text, "user said"),
+            Frame::Transcription(t) => {
+                info!(turn = t.turn, speaker = %t.speaker, text = %t.text, "user said");
+                tracker.said(t.turn, &t.text);
+            }
+            Frame::SpokenReply(r) if dir == Direction::Upstream => {
+                tracker.spoken(&r);
+            }
             _ => {}
         }
         None
@@ -148,9 +154,13 @@ pub async fn run_processors(
             Frame::Metrics(m) => {
                 tracker.record(&m);
             }
+            Frame::SpokenReply(r) => {
+                tracker.spoken(&r);
+            }
             _ => {}
         }
     }
+    tracker.finish();
     for id in &shutdown.hung {
         error!(processor = %id, "did not stop within the shutdown bound and was abandoned");
     }

@@ -63,6 +63,41 @@ pub const QUESTIONS: &[&str] = &[
     "Do you remember what my name is?",
 ];
 
+/// What the user says in `slowcat bench conversation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Speech {
+    /// [`QUESTIONS`], spoken by the assistant's own Piper voice.
+    Piper,
+    /// Recordings of real people: the set in tests/speech (scripts/fetch-speech.sh).
+    Human,
+}
+
+/// The human speech set's recordings that make a turn each, with what is said in them, in the
+/// order of tests/speech/manifest.tsv (fetched into the cache by scripts/fetch-speech.sh when it
+/// is not there yet).
+pub fn human_utterances() -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = repo.join("tests/speech/manifest.tsv");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {} (the human speech set's list)", manifest.display()))?;
+    let dir = slowcat_cache().join("speech");
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("name\t") && !l.trim().is_empty()) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (Some(name), Some(words)) = (cols.first(), cols.last()) else { continue };
+        out.push((dir.join(format!("{name}.wav")), words.to_string()));
+    }
+    if out.iter().any(|(p, _)| !p.is_file()) {
+        let script = repo.join("scripts/fetch-speech.sh");
+        eprintln!("fetching the human speech set with {}", script.display());
+        let status = std::process::Command::new(&script).status().context("cannot run scripts/fetch-speech.sh")?;
+        if !status.success() {
+            bail!("scripts/fetch-speech.sh failed ({status}); see its output above");
+        }
+    }
+    Ok(out)
+}
+
 /// The assistant to measure: a config file, changes to it, and optionally another LLM server.
 #[derive(Debug, Clone)]
 pub struct AssistantConfig {
@@ -80,12 +115,16 @@ fn ms(d: Duration) -> f64 {
 
 /// Where generated test speech is kept: `$SLOWCAT_CACHE/bench` or `~/.cache/slowcat/bench`.
 pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("SLOWCAT_CACHE")
+    slowcat_cache().join("bench")
+}
+
+/// slowcat's cache directory: `SLOWCAT_CACHE`, else `~/.cache/slowcat`.
+fn slowcat_cache() -> PathBuf {
+    std::env::var_os("SLOWCAT_CACHE")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/slowcat")))
-        .unwrap_or_else(|| std::env::temp_dir().join("slowcat"));
-    base.join("bench")
+        .unwrap_or_else(|| std::env::temp_dir().join("slowcat"))
 }
 
 /// FNV-1a: a stable file name for a text (std's hasher may change between releases).
@@ -456,11 +495,17 @@ fn cell(v: Option<f64>) -> String {
 
 /// `slowcat bench conversation`: `turns` spoken questions through the assistant in real time,
 /// `runs` times (fresh memory each run); prints every turn, then p50/p95 per stage.
-pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> anyhow::Result<()> {
+pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize, speech: Speech) -> anyhow::Result<()> {
     if turns == 0 || runs == 0 {
         bail!("--turns and --runs must be at least 1");
     }
-    let questions = spoken_questions(&models_dir_of(base)?).await?;
+    let (questions, said): (Vec<PathBuf>, Vec<String>) = match speech {
+        Speech::Piper => {
+            let paths = spoken_questions(&models_dir_of(base)?).await?;
+            (paths, QUESTIONS.iter().map(|q| q.to_string()).collect())
+        }
+        Speech::Human => human_utterances()?.into_iter().unzip(),
+    };
     let n = turns.min(questions.len());
     let input = WavInputSettings {
         paths: questions[..n].to_vec(),
@@ -493,7 +538,13 @@ pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> 
         base.llm_url.as_deref().unwrap_or("(from the config)")
     );
     println!("pipeline: {pipeline_desc}");
-    println!("input: wav_input, real time, next question after the answer has played; output: wav_output (real time)");
+    println!(
+        "input: {} speech, wav_input, real time, next utterance after the answer has played; output: wav_output (real time)",
+        match speech {
+            Speech::Piper => "Piper",
+            Speech::Human => "real human",
+        }
+    );
     println!();
     println!(
         "{:>3} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  heard",
@@ -515,6 +566,13 @@ pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> 
             t.overhead_ms().map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
             t.heard
         );
+        // What was said, where it was not heard word for word.
+        let i = (t.turn as usize).saturating_sub(1) % n;
+        if let Some(said) = said.get(i)
+            && normalized(said) != normalized(&t.heard)
+        {
+            println!("{:>52}  said: {said}", "");
+        }
     }
     let turns_only: Vec<&TurnRecord> = all.iter().map(|(_, t)| t).collect();
     print_stage_table(&turns_only);
@@ -531,6 +589,15 @@ pub async fn conversation(base: &AssistantConfig, turns: usize, runs: usize) -> 
     println!("turns fully measured: {complete} of {}", turns * runs);
     report_problems(&errors, interruptions);
     Ok(())
+}
+
+/// Lower-case words without punctuation, to compare what was said with what was heard.
+fn normalized(text: &str) -> String {
+    text.split_whitespace()
+        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print_stage_table(turns: &[&TurnRecord]) {

@@ -268,6 +268,11 @@ pub enum BenchCommand {
         /// Use this OpenAI-compatible server for every `openai_llm` processor.
         #[arg(long, env = "SLOWCAT_LLM_URL", value_name = "URL")]
         llm_url: Option<String>,
+        /// What the user says: `piper`, ten questions spoken by the assistant's own Piper voice, or
+        /// `human`, recordings of real people (tests/speech, fetched by scripts/fetch-speech.sh:
+        /// commands with pauses between words, numbers, sentences), with what each really says.
+        #[arg(long, value_enum, default_value = "piper")]
+        speech: crate::bench_conversation::Speech,
     },
     /// Many turns through the assistant as fast as it goes (audio not paced, short replies):
     /// resident memory and per-turn latency as the turns pile up.
@@ -352,9 +357,9 @@ fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Resul
         BenchCommand::Tts(m) => tts::bench(&m.models_dir)?,
         BenchCommand::Turn(m) => turn::bench(&m.models_dir)?,
         BenchCommand::Stt(m) => stt::bench(&m.models_dir)?,
-        BenchCommand::Conversation { config, turns, runs, llm_url } => {
+        BenchCommand::Conversation { config, turns, runs, llm_url, speech } => {
             let base = assistant(config, llm_url);
-            rt.block_on(crate::bench_conversation::conversation(&base, turns, runs))?
+            rt.block_on(crate::bench_conversation::conversation(&base, turns, runs, speech))?
         }
         BenchCommand::Soak { config, turns, max_tokens, at, llm_url } => {
             let base = assistant(config, llm_url);

@@ -1,5 +1,6 @@
-//! Per-turn metrics: joins the measurements processors push as `Metrics` frames into one log
-//! line per conversation turn, and optionally one JSON line per turn in a file.
+//! Per-turn metrics: joins the measurements processors push as `Metrics` frames, with what the
+//! user said and what the assistant said aloud, into one log line per conversation turn, and
+//! optionally one JSON line per turn in a file.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use slowcat_processors::frame::Metric;
+use slowcat_processors::frame::{Metric, SpokenReply};
 use tracing::{info, warn};
 
 /// The stages of one turn, in milliseconds.
@@ -29,12 +30,21 @@ pub struct TurnMetrics {
     pub first_audio_ms: Option<f64>,
     /// End of user speech → first reply sample handed to the output device.
     pub voice_to_voice_ms: Option<f64>,
+    /// What the user said (the turn's final transcript).
+    pub user_text: Option<String>,
+    /// What the assistant said aloud: the reply as played, cut where an interruption cut it.
+    pub reply_text: Option<String>,
+    /// True when the user interrupted the reply.
+    pub interrupted: bool,
 }
 
-/// Collects metrics and emits a turn once its first reply audio has been played.
+/// Collects metrics and emits a turn once its reply has been played (or cut off): the log line
+/// and the JSON line then hold what was said on both sides.
 #[derive(Debug, Default)]
 pub struct TurnTracker {
     turns: BTreeMap<u64, TurnMetrics>,
+    /// Turns whose first reply audio has played, waiting for the reply's spoken text.
+    heard: BTreeMap<u64, TurnMetrics>,
     /// End of speech not yet attributed to a turn (the VAD does not know turn numbers).
     pending_speech_end: Option<Duration>,
     file: Option<PathBuf>,
@@ -76,16 +86,56 @@ impl TurnTracker {
             "first_audio_at" => {
                 t.first_audio_ms = v;
                 t.voice_to_voice_ms = t.user_speech_end_ms.map(|end| ms(m.value) - end);
-                let done = self.turns.remove(&turn)?;
-                self.emit(&done);
-                self.completed.push(done.clone());
+                let heard = self.turns.remove(&turn)?;
                 // Old turns that never produced audio (errors) are not kept forever.
                 self.turns.retain(|&k, _| k > turn);
-                return Some(done);
+                // A turn still waiting for its spoken text when a later one plays never gets it.
+                let stale: Vec<u64> = self.heard.keys().copied().filter(|&k| k < turn).collect();
+                for k in stale {
+                    if let Some(t) = self.heard.remove(&k) {
+                        self.complete(t);
+                    }
+                }
+                self.heard.insert(turn, heard);
             }
             _ => {}
         }
         None
+    }
+
+    /// The user's final transcript of `turn`.
+    pub fn said(&mut self, turn: u64, text: &str) {
+        let t = self.turns.entry(turn).or_insert_with(|| TurnMetrics { turn, ..TurnMetrics::default() });
+        t.user_text = Some(text.to_string());
+    }
+
+    /// What the assistant said aloud in reply to a turn: completes it when its audio has played.
+    pub fn spoken(&mut self, reply: &SpokenReply) -> Option<TurnMetrics> {
+        let t = match self.heard.remove(&reply.turn) {
+            Some(t) => t,
+            None => {
+                // Spoken without a first-audio measurement (a device that does not report one).
+                let t = self.turns.get_mut(&reply.turn)?;
+                t.reply_text = Some(reply.text.clone());
+                t.interrupted = reply.interrupted;
+                return None;
+            }
+        };
+        let t = TurnMetrics { reply_text: Some(reply.text.clone()), interrupted: reply.interrupted, ..t };
+        Some(self.complete(t))
+    }
+
+    /// Emits the turns whose audio played but whose spoken text never came (the run ended first).
+    pub fn finish(&mut self) {
+        for (_, t) in std::mem::take(&mut self.heard) {
+            self.complete(t);
+        }
+    }
+
+    fn complete(&mut self, t: TurnMetrics) -> TurnMetrics {
+        self.emit(&t);
+        self.completed.push(t.clone());
+        t
     }
 
     fn emit(&self, t: &TurnMetrics) {
@@ -97,6 +147,8 @@ impl TurnTracker {
             llm_ttfb_ms = %f(t.llm_ttfb_ms),
             tts_ttfb_ms = %f(t.tts_ttfb_ms),
             voice_to_voice_ms = %f(t.voice_to_voice_ms),
+            user_text = t.user_text.as_deref().unwrap_or(""),
+            reply_text = t.reply_text.as_deref().unwrap_or(""),
             "turn metrics"
         );
         if let Some(path) = &self.file {
@@ -127,9 +179,42 @@ mod tests {
         assert!(t.record(&m("user_speech_end_at", None, 1000)).is_none());
         t.record(&m("stt_time", Some(1), 150));
         t.record(&m("llm_ttfb", Some(1), 90));
-        let done = t.record(&m("first_audio_at", Some(1), 1600)).unwrap();
+        t.said(1, "What is the capital of France?");
+        assert!(t.record(&m("first_audio_at", Some(1), 1600)).is_none());
+        let reply = SpokenReply { text: "Paris.".into(), interrupted: false, turn: 1 };
+        let done = t.spoken(&reply).unwrap();
         assert_eq!(done.voice_to_voice_ms, Some(600.0));
         assert_eq!(done.stt_ms, Some(150.0));
         assert_eq!(done.user_speech_end_ms, Some(1000.0));
+        assert_eq!(done.user_text.as_deref(), Some("What is the capital of France?"));
+        assert_eq!(done.reply_text.as_deref(), Some("Paris."));
+    }
+
+    #[test]
+    fn each_json_line_says_what_both_sides_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("turns.jsonl");
+        let mut t = TurnTracker::new(Some(file.clone()));
+        for (turn, user, reply, interrupted) in [(1, "Stop.", "OK, stopping", true), (2, "Yes please.", "Here.", false)]
+        {
+            t.record(&m("user_speech_end_at", None, turn * 1000));
+            t.said(turn, user);
+            t.record(&m("first_audio_at", Some(turn), turn * 1000 + 700));
+            t.spoken(&SpokenReply { text: reply.into(), interrupted, turn });
+        }
+        // A turn whose reply played but whose spoken text never came is still written at the end.
+        t.said(3, "Goodbye.");
+        t.record(&m("first_audio_at", Some(3), 3500));
+        t.finish();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["user_text"], "Stop.");
+        assert_eq!(lines[0]["reply_text"], "OK, stopping");
+        assert_eq!(lines[0]["interrupted"], true);
+        assert_eq!(lines[1]["reply_text"], "Here.");
+        assert_eq!(lines[1]["voice_to_voice_ms"], 700.0);
+        assert_eq!(lines[2]["user_text"], "Goodbye.");
+        assert!(lines[2]["reply_text"].is_null());
     }
 }

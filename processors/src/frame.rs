@@ -211,6 +211,12 @@ pub enum Frame {
     UserStoppedSpeaking,
     /// The user's turn is over (after end-of-turn detection); speech-to-text transcribes now.
     UserTurnEnded,
+    /// The turn that just ended goes on: the user spoke again before its reply was heard (a pause
+    /// between words taken for the end of the turn). Sent by `smart_turn` right after
+    /// `UserStartedSpeaking`, and followed by an `Interruption` that cancels the reply in
+    /// progress: speech-to-text transcribes the two parts as one turn with the same number, and
+    /// memory forgets the first part, so one reply answers the whole utterance.
+    UserTurnResumed,
     /// The assistant's audio started playing.
     BotStartedSpeaking,
     /// The assistant's audio stopped playing.
@@ -268,6 +274,7 @@ impl Frame {
             | Frame::UserStartedSpeaking
             | Frame::UserSpeechPaused { .. }
             | Frame::UserStoppedSpeaking
+            | Frame::UserTurnResumed
             | Frame::BotStartedSpeaking
             | Frame::BotStoppedSpeaking
             | Frame::InterimTranscription(_)
@@ -306,6 +313,7 @@ impl Frame {
             Frame::UserSpeechPaused { .. } => "UserSpeechPaused",
             Frame::UserStoppedSpeaking => "UserStoppedSpeaking",
             Frame::UserTurnEnded => "UserTurnEnded",
+            Frame::UserTurnResumed => "UserTurnResumed",
             Frame::BotStartedSpeaking => "BotStartedSpeaking",
             Frame::BotStoppedSpeaking => "BotStoppedSpeaking",
             Frame::InterimTranscription(_) => "InterimTranscription",

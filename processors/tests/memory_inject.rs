@@ -232,6 +232,31 @@ async fn a_turn_without_a_spoken_reply_stores_nothing_and_the_next_turn_works() 
 }
 
 #[tokio::test]
+async fn a_turn_that_goes_on_is_remembered_once_whole() {
+    // "Turn left." ended the turn; the user went on before the reply was heard: the reply was
+    // cancelled (nothing said) and the whole command came again under the same number.
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "default", 1, "my name is Ada", Some(("Hello Ada.", false))).await;
+    turn(&mut h, "default", 2, "Turn left.", None).await;
+    h.send(Frame::UserTurnResumed).await;
+    h.send_upstream(Frame::SpokenReply(Box::new(slowcat_processors::frame::SpokenReply {
+        text: String::new(),
+        interrupted: true,
+        turn: 2,
+    })))
+    .await;
+    let r = turn(&mut h, "default", 2, "Turn left at the next corner.", Some(("OK, left at the corner.", false))).await;
+    assert!(!all_text(&r).contains("[interrupted"), "the first part is no exchange: {:?}", r.messages);
+    let r = turn(&mut h, "default", 3, "thanks", None).await;
+    let users: Vec<&str> = r.messages.iter().filter(|m| m.role == Role::User).map(|m| m.content.as_str()).collect();
+    assert_eq!(users, ["my name is Ada", "Turn left at the next corner.", "thanks"], "{:?}", r.messages);
+    h.finish(Duration::from_secs(10)).await;
+    let db = MemoryDb::open_existing(&db_path(dir.path())).unwrap();
+    assert_eq!(db.recent("default", 10).unwrap().len(), 2, "two exchanges, the resumed turn once");
+}
+
+#[tokio::test]
 async fn every_other_frame_passes_through_in_both_directions() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = start(dir.path(), settings(dir.path())).await;

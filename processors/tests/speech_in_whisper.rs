@@ -408,3 +408,45 @@ async fn an_early_transcript_is_ready_when_the_turn_ends() {
     );
     assert!(late_wait >= late.processing, "without it, whisper runs after the turn ends");
 }
+
+/// Real speech (tests/speech): "go forward", a pause that ended the turn, and "ten meters" said
+/// before the reply was heard (`smart_turn` sends `UserTurnResumed`). When the first part's
+/// transcript `went_out` already, the whole command follows under the same turn number; else the
+/// first part's never goes out. Either way memory and the LLM see one turn.
+async fn go_forward_then_ten_meters(went_out: bool) -> Vec<Transcription> {
+    let a = padded(&human("go-forward"), 0.3, 0.0);
+    let b = padded(&human("ten-meters"), 0.0, 0.3);
+    let mut h = Harness::start(vec![stt(WhisperSttSettings { transcribe_early: false, ..Default::default() })]).await;
+    let mut t = Duration::ZERO;
+    h.send(Frame::UserStartedSpeaking).await;
+    send_audio(&h, &a, &mut t).await;
+    stop_at(&h, t).await;
+    h.send(Frame::UserTurnEnded).await;
+    if went_out {
+        let first = h.wait_for(Duration::from_secs(120), |f, _| matches!(f, Frame::Transcription(_))).await;
+        assert!(first.is_some(), "the first part was not transcribed");
+    }
+    send_audio(&h, &padded(&[], 0.4, 0.0), &mut t).await;
+    h.send(Frame::UserStartedSpeaking).await;
+    h.send(Frame::UserTurnResumed).await;
+    send_audio(&h, &b, &mut t).await;
+    stop_at(&h, t - Duration::from_millis(300)).await;
+    h.send(Frame::UserTurnEnded).await;
+    let out = h.finish(Duration::from_secs(300)).await;
+    let ts: Vec<Transcription> = transcriptions(&out).into_iter().cloned().collect();
+    println!("transcripts: {:?}", ts.iter().map(|t| (t.turn, t.text.as_str())).collect::<Vec<_>>());
+    let last = ts.last().expect("the resumed turn was transcribed");
+    assert_eq!(last.turn, 1, "the resumed turn keeps its number: {ts:?}");
+    let heard = last.text.to_lowercase();
+    assert!(heard.contains("forward") && (heard.contains("ten") || heard.contains("10")), "{heard:?}");
+    ts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_turn_is_transcribed_whole_under_its_own_number() {
+    let ts = go_forward_then_ten_meters(true).await;
+    assert_eq!(ts.len(), 2, "the first part went out before the user went on: {ts:?}");
+    assert!(ts.iter().all(|t| t.turn == 1), "{ts:?}");
+    let ts = go_forward_then_ten_meters(false).await;
+    assert_eq!(ts.len(), 1, "the first part's transcript never goes out once the turn goes on: {ts:?}");
+}

@@ -485,3 +485,104 @@ fn bench() {
     model_path();
     slowcat_processors::turn::bench(&models_dir()).unwrap();
 }
+
+/// The first part of a command said with a pause, as Smart Turn may hear it: complete.
+const FIRST_PART: &str = "Turn left.";
+const SECOND_PART: &str = "at the next corner.";
+
+/// A turn ended on `FIRST_PART` (every verdict counts as complete), then the user speaks again
+/// after `gap_ms`, with `reply_heard` deciding whether the reply became audible in between.
+async fn speak_again_after_the_turn_ended(settings: SmartTurnSettings, gap_ms: u64, reply_heard: bool) -> Vec<Frame> {
+    let settings = SmartTurnSettings { threshold: 0.0, ..settings };
+    let mut mic = Mic::start(smart_turn(settings)).await;
+    mic.send(Frame::UserStartedSpeaking).await;
+    mic.play(&speak(FIRST_PART), turn_ended).await;
+    mic.send(Frame::UserStoppedSpeaking).await;
+    let ended = mic.play(&silence(600), turn_ended).await;
+    assert!(ended.is_some(), "the first part must end the turn for this test");
+    mic.play(&silence(gap_ms.saturating_sub(600)), |_| false).await;
+    if reply_heard {
+        mic.harness.send_upstream(Frame::BotStartedSpeaking).await;
+        mic.harness.send_upstream(Frame::BotStoppedSpeaking).await;
+    }
+    mic.send(Frame::UserStartedSpeaking).await;
+    mic.play(&speak(SECOND_PART), turn_ended).await;
+    mic.send(Frame::UserStoppedSpeaking).await;
+    assert!(mic.play(&silence(1000), turn_ended).await.is_some(), "the second part never ended a turn");
+    mic.harness.finish(Duration::from_secs(10)).await.downstream
+}
+
+fn resumed(f: &Frame) -> bool {
+    matches!(f, Frame::UserTurnResumed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn speech_after_the_turn_ended_but_before_its_reply_is_heard_continues_the_turn() {
+    let out = speak_again_after_the_turn_ended(SmartTurnSettings::default(), 600, false).await;
+    assert_eq!(count(&out, resumed), 1, "the turn goes on");
+    // The reply to the first part is cancelled, right behind the resumption.
+    let names: Vec<&str> = out.iter().map(|f| f.name()).filter(|n| *n != "InputAudio" && *n != "Metrics").collect();
+    let at = names.iter().position(|n| *n == "UserTurnResumed").unwrap();
+    assert_eq!(&names[at - 1..=at + 1], ["UserStartedSpeaking", "UserTurnResumed", "Interruption"], "{names:?}");
+    assert_eq!(count(&out, interruption), 1, "{names:?}");
+    assert_eq!(count(&out, turn_ended), 2, "each part ends once; speech-to-text joins them: {names:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn speech_after_the_reply_was_heard_or_after_the_merge_window_is_a_new_turn() {
+    let out = speak_again_after_the_turn_ended(SmartTurnSettings::default(), 600, true).await;
+    assert_eq!((count(&out, resumed), count(&out, interruption)), (0, 0), "the reply was heard: a new turn");
+    let out = speak_again_after_the_turn_ended(SmartTurnSettings::default(), 2600, false).await;
+    assert_eq!((count(&out, resumed), count(&out, interruption)), (0, 0), "2.6 s later: a new turn");
+    let off = SmartTurnSettings { merge_window_ms: 0, ..SmartTurnSettings::default() };
+    let out = speak_again_after_the_turn_ended(off, 600, false).await;
+    assert_eq!((count(&out, resumed), count(&out, interruption)), (0, 0), "merging switched off");
+}
+
+/// Whisper's early transcript of the speech that ended at `end`, on its way upstream.
+fn heard(end: Duration, text: &str) -> Frame {
+    Frame::InterimTranscription(Box::new(slowcat_processors::Transcription {
+        text: text.into(),
+        speaker: "default".into(),
+        turn: 1,
+        start: Duration::ZERO,
+        end,
+        processing: Duration::ZERO,
+    }))
+}
+
+/// Says `audio` and stops; whisper's transcript of it is `words`. Returns how long after the stop
+/// the turn ended (with a 2000 ms fallback).
+async fn turn_end_with_words(audio: Vec<i16>, words: &str) -> Duration {
+    let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
+    let mut mic = Mic::start(smart_turn(settings)).await;
+    mic.send(Frame::UserStartedSpeaking).await;
+    assert!(mic.play(&audio, turn_ended).await.is_none());
+    let end = mic.pts - Duration::from_millis(200);
+    stop_at(&mic, end).await;
+    mic.harness.send_upstream(heard(end, words)).await;
+    let stopped = Instant::now();
+    let ended = mic.play(&silence(4000), turn_ended).await.expect("the turn never ended");
+    let out = mic.harness.finish(Duration::from_secs(10)).await;
+    assert_eq!(count(&out.downstream, turn_ended), 1);
+    assert!(
+        out.upstream.iter().any(|f| matches!(f, Frame::InterimTranscription(_))),
+        "the transcript goes on upstream"
+    );
+    ended - stopped
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_question_that_sounds_unfinished_ends_soon_when_its_words_are_complete() {
+    // The model finds the cut-off recording unfinished; the words say the question is complete.
+    let waited = turn_end_with_words(speak(CUT_OFF), "What time is it in Tokyo?").await;
+    println!("ended {} ms after the stop", ms(waited));
+    assert!(waited < Duration::from_millis(1000), "waited {} ms: the words did not count", ms(waited));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sentence_that_sounds_complete_waits_when_its_words_end_on_and() {
+    let waited = turn_end_with_words(speak(COMPLETE), "What is the weather going to be like in Paris and").await;
+    println!("ended {} ms after the stop", ms(waited));
+    assert!(waited >= Duration::from_millis(2000), "ended after {} ms on a dangling 'and'", ms(waited));
+}

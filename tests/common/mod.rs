@@ -86,3 +86,83 @@ pub fn words(s: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .collect()
 }
+
+/// One recording of a real person from the human speech set (tests/speech/manifest.tsv).
+pub struct Utterance {
+    /// Its name in the manifest.
+    pub name: String,
+    /// The 16 kHz mono WAV in the cache.
+    pub path: PathBuf,
+    /// What the person says.
+    pub words: String,
+}
+
+/// The human speech set, in manifest order; fetched with scripts/fetch-speech.sh when it is not
+/// in the cache yet.
+pub fn human_speech() -> Vec<Utterance> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = std::env::var_os("SLOWCAT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/slowcat"));
+    let manifest = std::fs::read_to_string(repo.join("tests/speech/manifest.tsv")).unwrap();
+    let set: Vec<Utterance> = manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("name\t") && !l.trim().is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            Utterance {
+                name: cols[0].to_string(),
+                path: cache.join("speech").join(format!("{}.wav", cols[0])),
+                words: cols[cols.len() - 1].to_string(),
+            }
+        })
+        .collect();
+    if set.iter().any(|u| !u.path.is_file()) {
+        let out = std::process::Command::new(repo.join("scripts/fetch-speech.sh")).output().unwrap();
+        assert!(out.status.success(), "scripts/fetch-speech.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    set
+}
+
+/// Words of `heard` that are not in `said`, position by position (a word error count: the
+/// Levenshtein distance between the two word lists, numbers written as words).
+pub fn word_errors(said: &str, heard: &str) -> usize {
+    let norm = |s: &str| -> Vec<String> { words(s).iter().flat_map(|w| number_words(w)).collect() };
+    let (a, b) = (norm(said), norm(heard));
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, wa) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, wb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(wa != wb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// "10" as "ten", "29340" as "two nine three four zero" (how the set's transcripts spell them).
+fn number_words(w: &str) -> Vec<String> {
+    const ONES: [&str; 10] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+    match w.parse::<u32>() {
+        Ok(10) => vec!["ten".into()],
+        Ok(n) if n < 10 => vec![ONES[n as usize].into()],
+        Ok(_) => w.chars().map(|c| ONES[c.to_digit(10).unwrap_or(0) as usize].to_string()).collect(),
+        Err(_) => vec![match w {
+            "mr" => "mister".to_string(),
+            "meters" | "metres" => "meters".to_string(),
+            other => other.to_string(),
+        }],
+    }
+}
+
+/// The longest run of one word said again and again in `text` ("W, W, W" is 3).
+pub fn longest_repeat(text: &str) -> usize {
+    let w = words(text);
+    let mut best = usize::from(!w.is_empty());
+    let mut run = 1;
+    for pair in w.windows(2) {
+        run = if pair[0] == pair[1] { run + 1 } else { 1 };
+        best = best.max(run);
+    }
+    best
+}

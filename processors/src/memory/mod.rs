@@ -523,6 +523,14 @@ impl Processor for StatelessMemory {
                 self.on_spoken(&reply, ctx).await;
                 ctx.push(Frame::SpokenReply(reply), direction).await;
             }
+            (Frame::UserTurnResumed, Direction::Downstream) => {
+                // The newest turn goes on and will come again whole, under the same number: what
+                // was heard of it so far is not an exchange to remember (its reply is cancelled).
+                if let Some(t) = self.turns.pop_back() {
+                    debug!(turn = t.turn, "the turn goes on; its first part is not stored");
+                }
+                ctx.push(Frame::UserTurnResumed, direction).await;
+            }
             (frame, direction) => {
                 ctx.push(frame, direction).await;
             }

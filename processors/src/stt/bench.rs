@@ -13,7 +13,9 @@
 //! on 40 espeak and Piper clips but for this bench's 8 s one. Flash attention and OpenMP measured
 //! no faster (see engine.rs; flash attention with Q8_0 3 s 211–242 ms), nor did switching off
 //! timestamps (190–206 ms). With another process on one core, 2 threads spin and take seconds:
-//! compare the 1-thread rows then.
+//! compare the 1-thread rows then. Since the `auto` window has a floor of 512 frames (engine.rs,
+//! #15: smaller windows loop on short real speech) the 1 s and 3 s cases cost more: Q8_0 on
+//! 1 thread, machine at load 4–5, 1 s 105–161 → 409–421 ms, 3 s 226 → 435 ms, 8 s 496 → 495 ms.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -17,6 +17,26 @@ const ENCODER_FRAMES_PER_SEC: f64 = 50.0;
 /// 64, 128 and 256 give the same words (mean WER 0.14; the full window 0.09) at 15–30 % of the
 /// full window's time.
 const AUDIO_CTX_MARGIN: u32 = 64;
+/// The smallest `auto` window (10 s of encoder frames). tiny.en Q8_0 with a window sized to a
+/// short segment loops on real speech ("5 5 5 5 …" for "five five", "7 of Hearts, 7 of Hearts, …",
+/// "old-s-s-y-y-y-y…"). Measured by `examples/stt_floors.rs` on the 24 human recordings of
+/// tests/speech plus 8 shorter cuts and pads of them, 1 thread, median of 3 (loaded machine):
+///
+/// | floor | loops | said twice | words right (24) | median ms ≤ 1.2 s / longer |
+/// |-------|-------|------------|------------------|----------------------------|
+/// | none  | 3     | 2          | 92.3 %           |   94 / 199                 |
+/// | 256   | 2     | 3          | 81.3 %           |  204 / 229                 |
+/// | 384   | 1     | 0          | 93.5 %           |  288 / 320                 |
+/// | 512   | 0     | 0          | 94.2 %           |  375 / 396                 |
+/// | 768   | 0     | 0          | 94.8 %           |  641 / 669                 |
+/// | full  | 0     | 0          | 94.8 %           | 2474 / 2373                |
+///
+/// 512 is the smallest without loops, but on every short turn it costs about 280 ms of one core
+/// (a 1 s turn 94 → 375 ms), which the reply would wait for. So the first pass keeps the window
+/// sized to the turn, and only a transcript that loops, or comes back empty although the VAD
+/// heard speech ("go" and "eight" alone did), is decoded again with at least this window (and,
+/// should it still loop, with the full one): 3 + 2 of the 32 clips, about 0.4 s each.
+pub const AUDIO_CTX_FLOOR: u32 = 512;
 /// Whisper's full 30 s window.
 const AUDIO_CTX_MAX: u32 = 1500;
 /// `auto` windows are rounded up to a multiple of this. The encoder's attention products have the
@@ -30,8 +50,9 @@ const MAX_TOKENS_PER_SEC: f32 = 10.0;
 /// How much of whisper's 30 s encoder window to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioCtx {
-    /// Sized to each utterance (50 encoder frames per second of audio plus a margin), so a
-    /// short turn costs a fraction of a full window.
+    /// Sized to each utterance (50 encoder frames per second of audio plus a margin), so a short
+    /// turn costs a fraction of a full window; a transcript that loops or is empty is decoded
+    /// again with at least [`AUDIO_CTX_FLOOR`] frames.
     Auto,
     /// A fixed number of encoder frames (at most 1500); 0 is whisper's default, the full window.
     Fixed(u32),
@@ -42,14 +63,20 @@ impl AudioCtx {
     pub fn frames_for(self, samples: usize) -> u32 {
         match self {
             AudioCtx::Fixed(n) => n.min(AUDIO_CTX_MAX),
-            AudioCtx::Auto => {
-                let secs = samples as f64 / f64::from(crate::PIPELINE_SAMPLE_RATE);
-                let frames = ((secs * ENCODER_FRAMES_PER_SEC).ceil() as u32 + AUDIO_CTX_MARGIN)
-                    .next_multiple_of(AUDIO_CTX_ALIGN);
-                // Past the full window whisper slides over the audio anyway.
-                if frames >= AUDIO_CTX_MAX { 0 } else { frames }
-            }
+            AudioCtx::Auto => Self::sized(samples, 0),
         }
+    }
+
+    /// The `auto` window for `samples` samples with at least `floor` frames: the audio's own
+    /// frames plus [`AUDIO_CTX_MARGIN`], rounded up to [`AUDIO_CTX_ALIGN`]; 0 (the full window)
+    /// from 1500 on. Public for the benchmark that chose the floor.
+    pub fn sized(samples: usize, floor: u32) -> u32 {
+        let secs = samples as f64 / f64::from(crate::PIPELINE_SAMPLE_RATE);
+        let frames = ((secs * ENCODER_FRAMES_PER_SEC).ceil() as u32 + AUDIO_CTX_MARGIN)
+            .max(floor)
+            .next_multiple_of(AUDIO_CTX_ALIGN);
+        // Past the full window whisper slides over the audio anyway.
+        if frames >= AUDIO_CTX_MAX { 0 } else { frames }
     }
 }
 
@@ -98,6 +125,7 @@ pub struct WhisperEngine {
     threads: usize,
     language: String,
     audio_ctx: AudioCtx,
+    guards: Guards,
 }
 
 /// One transcription.
@@ -117,6 +145,36 @@ pub struct Recognized {
     pub language: String,
     /// How long inference took.
     pub elapsed: Duration,
+    /// The first pass repeated itself and this is the second, with the full window.
+    pub retried: bool,
+}
+
+/// The decoder's guards against loops and invented text, all on by default. Benchmarks and tests
+/// turn them off one at a time to show what each is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guards {
+    /// whisper.cpp's temperature fallback: a decode whose tokens repeat (low entropy) or that
+    /// whisper is unsure of (low mean log-probability) while it hears speech is decoded again at
+    /// higher temperatures.
+    pub fallback: bool,
+    /// A transcript that says a word or short phrase 3 or more times in a row, or a first pass
+    /// that heard no words, is decoded again with a larger window ([`AUDIO_CTX_FLOOR`]), and
+    /// with the full one while it still loops (larger windows do not loop where a window sized
+    /// to a sub-second segment does).
+    pub retry_full: bool,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self { fallback: false, retry_full: true }
+    }
+}
+
+/// What one pass of whisper returned.
+struct Decoded {
+    raw: String,
+    no_speech: f32,
+    confidence: f32,
 }
 
 /// ggml's abort callback for [`WhisperEngine::transcribe_early`]: true once the flag `data` points
@@ -162,7 +220,20 @@ impl WhisperEngine {
         }
         let eot = ctx.token_eot();
         let state = ctx.create_state().map_err(|e| anyhow!("cannot allocate Whisper state: {e}"))?;
-        Ok(Self { state, eot, multilingual, threads: threads.max(1), language: language.to_string(), audio_ctx })
+        Ok(Self {
+            state,
+            eot,
+            multilingual,
+            threads: threads.max(1),
+            language: language.to_string(),
+            audio_ctx,
+            guards: Guards::default(),
+        })
+    }
+
+    /// Turns guards on or off (for benchmarks and tests).
+    pub fn set_guards(&mut self, guards: Guards) {
+        self.guards = guards;
     }
 
     /// True for a multilingual model.
@@ -208,41 +279,8 @@ impl WhisperEngine {
                 confidence: 0.0,
                 language: String::new(),
                 elapsed: Duration::ZERO,
+                retried: false,
             });
-        }
-        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        params.set_n_threads(threads.max(1) as i32);
-        // English-only models ignore the language; "auto" makes a multilingual one detect it.
-        params.set_language(Some(if self.multilingual { self.language.as_str() } else { "en" }));
-        // Each turn stands alone: no prompt from the previous one, one segment. Timestamp tokens
-        // stay on although nobody reads them: without them the decoder cannot tell where the
-        // audio ends and repeats the utterance until the token budget runs out, and whisper's
-        // no-speech probability (read after the start token) becomes meaningless, so noise
-        // turns into invented sentences instead of nothing.
-        params.set_no_context(true);
-        params.set_single_segment(true);
-        params.set_suppress_nst(true);
-        // No temperature fallback: a failed decode is retried up to five times at higher
-        // temperatures, which turns 0.1 s into seconds exactly when the audio is noise. A bad
-        // result is filtered out below instead.
-        params.set_temperature_inc(0.0);
-        // Nobody says more than ~6 tokens a second; a decoder looping on a phrase stops here.
-        let secs = audio.len() as f32 / crate::PIPELINE_SAMPLE_RATE as f32;
-        params.set_max_tokens((secs * MAX_TOKENS_PER_SEC) as i32 + 16);
-        params.set_print_special(false);
-        params.set_print_progress(false);
-        params.set_print_realtime(false);
-        params.set_print_timestamps(false);
-        // Checked by ggml between the steps of the computation. (whisper-rs 0.16's
-        // `set_abort_callback_safe` reads its closure through the wrong pointer type and aborts
-        // at random, so this uses the C callback directly.)
-        if let Some(flag) = &abandoned {
-            // SAFETY: the callback only reads the AtomicBool behind the pointer, which `abandoned`
-            // keeps alive until this function returns, after `full` has.
-            unsafe {
-                params.set_abort_callback(Some(abandoned_flag));
-                params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut std::ffi::c_void);
-            }
         }
         // Whisper pads the window with zeros; shorter than 1 s it tends to hallucinate, so pad to
         // 1 s of silence ourselves (cheap: the encoder window grows by at most 50 frames).
@@ -258,7 +296,89 @@ impl WhisperEngine {
         } else {
             audio
         };
-        let n_ctx = audio_ctx.frames_for(audio.len());
+        let mut n_ctx = audio_ctx.frames_for(audio.len());
+        let mut decoded = self.decode(audio, n_ctx, threads, abandoned.as_ref())?;
+        let mut retried = false;
+        // A window sized to a short turn sometimes loops, or hears nothing in a single word: decode
+        // again with a larger window, then with the full one while it still loops.
+        let loops = |raw: &str| repeats_itself(&strip_annotations(raw));
+        let failed = |raw: &str, first: bool| loops(raw) || (first && clean_transcript(raw).is_empty());
+        if self.guards.retry_full && n_ctx != 0 && failed(&decoded.raw, true) {
+            for larger in [AudioCtx::sized(audio.len(), AUDIO_CTX_FLOOR), 0] {
+                if larger != 0 && larger <= n_ctx {
+                    continue;
+                }
+                tracing::debug!(raw = %decoded.raw.trim(), audio_ctx = n_ctx, larger, "whisper looped or heard nothing; again with a larger window");
+                n_ctx = larger;
+                decoded = self.decode(audio, n_ctx, threads, abandoned.as_ref())?;
+                retried = true;
+                if !loops(&decoded.raw) {
+                    break;
+                }
+            }
+        }
+        let language = whisper_rs::get_lang_str(self.state.full_lang_id_from_state()).unwrap_or("").to_string();
+        Ok(Recognized {
+            text: clean_transcript(&decoded.raw),
+            raw: decoded.raw.trim().to_string(),
+            audio_ctx: n_ctx,
+            no_speech: decoded.no_speech,
+            confidence: decoded.confidence,
+            language,
+            elapsed: started.elapsed(),
+            retried,
+        })
+    }
+
+    /// One pass of whisper over `audio` with an encoder window of `n_ctx` frames.
+    fn decode(
+        &mut self,
+        audio: &[f32],
+        n_ctx: u32,
+        threads: usize,
+        abandoned: Option<&Arc<AtomicBool>>,
+    ) -> anyhow::Result<Decoded> {
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(threads.max(1) as i32);
+        // English-only models ignore the language; "auto" makes a multilingual one detect it.
+        params.set_language(Some(if self.multilingual { self.language.as_str() } else { "en" }));
+        // Each turn stands alone: no prompt from the previous one, one segment. Timestamp tokens
+        // stay on although nobody reads them: without them the decoder cannot tell where the
+        // audio ends and repeats the utterance until the token budget runs out, and whisper's
+        // no-speech probability (read after the start token) becomes meaningless, so noise
+        // turns into invented sentences instead of nothing.
+        params.set_no_context(true);
+        params.set_single_segment(true);
+        params.set_suppress_nst(true);
+        if !self.guards.fallback {
+            // No temperature fallback: a failed decode is retried up to five times at higher
+            // temperatures, which turns 0.1 s into seconds exactly when the audio is noise. On
+            // the human recordings it also makes loops: short turns fail whisper's mean
+            // log-probability test (< -1) at temperature 0, and the hotter decode that passes is
+            // a confident loop ("Hello? Hello? Hello? …"): 12 of 32 clips loop with it, 3
+            // without (stt_floors, no floor); 1 and 0 with the 512 floor. Loops are caught after
+            // the decode instead. Whisper's own no-speech test (no-speech probability > 0.6 and
+            // mean log-probability < -1: no text) stays on at its defaults.
+            params.set_temperature_inc(0.0);
+        }
+        // Nobody says more than ~6 tokens a second; a decoder looping on a phrase stops here.
+        let secs = audio.len() as f32 / crate::PIPELINE_SAMPLE_RATE as f32;
+        params.set_max_tokens((secs * MAX_TOKENS_PER_SEC) as i32 + 16);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        // Checked by ggml between the steps of the computation. (whisper-rs 0.16's
+        // `set_abort_callback_safe` reads its closure through the wrong pointer type and aborts
+        // at random, so this uses the C callback directly.)
+        if let Some(flag) = abandoned {
+            // SAFETY: the callback only reads the AtomicBool behind the pointer, which `abandoned`
+            // keeps alive until this function returns, after `full` has.
+            unsafe {
+                params.set_abort_callback(Some(abandoned_flag));
+                params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut std::ffi::c_void);
+            }
+        }
         params.set_audio_ctx(n_ctx as i32);
         let result = self.state.full(params, audio);
         if abandoned.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
@@ -281,23 +401,20 @@ impl WhisperEngine {
             }
         }
         let confidence = if p_n == 0 { 0.0 } else { p_sum / p_n as f32 };
-        let language = whisper_rs::get_lang_str(self.state.full_lang_id_from_state()).unwrap_or("").to_string();
-        let text = clean_transcript(&raw);
-        Ok(Recognized {
-            text,
-            raw: raw.trim().to_string(),
-            audio_ctx: n_ctx,
-            no_speech,
-            confidence,
-            language,
-            elapsed: started.elapsed(),
-        })
+        Ok(Decoded { raw, no_speech, confidence })
     }
 }
 
 /// Removes whisper's non-speech annotations (`[BLANK_AUDIO]`, `(music)`, `[ Silence ]`, `*sighs*`,
-/// music notes) and collapses whitespace. Returns an empty string when no word is left.
+/// music notes), collapses whitespace, and keeps one copy of a loop ([`repeats_itself`]) or of a
+/// repeated utterance. Returns an empty string when no word is left.
 pub fn clean_transcript(raw: &str) -> String {
+    let text = strip_annotations(raw);
+    if text.chars().any(char::is_alphanumeric) { collapse_repeats(&collapse_loops(&text)) } else { String::new() }
+}
+
+/// `raw` without whisper's non-speech annotations, whitespace collapsed.
+fn strip_annotations(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut closing: Option<char> = None;
     for c in raw.chars() {
@@ -313,8 +430,86 @@ pub fn clean_transcript(raw: &str) -> String {
             },
         }
     }
-    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().any(char::is_alphanumeric) { collapse_repeats(&text) } else { String::new() }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Longest phrase, in words, that [`repeats_itself`] looks for.
+const LOOP_PHRASE_WORDS: usize = 3;
+/// Copies in a row that make a loop: 3 ("W, W, W"), or 4 when each copy is a sentence of its
+/// own, as people say "Yes. Yes. Yes, please."
+const LOOP_COPIES: usize = 3;
+const LOOP_SENTENCE_COPIES: usize = 4;
+
+/// The words of `text`, each with its normalised form (letters and digits, lower case) and
+/// whether it ends a sentence. A hyphen splits a word and stays on its first part ("old-s-y-y-y"
+/// loops too).
+fn loop_words(text: &str) -> Vec<(&str, String, bool)> {
+    text.split_whitespace()
+        .flat_map(|w| w.split_inclusive('-'))
+        .map(|w| {
+            let norm: String = w.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect();
+            (w, norm, w.ends_with(['.', '?', '!']))
+        })
+        .collect()
+}
+
+/// The first loop in `words`: (start, phrase length, copies).
+fn find_loop(words: &[(&str, String, bool)]) -> Option<(usize, usize, usize)> {
+    for start in 0..words.len() {
+        for len in 1..=LOOP_PHRASE_WORDS {
+            if start + len > words.len() || words[start..start + len].iter().all(|w| w.1.is_empty()) {
+                continue;
+            }
+            let same = |k: usize| {
+                let (a, b) = (start, start + k * len);
+                b + len <= words.len() && (0..len).all(|i| words[a + i].1 == words[b + i].1)
+            };
+            let mut copies = 1;
+            while same(copies) {
+                copies += 1;
+            }
+            // Copies that each end a sentence (all but the last may be followed by more).
+            let sentences = (0..copies - 1).all(|k| words[start + (k + 1) * len - 1].2);
+            if copies >= if sentences { LOOP_SENTENCE_COPIES } else { LOOP_COPIES } {
+                return Some((start, len, copies));
+            }
+        }
+    }
+    None
+}
+
+/// True when `text` says a word or a phrase of up to three words 3 or more times in a row
+/// ("W, W, W, W", "about the moon, about the moon, about the moon", "go go go forward"): the
+/// sign of a decoder loop. Case and punctuation do not matter; copies that are whole sentences
+/// need a fourth ("Yes. Yes. Yes, please." is something people say).
+pub fn repeats_itself(text: &str) -> bool {
+    find_loop(&loop_words(text)).is_some()
+}
+
+/// `text` with each loop ([`repeats_itself`]) cut to its first copy, ending with the last copy's
+/// punctuation.
+fn collapse_loops(text: &str) -> String {
+    let mut words = loop_words(text);
+    let mut out: Vec<&str> = words.iter().map(|w| w.0).collect();
+    while let Some((start, len, copies)) = find_loop(&words) {
+        let mut end = start + len * copies;
+        out[start + len - 1] = out[end - 1];
+        // A last copy cut short by the token budget, at the very end, goes too.
+        let rest = words.len() - end;
+        if rest < len && (0..rest).all(|i| words[end + i].1 == words[start + i].1) {
+            end = words.len();
+        }
+        out.drain(start + len..end);
+        words.drain(start + len..end);
+    }
+    let mut joined = String::with_capacity(text.len());
+    for w in out {
+        if !joined.is_empty() && !joined.ends_with('-') {
+            joined.push(' ');
+        }
+        joined.push_str(w);
+    }
+    joined
 }
 
 /// Whisper with an encoder window sized to the utterance sometimes says the whole utterance
@@ -378,6 +573,51 @@ mod tests {
     }
 
     #[test]
+    fn a_word_or_phrase_three_times_in_a_row_is_a_loop() {
+        for text in [
+            "W, W, W, W, W, W",
+            "about the moon, about the moon, about the moon",
+            "go go go forward",
+            "Go forward, forward, forward.",
+            "7 of Hearts, 7 of Hearts, 7 of Hearts, 7",
+            "5 5 5 5 5 5",
+            "No. No. No. No.",
+            "He was not an old-s-s-y-y-y-y-y-y-y-y",
+        ] {
+            assert!(repeats_itself(text), "{text:?}");
+        }
+        for text in [
+            "Yes. Yes. Yes, please.",
+            "five five",
+            "5 5",
+            "Go forward.",
+            "I said no, no, I said tomorrow.",
+            "Well, there isn't that much difference. Well, there isn't that much difference.",
+            "",
+            "- - -",
+        ] {
+            assert!(!repeats_itself(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_loop_is_kept_once() {
+        let cases = [
+            ("W, W, W, W, W, W, W, W, W, W,", "W,"),
+            ("about the moon, about the moon, about the moon", "about the moon"),
+            ("go go go forward", "go forward"),
+            ("Go forward, forward, forward, forward, forward.", "Go forward."),
+            ("7 of Hearts, 7 of Hearts, 7 of Hearts, 7", "7 of Hearts,"),
+            ("He was not an old-s-s-y-y-y-y-y-y", "He was not an old-s-s-y"),
+            ("Yes. Yes. Yes, please.", "Yes. Yes. Yes, please."),
+            ("A well-known cold-hearted man.", "A well-known cold-hearted man."),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(clean_transcript(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
     fn non_speech_markers_leave_nothing() {
         for raw in ["[BLANK_AUDIO]", " (music)", "[ Silence ]", " ...", "♪ ♪", "*sighs*", " - ", ""] {
             assert_eq!(clean_transcript(raw), "", "{raw:?}");
@@ -394,8 +634,11 @@ mod tests {
     #[test]
     fn audio_ctx_grows_with_the_utterance_and_caps() {
         assert_eq!(AudioCtx::Auto.frames_for(16_000), (50 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
-        assert_eq!(AudioCtx::Auto.frames_for(3 * 16_000), (150 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
-        assert_eq!(AudioCtx::Auto.frames_for(3 * 16_000) % AUDIO_CTX_ALIGN, 0);
+        assert_eq!(AudioCtx::sized(16_000, AUDIO_CTX_FLOOR), AUDIO_CTX_FLOOR);
+        assert_eq!(AudioCtx::Auto.frames_for(12 * 16_000), (600 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
+        assert_eq!(AudioCtx::Auto.frames_for(12 * 16_000) % AUDIO_CTX_ALIGN, 0);
+        assert_eq!(AudioCtx::sized(16_000, 0), (50 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
+        assert_eq!(AudioCtx::sized(3 * 16_000, 0), (150 + AUDIO_CTX_MARGIN).next_multiple_of(AUDIO_CTX_ALIGN));
         assert_eq!(AudioCtx::Auto.frames_for(40 * 16_000), 0);
         assert_eq!(AudioCtx::Fixed(0).frames_for(16_000), 0);
         assert_eq!(AudioCtx::Fixed(700).frames_for(16_000), 700);

@@ -10,6 +10,10 @@
 //! transcribed; speech already in progress again (the turn-end signal raced the user's next
 //! words) starts the next turn.
 //!
+//! A turn that `smart_turn` resumes (`UserTurnResumed`: the user spoke on before the reply was
+//! heard) gets its audio back in front of the new speech, and is transcribed again as one turn
+//! under the same number; its first transcript, if not pushed yet, never is.
+//!
 //! Transcription runs on a blocking thread fed by a worker task, one turn at a time in order, so
 //! audio keeps flowing while whisper works and an interruption (which concerns the assistant's
 //! reply) never cancels the transcription of what the user said.
@@ -66,8 +70,9 @@ pub struct WhisperSttSettings {
     /// so on a machine whose cores are busy with other work (2 cores, a local LLM) 1 thread can be
     /// several times faster than 2.
     pub threads: usize,
-    /// Encoder window: `"auto"` sizes it to the utterance (fast for short turns), a number of
-    /// encoder frames (50 per second, at most 1500), or 0 for whisper's full 30 s window.
+    /// Encoder window: `"auto"` sizes it to the utterance, at least 512 frames (see `AUDIO_CTX_FLOOR`)
+    /// (fast for short turns), a number of encoder frames (50 per second, at most 1500), or 0
+    /// for whisper's full 30 s window.
     pub audio_ctx: AudioCtx,
     /// Audio kept from before the VAD reported speech, in milliseconds; should exceed the VAD's
     /// `start_ms` or the first syllable is lost.
@@ -169,6 +174,8 @@ impl Settings for WhisperSttSettings {
 
 /// One turn handed to the transcriber.
 struct Job {
+    /// Numbers the jobs, from 1.
+    id: u64,
     audio: Vec<f32>,
     start: Duration,
     end: Duration,
@@ -247,6 +254,20 @@ pub struct WhisperStt {
     /// Id of the newest early transcription a turn has claimed (shared with the worker, which
     /// then has no use for sending it on as an interim transcript).
     claimed: Arc<AtomicU64>,
+    jobs: u64,
+    /// The turn handed over last, kept until the next one in case it is resumed.
+    last_turn: Option<LastTurn>,
+    /// Id of the job whose turn was resumed (shared with the worker, which then does not push its
+    /// transcript, or numbers the resumed turn's transcript as it).
+    resumed: Arc<AtomicU64>,
+}
+
+/// The audio of the turn handed over last.
+struct LastTurn {
+    job: u64,
+    audio: Vec<i16>,
+    start: Duration,
+    end: Duration,
 }
 
 fn duration_of(samples: usize) -> Duration {
@@ -277,6 +298,9 @@ impl WhisperStt {
             paused: None,
             early_ids: 0,
             claimed: Arc::new(AtomicU64::new(0)),
+            jobs: 0,
+            last_turn: None,
+            resumed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -337,7 +361,7 @@ impl WhisperStt {
     fn take_turn(&mut self) -> Option<Job> {
         let start = self.turn_start.take()?;
         let audio = to_mono_f32(&self.turn, 1);
-        self.turn.clear();
+        let kept = std::mem::take(&mut self.turn);
         if audio.is_empty() {
             return None;
         }
@@ -345,7 +369,27 @@ impl WhisperStt {
         if let Some(id) = early {
             self.claimed.store(id, Ordering::Relaxed);
         }
-        Some(Job { audio, start, end: self.turn_end.max(start), queued: Instant::now(), early })
+        self.jobs += 1;
+        let end = self.turn_end.max(start);
+        self.last_turn = Some(LastTurn { job: self.jobs, audio: kept, start, end });
+        Some(Job { id: self.jobs, audio, start, end, queued: Instant::now(), early })
+    }
+
+    /// The turn handed over last goes on (`UserTurnResumed`): its audio comes back in front of the
+    /// speech that has just started, and its transcript is replaced by the whole turn's.
+    fn on_resumed(&mut self) {
+        // A turn whose end never came through is simply still open.
+        if self.turn_start.is_some() {
+            return;
+        }
+        let Some(last) = self.last_turn.take() else { return };
+        let mut audio = last.audio;
+        audio.append(&mut self.turn);
+        self.turn = audio;
+        self.turn_start = Some(last.start);
+        self.turn_end = last.end;
+        self.resumed.store(last.job, Ordering::Relaxed);
+        tracing::debug!(job = last.job, "the turn goes on; its audio is kept for one transcript");
     }
 
     /// Starts transcribing `audio`, the speech up to `end`, before the turn has ended.
@@ -436,6 +480,8 @@ impl Processor for WhisperStt {
             turn: 0,
             early_threads: self.settings.early_threads,
             claimed: self.claimed.clone(),
+            resumed: self.resumed.clone(),
+            last_pushed: None,
         };
         self.worker = Some((tx, tokio::spawn(worker.run(engine, rx))));
         Ok(())
@@ -468,6 +514,7 @@ impl Processor for WhisperStt {
             Frame::Metrics(m) if m.name == SPEECH_START_METRIC => self.vad_start = Some(m.value),
             Frame::Metrics(m) if m.name == SPEECH_END_METRIC => self.vad_end = Some(m.value),
             Frame::UserStartedSpeaking => self.on_started(),
+            Frame::UserTurnResumed => self.on_resumed(),
             Frame::UserSpeechPaused { at, .. } if self.early_enabled() => self.on_paused(*at),
             Frame::UserStoppedSpeaking => {
                 let speech_end = self.vad_end;
@@ -533,6 +580,10 @@ struct Worker {
     early_threads: usize,
     /// See [`WhisperStt::claimed`].
     claimed: Arc<AtomicU64>,
+    /// See [`WhisperStt::resumed`].
+    resumed: Arc<AtomicU64>,
+    /// The job and turn number of the last transcript pushed.
+    last_pushed: Option<(u64, u64)>,
 }
 
 impl Worker {
@@ -592,16 +643,21 @@ impl Worker {
                     }
                 },
             };
+            if self.resumed.load(Ordering::Relaxed) == job.id {
+                tracing::debug!(processor = %self.id, job = job.id, "the turn went on; its transcript is replaced");
+                continue;
+            }
             match recognized {
                 Ok(r) if r.text.is_empty() => {
                     tracing::debug!(processor = %self.id, raw = %r.raw, "no words in the turn");
                 }
                 Ok(r) => {
-                    self.turn += 1;
+                    self.turn = self.next_turn();
+                    self.last_pushed = Some((job.id, self.turn));
                     let stt_time = job.queued.elapsed();
                     tracing::info!(
                         processor = %self.id, turn = self.turn, text = %r.text, audio_ctx = r.audio_ctx,
-                        ms = r.elapsed.as_millis() as u64, "transcribed"
+                        retried = r.retried, ms = r.elapsed.as_millis() as u64, "transcribed"
                     );
                     let t = Transcription {
                         text: r.text,
@@ -625,6 +681,15 @@ impl Worker {
         }
     }
 
+    /// The number of the next transcript: the resumed turn's own when its first transcript went
+    /// out already, else the next one.
+    fn next_turn(&self) -> u64 {
+        match self.last_pushed {
+            Some((job, turn)) if self.resumed.load(Ordering::Relaxed) == job => turn,
+            _ => self.turn + 1,
+        }
+    }
+
     /// Sends `early` on as an interim transcript, once, when it has words and no turn has claimed
     /// it (its final transcript follows at once then).
     async fn send_interim(&self, early: &mut EarlyDone) {
@@ -635,11 +700,13 @@ impl Worker {
         let t = Transcription {
             text: r.text.clone(),
             speaker: self.speaker.clone(),
-            turn: self.turn + 1,
+            turn: self.next_turn(),
             start: early.start,
             end: early.end.max(early.start),
             processing: r.elapsed,
         };
+        // Upstream too: `smart_turn` weighs the words in its end-of-turn decision.
+        self.sender.upstream(Frame::InterimTranscription(Box::new(t.clone()))).await;
         self.sender.downstream(Frame::InterimTranscription(Box::new(t))).await;
         early.sent = true;
     }

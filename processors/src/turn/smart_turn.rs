@@ -14,6 +14,19 @@
 //! a few tens of milliseconds more or less of trailing silence, and a wrong "incomplete" costs
 //! the whole timeout, where a second inference costs ~200 ms.
 //!
+//! One utterance stays one turn: people leave pauses between words, and a pause of a few tenths
+//! of a second can look like the end of a complete utterance ("turn" … "left"). When the user
+//! speaks again after the turn has ended but before its reply is heard (within `merge_window_ms`),
+//! the turn goes on: `UserTurnResumed` then an `Interruption` go downstream (the reply in progress
+//! is cancelled, speech-to-text joins the two parts into one turn), and the model hears the whole
+//! turn at the next pause.
+//!
+//! The words count too: `whisper_stt` sends its early transcript of the turn upstream as well, and
+//! a turn the model finds unfinished ends soon when the words make a complete sentence or
+//! question, while one the model finds complete but whose words end on "and" or "the" waits. The
+//! fallback wait after an unfinished utterance adapts to the speaker: once they have resumed a few
+//! times, it is a little longer than the longest pause they took, within `incomplete_timeout_ms`.
+//!
 //! Barge-in: user speech overlapping the assistant's speech for `barge_in_min_ms` pushes
 //! `Interruption`, so shorter sounds (a cough, a click) do not interrupt.
 
@@ -55,6 +68,50 @@ pub const WAIT_METRIC: &str = "smart_turn_wait";
 /// Audio kept from before the VAD's start event: the VAD fires only after some speech, and the
 /// reference pipeline the model was tuned with hears the onset too.
 const PRE_ROLL: Duration = Duration::from_millis(500);
+/// The wait, after the stop, for an utterance the model finds unfinished but whose words make a
+/// complete sentence or question: the model misjudges some complete questions, and whisper puts
+/// a full stop after almost anything, so a short wait still lets the user go on.
+const COMPLETE_WORDS_WAIT: Duration = Duration::from_millis(400);
+/// The shortest fallback wait the speaker's pace can bring the timeout down to.
+const MIN_FALLBACK: Duration = Duration::from_millis(1000);
+/// How many of the speaker's recent pauses the fallback learns from, and how many it needs.
+const PAUSES_KEPT: usize = 8;
+const PAUSES_NEEDED: usize = 3;
+/// Words a sentence does not end on.
+const DANGLING: &[&str] = &[
+    "and", "or", "but", "so", "because", "the", "a", "an", "to", "of", "in", "on", "at", "for", "with", "from", "my",
+    "your", "his", "her", "their", "our", "is", "are", "was", "were", "if", "than", "that", "which", "who", "um", "uh",
+    "er", "like", "about", "into",
+];
+
+/// How a transcript ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WordsEnd {
+    /// A sentence or question, closed by its punctuation, not on a dangling word.
+    Complete,
+    /// On a word no sentence ends on ("and", "the").
+    Dangling,
+    /// Neither: the words do not tell.
+    Open,
+}
+
+fn words_end(text: &str) -> WordsEnd {
+    let text = text.trim();
+    let last = text
+        .split_whitespace()
+        .last()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'').to_lowercase())
+        .unwrap_or_default();
+    if last.is_empty() {
+        WordsEnd::Open
+    } else if DANGLING.contains(&last.as_str()) {
+        WordsEnd::Dangling
+    } else if text.ends_with(['.', '?', '!']) && !text.ends_with("...") {
+        WordsEnd::Complete
+    } else {
+        WordsEnd::Open
+    }
+}
 
 /// Settings of `smart_turn`.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +131,9 @@ pub struct SmartTurnSettings {
     pub barge_in: bool,
     /// How long the user must talk over the assistant before it is interrupted.
     pub barge_in_min_ms: u64,
+    /// Speech that starts within this long after the end of a turn, before its reply is heard,
+    /// continues that turn (its reply is cancelled). 0: never.
+    pub merge_window_ms: u64,
 }
 
 impl Default for SmartTurnSettings {
@@ -86,6 +146,7 @@ impl Default for SmartTurnSettings {
             threads: 1,
             barge_in: true,
             barge_in_min_ms: 300,
+            merge_window_ms: 2000,
         }
     }
 }
@@ -222,7 +283,7 @@ enum Turn {
     Deciding { start: u64, speech_end_at: Duration, inference: Inference },
     /// The user paused and the model found the utterance incomplete: the turn ends at
     /// `deadline` unless the user resumes.
-    Waiting { start: u64, speech_end_at: Duration, deadline: tokio::time::Instant },
+    Waiting { start: u64, speech_end_at: Duration, deadline: tokio::time::Instant, since: tokio::time::Instant },
 }
 
 /// The `smart_turn` processor. Forwards every frame unchanged; adds `UserTurnEnded`,
@@ -253,6 +314,13 @@ pub struct SmartTurn {
     vad_end: Option<Duration>,
     /// Inference started at the VAD's pause that ended speech at the given point.
     early: Option<(Duration, Inference)>,
+    /// The turn that ended last, while its reply has not been heard: where its audio starts and
+    /// until when speech continues it.
+    resumable: Option<(u64, tokio::time::Instant)>,
+    /// Whisper's early transcript of the turn up to the end of speech it names.
+    words: Option<(Duration, WordsEnd)>,
+    /// The speaker's recent pauses inside a turn (silence after which they went on).
+    pauses: VecDeque<Duration>,
     format_reported: bool,
 }
 
@@ -305,6 +373,9 @@ impl SmartTurn {
             overlap: Duration::ZERO,
             vad_end: None,
             early: None,
+            resumable: None,
+            words: None,
+            pauses: VecDeque::with_capacity(PAUSES_KEPT),
             format_reported: false,
         }
     }
@@ -348,17 +419,32 @@ impl SmartTurn {
         self.audio.range(self.audio.len() - n..).copied().collect()
     }
 
-    fn user_started(&mut self) {
+    /// The user started speaking; true when this continues the turn that just ended.
+    fn user_started(&mut self) -> bool {
         self.user_speaking = true;
         self.overlap = Duration::ZERO;
         self.vad_end = None;
+        let resumable = self.resumable.take().filter(|&(_, until)| tokio::time::Instant::now() < until);
+        let mut resumed = false;
         self.turn = match std::mem::replace(&mut self.turn, Turn::Idle) {
-            Turn::Idle => {
-                let pre_roll = PRE_ROLL.as_millis() as u64 * u64::from(PIPELINE_SAMPLE_RATE) / 1000;
-                Turn::Speaking { start: self.received.saturating_sub(pre_roll) }
-            }
-            Turn::Waiting { start, .. } => {
+            Turn::Idle => match resumable {
+                // The turn ended on a pause, and its reply has not been heard yet: it goes on.
+                Some((start, _)) => {
+                    info!("the user goes on speaking before the reply is heard; the turn goes on");
+                    resumed = true;
+                    Turn::Speaking { start }
+                }
+                _ => {
+                    let pre_roll = PRE_ROLL.as_millis() as u64 * u64::from(PIPELINE_SAMPLE_RATE) / 1000;
+                    Turn::Speaking { start: self.received.saturating_sub(pre_roll) }
+                }
+            },
+            Turn::Waiting { start, since, .. } => {
                 debug!("user resumed an incomplete utterance; the turn goes on");
+                if self.pauses.len() == PAUSES_KEPT {
+                    self.pauses.pop_front();
+                }
+                self.pauses.push_back(since.elapsed());
                 Turn::Speaking { start }
             }
             Turn::Deciding { start, inference, .. } => {
@@ -369,6 +455,7 @@ impl SmartTurn {
             }
             speaking @ Turn::Speaking { .. } => speaking,
         };
+        resumed
     }
 
     /// Runs the model on `audio` on a blocking thread.
@@ -455,8 +542,11 @@ impl SmartTurn {
             Ok((probability, took)) => {
                 ctx.push_metric(INFERENCE_METRIC, None, took).await;
                 ctx.push_metric(WAIT_METRIC, None, waited).await;
-                let complete = probability >= self.settings.threshold;
-                if !complete && d.early {
+                let words = self.words_of_this_turn();
+                let sounds_complete = probability >= self.settings.threshold;
+                // A sentence whose words hang ("… and") is not over, however it sounds.
+                let complete = sounds_complete && words != Some(WordsEnd::Dangling);
+                if !sounds_complete && d.early && words != Some(WordsEnd::Complete) {
                     debug!(probability, "incomplete at the pause; asking again on the audio of the stop");
                     let inference = Inference { stopped: d.stopped, ..self.infer(self.turn_audio(start)) };
                     self.turn = Turn::Deciding { start, speech_end_at, inference };
@@ -466,31 +556,39 @@ impl SmartTurn {
                 info!(
                     probability,
                     complete,
+                    ?words,
                     audio_s = d.seconds,
                     inference_ms = took.as_millis() as u64,
                     wait_ms = waited.as_millis() as u64,
                     "smart turn"
                 );
                 if complete {
-                    self.end_turn(ctx, speech_end_at).await;
+                    self.end_turn(ctx, start, speech_end_at).await;
                 } else {
-                    let wait = Duration::from_millis(self.settings.incomplete_timeout_ms);
-                    self.turn = Turn::Waiting { start, speech_end_at, deadline: tokio::time::Instant::now() + wait };
+                    let now = tokio::time::Instant::now();
+                    let wait = if words == Some(WordsEnd::Complete) { COMPLETE_WORDS_WAIT } else { self.fallback() };
+                    // The pause began at the stop, `waited` ago.
+                    let since = now.checked_sub(waited).unwrap_or(now);
+                    self.turn = Turn::Waiting { start, speech_end_at, deadline: now + wait, since };
                     ctx.wake_after(wait);
                 }
             }
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "smart turn failed; ending the turn on silence alone");
                 ctx.push_error(format!("end-of-turn detection failed, so the turn ends on silence alone: {e:#}")).await;
-                self.end_turn(ctx, speech_end_at).await;
+                self.end_turn(ctx, start, speech_end_at).await;
             }
         }
     }
 
     /// Ends the turn. `speech_end_at` is when the stop reached us, pushed as the end of speech only
     /// when the VAD did not measure it (it knows better: the stop comes its `stop_ms` later).
-    async fn end_turn(&mut self, ctx: &ProcessorContext, speech_end_at: Duration) {
+    async fn end_turn(&mut self, ctx: &ProcessorContext, start: u64, speech_end_at: Duration) {
         self.turn = Turn::Idle;
+        if self.settings.merge_window_ms > 0 {
+            let until = tokio::time::Instant::now() + Duration::from_millis(self.settings.merge_window_ms);
+            self.resumable = Some((start, until));
+        }
         ctx.cancel_wake();
         ctx.push_downstream(Frame::UserTurnEnded).await;
         if self.vad_end.is_none() {
@@ -500,11 +598,46 @@ impl SmartTurn {
     }
 
     async fn end_turn_if_timed_out(&mut self, ctx: &ProcessorContext) {
-        if let Turn::Waiting { speech_end_at, deadline, .. } = self.turn
+        if let Turn::Waiting { start, speech_end_at, deadline, since } = self.turn
             && tokio::time::Instant::now() >= deadline
         {
-            info!(timeout_ms = self.settings.incomplete_timeout_ms, "no more speech; the turn ends after the timeout");
-            self.end_turn(ctx, speech_end_at).await;
+            info!(waited_ms = since.elapsed().as_millis() as u64, "no more speech; the turn ends after the wait");
+            self.end_turn(ctx, start, speech_end_at).await;
+        }
+    }
+
+    /// How the words whisper heard end, when they are of the speech this turn ends with.
+    fn words_of_this_turn(&self) -> Option<WordsEnd> {
+        self.words.filter(|(end, _)| Some(*end) == self.vad_end).map(|(_, w)| w)
+    }
+
+    /// The wait after an utterance that sounds unfinished: `incomplete_timeout_ms`, or, once the
+    /// speaker has resumed after a few pauses, half as long again as the longest of them (at
+    /// least `MIN_FALLBACK`).
+    fn fallback(&self) -> Duration {
+        let most = Duration::from_millis(self.settings.incomplete_timeout_ms);
+        if self.pauses.len() < PAUSES_NEEDED {
+            return most;
+        }
+        let longest = self.pauses.iter().max().copied().unwrap_or(most);
+        (longest * 3 / 2).clamp(MIN_FALLBACK.min(most), most)
+    }
+
+    /// Whisper's early transcript of the turn arrived (upstream): a turn waiting on an unfinished
+    /// sound ends soon when its words are complete.
+    fn heard(&mut self, end: Duration, text: &str, ctx: &ProcessorContext) {
+        let words = words_end(text);
+        self.words = Some((end, words));
+        if words != WordsEnd::Complete || self.words_of_this_turn().is_none() {
+            return;
+        }
+        if let Turn::Waiting { deadline, .. } = &mut self.turn {
+            let soon = tokio::time::Instant::now() + COMPLETE_WORDS_WAIT;
+            if soon < *deadline {
+                debug!(text, "the words are a complete sentence; the turn ends soon");
+                *deadline = soon;
+                ctx.wake_after(COMPLETE_WORDS_WAIT);
+            }
         }
     }
 
@@ -544,7 +677,11 @@ impl Processor for SmartTurn {
             }
             Frame::UserStartedSpeaking => {
                 ctx.push(frame, direction).await;
-                self.user_started();
+                if self.user_started() {
+                    // Speech-to-text joins the parts; the reply to the first part is cancelled.
+                    ctx.push_downstream(Frame::UserTurnResumed).await;
+                    ctx.push_downstream(Frame::Interruption).await;
+                }
             }
             Frame::UserSpeechPaused { at, stop_after } => {
                 ctx.push(frame, direction).await;
@@ -560,8 +697,14 @@ impl Processor for SmartTurn {
                 }
                 ctx.push(frame, direction).await;
             }
+            Frame::InterimTranscription(ref t) if direction == Direction::Upstream => {
+                self.heard(t.end, &t.text, ctx);
+                ctx.push(frame, direction).await;
+            }
             Frame::BotStartedSpeaking => {
                 self.bot_speaking = true;
+                // The reply is heard: speech from now on is a new turn (or a barge-in).
+                self.resumable = None;
                 ctx.push(frame, direction).await;
             }
             Frame::BotStoppedSpeaking => {
@@ -591,9 +734,9 @@ impl Processor for SmartTurn {
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         match self.turn {
             Turn::Idle => {}
-            Turn::Speaking { .. } => self.end_turn(ctx, ctx.now()).await,
-            Turn::Waiting { speech_end_at, .. } | Turn::Deciding { speech_end_at, .. } => {
-                self.end_turn(ctx, speech_end_at).await
+            Turn::Speaking { start } => self.end_turn(ctx, start, ctx.now()).await,
+            Turn::Waiting { start, speech_end_at, .. } | Turn::Deciding { start, speech_end_at, .. } => {
+                self.end_turn(ctx, start, speech_end_at).await
             }
         }
         Ok(())
@@ -730,5 +873,18 @@ mod tests {
         assert_eq!(s.model, PathBuf::from(DEFAULT_MODEL));
         assert!(s.barge_in);
         assert!(toml::from_str::<SmartTurnSettings>("treshold = 0.4").is_err());
+    }
+
+    #[test]
+    fn the_words_tell_a_complete_sentence_from_one_left_hanging() {
+        for text in ["What is the capital of France?", "Stop.", "Turn left!", "Yes, please."] {
+            assert_eq!(words_end(text), WordsEnd::Complete, "{text:?}");
+        }
+        for text in ["I want to go to the", "Tell me about", "Pizza and.", "Call my mother and"] {
+            assert_eq!(words_end(text), WordsEnd::Dangling, "{text:?}");
+        }
+        for text in ["", "Go forward", "I was wondering...", "Hmm"] {
+            assert_eq!(words_end(text), WordsEnd::Open, "{text:?}");
+        }
     }
 }

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod human;
+pub mod score;
+
 /// The models directory: `SLOWCAT_MODELS_DIR`, else `<repo>/models`.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("SLOWCAT_MODELS_DIR")
@@ -44,6 +47,22 @@ pub fn espeak(text: &str, voice: &str) -> Vec<i16> {
         "sox",
     );
     let mut reader = hound::WavReader::open(&out).unwrap();
+    reader.samples::<i16>().map(Result::unwrap).collect()
+}
+
+/// A recording of a real person from the human speech set (tests/speech/manifest.tsv), 16 kHz
+/// mono; the set is fetched with scripts/fetch-speech.sh when it is not in the cache yet.
+pub fn human(name: &str) -> Vec<i16> {
+    let cache = std::env::var_os("SLOWCAT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").expect("HOME is set")).join(".cache/slowcat"));
+    let path = cache.join("speech").join(format!("{name}.wav"));
+    if !path.is_file() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-speech.sh");
+        run(&mut Command::new(script), "scripts/fetch-speech.sh");
+    }
+    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(reader.spec().sample_rate, 16_000, "{}", path.display());
     reader.samples::<i16>().map(Result::unwrap).collect()
 }
 
