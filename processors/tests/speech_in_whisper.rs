@@ -414,6 +414,8 @@ async fn an_early_transcript_is_ready_when_the_turn_ends() {
 /// transcript `went_out` already, the whole command follows under the same turn number; else the
 /// first part's never goes out. Either way memory and the LLM see one turn.
 async fn go_forward_then_ten_meters(went_out: bool) -> Vec<Transcription> {
+    let set = speech_in_util::human::human_set();
+    let human = |name: &str| set.iter().find(|u| u.name == name).expect("in the set").samples.clone();
     let a = padded(&human("go-forward"), 0.3, 0.0);
     let b = padded(&human("ten-meters"), 0.0, 0.3);
     let mut h = Harness::start(vec![stt(WhisperSttSettings { transcribe_early: false, ..Default::default() })]).await;

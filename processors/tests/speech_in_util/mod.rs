@@ -50,22 +50,6 @@ pub fn espeak(text: &str, voice: &str) -> Vec<i16> {
     reader.samples::<i16>().map(Result::unwrap).collect()
 }
 
-/// A recording of a real person from the human speech set (tests/speech/manifest.tsv), 16 kHz
-/// mono; the set is fetched with scripts/fetch-speech.sh when it is not in the cache yet.
-pub fn human(name: &str) -> Vec<i16> {
-    let cache = std::env::var_os("SLOWCAT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var("HOME").expect("HOME is set")).join(".cache/slowcat"));
-    let path = cache.join("speech").join(format!("{name}.wav"));
-    if !path.is_file() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-speech.sh");
-        run(&mut Command::new(script), "scripts/fetch-speech.sh");
-    }
-    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(reader.spec().sample_rate, 16_000, "{}", path.display());
-    reader.samples::<i16>().map(Result::unwrap).collect()
-}
-
 /// 16 kHz mono i16 to f32 in [-1, 1].
 pub fn to_f32(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
