@@ -33,12 +33,12 @@ port="${SLOWCAT_TEST_PORT:-18089}"
 
 started_llm=0
 cleanup() {
-    local rc=$?
+    local rc=$? failed_in="$STEP_NAME"
     if [ "$started_llm" = 1 ]; then scripts/llm-server.sh stop --port "$port" >/dev/null 2>&1 || true; fi
     step_done
     if [ "$rc" != 0 ]; then
         printf '\n== scripts/test.sh failed in step "%s" after %ds (exit %d); the reason is above\n' \
-            "${STEP_NAME:-?}" $((SECONDS - SETUP_START)) "$rc" >&2
+            "${failed_in:-?}" $((SECONDS - SETUP_START)) "$rc" >&2
     fi
 }
 trap cleanup EXIT
@@ -82,4 +82,3 @@ cargo build --workspace --all-targets
 
 step "tests"
 cargo test --workspace --no-fail-fast "$@"
-step_done

@@ -16,7 +16,8 @@
 //!
 //! One utterance stays one turn: people leave pauses between words, and a pause of a few tenths
 //! of a second can look like the end of a complete utterance ("turn" … "left"). When the user
-//! speaks again after the turn has ended but before its reply is heard (within `merge_window_ms`),
+//! starts speaking again after the turn has ended but before its reply is heard (within
+//! `merge_window_ms`; the VAD's speech start counts, not its report `start_ms` later),
 //! the turn goes on: `UserTurnResumed` then an `Interruption` go downstream (the reply in progress
 //! is cancelled, speech-to-text joins the two parts into one turn), and the model hears the whole
 //! turn at the next pause.
@@ -314,9 +315,13 @@ pub struct SmartTurn {
     vad_end: Option<Duration>,
     /// Inference started at the VAD's pause that ended speech at the given point.
     early: Option<(Duration, Inference)>,
-    /// The turn that ended last, while its reply has not been heard: where its audio starts and
-    /// until when speech continues it.
+    /// The turn that ended last, with no other reply playing: where its audio starts and until
+    /// when speech that begins before its reply is heard continues it.
     resumable: Option<(u64, tokio::time::Instant)>,
+    /// When the reply to the resumable turn became audible (pipeline timeline).
+    reply_heard_at: Option<Duration>,
+    /// Where the VAD found the speech it is about to report started (pipeline timeline).
+    speech_start_at: Option<Duration>,
     /// Whisper's early transcript of the turn up to the end of speech it names.
     words: Option<(Duration, WordsEnd)>,
     /// The speaker's recent pauses inside a turn (silence after which they went on).
@@ -374,6 +379,8 @@ impl SmartTurn {
             vad_end: None,
             early: None,
             resumable: None,
+            reply_heard_at: None,
+            speech_start_at: None,
             words: None,
             pauses: VecDeque::with_capacity(PAUSES_KEPT),
             format_reported: false,
@@ -419,12 +426,16 @@ impl SmartTurn {
         self.audio.range(self.audio.len() - n..).copied().collect()
     }
 
-    /// The user started speaking; true when this continues the turn that just ended.
-    fn user_started(&mut self) -> bool {
+    /// The user started speaking (the VAD reports it `start_ms` after the speech began; `now` is
+    /// when the report came); true when this continues the turn that just ended.
+    fn user_started(&mut self, now: Duration) -> bool {
         self.user_speaking = true;
         self.overlap = Duration::ZERO;
         self.vad_end = None;
-        let resumable = self.resumable.take().filter(|&(_, until)| tokio::time::Instant::now() < until);
+        // The speech began before the reply was heard, even when the VAD confirmed it after.
+        let began = self.speech_start_at.take().unwrap_or(now);
+        let before_reply = self.reply_heard_at.take().is_none_or(|heard| began < heard);
+        let resumable = self.resumable.take().filter(|&(_, until)| before_reply && tokio::time::Instant::now() < until);
         let mut resumed = false;
         self.turn = match std::mem::replace(&mut self.turn, Turn::Idle) {
             Turn::Idle => match resumable {
@@ -585,7 +596,9 @@ impl SmartTurn {
     /// when the VAD did not measure it (it knows better: the stop comes its `stop_ms` later).
     async fn end_turn(&mut self, ctx: &ProcessorContext, start: u64, speech_end_at: Duration) {
         self.turn = Turn::Idle;
-        if self.settings.merge_window_ms > 0 {
+        self.reply_heard_at = None;
+        // A turn said over a reply that is playing is not one whose reply the user waits for.
+        if self.settings.merge_window_ms > 0 && !self.bot_speaking {
             let until = tokio::time::Instant::now() + Duration::from_millis(self.settings.merge_window_ms);
             self.resumable = Some((start, until));
         }
@@ -677,8 +690,9 @@ impl Processor for SmartTurn {
             }
             Frame::UserStartedSpeaking => {
                 ctx.push(frame, direction).await;
-                if self.user_started() {
+                if self.user_started(ctx.now()) {
                     // Speech-to-text joins the parts; the reply to the first part is cancelled.
+                    self.bot_speaking = false;
                     ctx.push_downstream(Frame::UserTurnResumed).await;
                     ctx.push_downstream(Frame::Interruption).await;
                 }
@@ -695,6 +709,9 @@ impl Processor for SmartTurn {
                 if metric.name == SPEECH_END_METRIC {
                     self.vad_end = Some(metric.value);
                 }
+                if metric.name == crate::vad::SPEECH_START_METRIC {
+                    self.speech_start_at = Some(metric.value);
+                }
                 ctx.push(frame, direction).await;
             }
             Frame::InterimTranscription(ref t) if direction == Direction::Upstream => {
@@ -703,8 +720,10 @@ impl Processor for SmartTurn {
             }
             Frame::BotStartedSpeaking => {
                 self.bot_speaking = true;
-                // The reply is heard: speech from now on is a new turn (or a barge-in).
-                self.resumable = None;
+                // The reply is heard: speech that begins from now on is a new turn (or a barge-in).
+                if self.resumable.is_some() && self.reply_heard_at.is_none() {
+                    self.reply_heard_at = Some(ctx.now());
+                }
                 ctx.push(frame, direction).await;
             }
             Frame::BotStoppedSpeaking => {
