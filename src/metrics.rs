@@ -50,6 +50,9 @@ pub struct TurnTracker {
     file: Option<PathBuf>,
     /// Turns completed so far, for benchmarks and tests.
     pub completed: Vec<TurnMetrics>,
+    /// The user went on with the last turn (`UserTurnResumed`): the reply cut by it is not the
+    /// turn's, which comes again whole under the same number.
+    resumed: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -103,14 +106,31 @@ impl TurnTracker {
         None
     }
 
-    /// The user's final transcript of `turn`.
+    /// The user's final transcript of `turn` (again, for a turn the user went on with).
     pub fn said(&mut self, turn: u64, text: &str) {
+        self.heard.remove(&turn);
+        let pending = self.pending_speech_end.take();
         let t = self.turns.entry(turn).or_insert_with(|| TurnMetrics { turn, ..TurnMetrics::default() });
+        // An end of speech still unclaimed is this transcript's: a resumed turn ends where its last
+        // part does.
+        if let Some(end) = pending {
+            t.user_speech_end_ms = Some(ms(end));
+        }
         t.user_text = Some(text.to_string());
+    }
+
+    /// The user went on with the turn that just ended: the reply about to be cut is forgotten.
+    pub fn resumed(&mut self) {
+        self.resumed = true;
     }
 
     /// What the assistant said aloud in reply to a turn: completes it when its audio has played.
     pub fn spoken(&mut self, reply: &SpokenReply) -> Option<TurnMetrics> {
+        if std::mem::take(&mut self.resumed) && reply.interrupted {
+            // Its first part's reply, cut as the user went on: the whole turn comes again.
+            self.heard.remove(&reply.turn);
+            return None;
+        }
         let t = match self.heard.remove(&reply.turn) {
             Some(t) => t,
             None => {
@@ -188,6 +208,27 @@ mod tests {
         assert_eq!(done.user_speech_end_ms, Some(1000.0));
         assert_eq!(done.user_text.as_deref(), Some("What is the capital of France?"));
         assert_eq!(done.reply_text.as_deref(), Some("Paris."));
+    }
+
+    #[test]
+    fn a_turn_the_user_went_on_with_is_one_line_timed_from_its_last_part() {
+        let mut t = TurnTracker::new(None);
+        t.record(&m("user_speech_end_at", None, 1000));
+        t.record(&m("stt_time", Some(1), 100));
+        t.said(1, "Go forward.");
+        t.record(&m("first_audio_at", Some(1), 1700));
+        // The user goes on; the reply to the first part is cut.
+        t.resumed();
+        assert!(t.spoken(&SpokenReply { text: "OK".into(), interrupted: true, turn: 1 }).is_none());
+        t.record(&m("user_speech_end_at", None, 2500));
+        t.record(&m("stt_time", Some(1), 120));
+        t.said(1, "Go forward ten meters.");
+        t.record(&m("first_audio_at", Some(1), 3200));
+        let done = t.spoken(&SpokenReply { text: "Going.".into(), interrupted: false, turn: 1 }).unwrap();
+        assert_eq!(done.user_text.as_deref(), Some("Go forward ten meters."));
+        assert_eq!(done.voice_to_voice_ms, Some(700.0));
+        t.finish();
+        assert_eq!(t.completed.len(), 1, "{:?}", t.completed);
     }
 
     #[test]

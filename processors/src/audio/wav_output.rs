@@ -248,6 +248,8 @@ impl Processor for WavOutput {
 
     async fn interrupted(&mut self, ctx: &ProcessorContext) {
         self.report(true, ctx).await;
+        // A turn the user went on with (`UserTurnResumed`) is answered again under its number.
+        self.first_audio_turn = 0;
     }
 
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {

@@ -16,8 +16,9 @@
 //!
 //! One utterance stays one turn: people leave pauses between words, and a pause of a few tenths
 //! of a second can look like the end of a complete utterance ("turn" … "left"). When the user
-//! starts speaking again after the turn has ended but before its reply is heard (within
-//! `merge_window_ms`; the VAD's speech start counts, not its report `start_ms` later),
+//! starts speaking again after the turn has ended but before its reply is heard, or too soon
+//! after to be answering it (within `merge_window_ms`; the VAD's speech start counts, not its
+//! report `start_ms` later),
 //! the turn goes on: `UserTurnResumed` then an `Interruption` go downstream (the reply in progress
 //! is cancelled, speech-to-text joins the two parts into one turn), and the model hears the whole
 //! turn at the next pause.
@@ -73,6 +74,10 @@ const PRE_ROLL: Duration = Duration::from_millis(500);
 /// complete sentence or question: the model misjudges some complete questions, and whisper puts
 /// a full stop after almost anything, so a short wait still lets the user go on.
 const COMPLETE_WORDS_WAIT: Duration = Duration::from_millis(400);
+/// Speech that begins this soon after the reply became audible is no answer to it (nobody reacts
+/// that fast): the user is going on with their turn. With a small LLM the reply is audible ~0.4 s
+/// after the end of speech, and people pause 0.2–0.4 s between words.
+const REACTION_TIME: Duration = Duration::from_millis(400);
 /// The shortest fallback wait the speaker's pace can bring the timeout down to.
 const MIN_FALLBACK: Duration = Duration::from_millis(1000);
 /// How many of the speaker's recent pauses the fallback learns from, and how many it needs.
@@ -434,7 +439,9 @@ impl SmartTurn {
         self.vad_end = None;
         // The speech began before the reply was heard, even when the VAD confirmed it after.
         let began = self.speech_start_at.take().unwrap_or(now);
-        let before_reply = self.reply_heard_at.take().is_none_or(|heard| began < heard);
+        let heard = self.reply_heard_at.take();
+        let before_reply = heard.is_none_or(|heard| began < heard + REACTION_TIME);
+        debug!(?began, ?heard, resumable = self.resumable.is_some(), "user started");
         let resumable = self.resumable.take().filter(|&(_, until)| before_reply && tokio::time::Instant::now() < until);
         let mut resumed = false;
         self.turn = match std::mem::replace(&mut self.turn, Turn::Idle) {
