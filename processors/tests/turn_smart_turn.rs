@@ -503,6 +503,10 @@ async fn speak_again_after_the_turn_ended(settings: SmartTurnSettings, gap_ms: u
     mic.play(&silence(gap_ms.saturating_sub(600)), |_| false).await;
     if reply_heard {
         mic.harness.send_upstream(Frame::BotStartedSpeaking).await;
+        mic.play(&silence(100), |_| false).await;
+        // Heard for longer than anyone takes to react to it (the pipeline's clock is the wall's,
+        // which tokio's paused clock does not move).
+        std::thread::sleep(Duration::from_millis(600));
         mic.harness.send_upstream(Frame::BotStoppedSpeaking).await;
     }
     mic.send(Frame::UserStartedSpeaking).await;
