@@ -564,7 +564,9 @@ impl SmartTurn {
                 let sounds_complete = probability >= self.settings.threshold;
                 // A sentence whose words hang ("… and") is not over, however it sounds.
                 let complete = sounds_complete && words != Some(WordsEnd::Dangling);
-                if !sounds_complete && d.early && words != Some(WordsEnd::Complete) {
+                // The early verdict swings with the silence added to the audio: ask again on the
+                // stop's own audio before the words decide how long to wait.
+                if !sounds_complete && d.early {
                     debug!(probability, "incomplete at the pause; asking again on the audio of the stop");
                     let inference = Inference { stopped: d.stopped, ..self.infer(self.turn_audio(start)) };
                     self.turn = Turn::Deciding { start, speech_end_at, inference };
