@@ -256,10 +256,13 @@ fn run_inputs(dir: &Path, inputs: &[std::path::PathBuf], realtime: bool) -> (Vec
         .args(["--set", &format!("processors.out.path={answers}")])
         .args(["--set", "processors.out.record_input=false"])
         .args(["--set", &format!("processors.out.realtime={realtime}")])
+        .args(["--set", &format!("processors.turn.merge_window_ms={}", if realtime { 2000 } else { 0 })])
         .args(["--set", "processors.input.type=\"wav_input\""])
         .args(["--set", &format!("processors.input.paths=[{}]", paths.join(", "))])
         .args(["--set", "processors.input.next=\"after_reply\""])
-        .args(["--set", "processors.input.next_delay_ms=300"])
+        // As fast as it goes, the reply is out the moment it is made: the next recording waits a
+        // second, as a person who heard it would, so it is not taken for the same turn going on.
+        .args(["--set", &format!("processors.input.next_delay_ms={}", if realtime { 300 } else { 1000 })])
         // A recording that makes no turn gets no reply to wait for.
         .args(["--set", "processors.input.reply_timeout_ms=4000"])
         .args(["--set", &format!("processors.input.realtime={realtime}")])
@@ -290,6 +293,8 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
     let d = dir.path().to_path_buf();
     // Each recording is played as fast as it goes (the next one once the reply is out): the turn
     // boundaries come from the recordings' own silences, and the test takes a minute, not three.
+    // Audio that arrives faster than it plays cannot tell whether the user spoke before a reply was
+    // heard, so merging turns is off here (the pause test below plays in real time).
     let (turns, log) = tokio::task::spawn_blocking(move || run_inputs(&d, &inputs, false)).await.unwrap();
     let heard = user_texts(&turns);
     let mut report = String::new();
@@ -373,5 +378,5 @@ async fn a_command_with_a_pause_between_its_words_is_one_turn_and_two_questions_
     let command = command.to_lowercase();
     assert!(command.contains("ten") || command.contains("10"), "the command's turn holds all its words: {heard:?}");
     assert!(heard.iter().any(|h| h.to_lowercase().contains("diane")), "{heard:?}");
-    assert!(heard.iter().any(|h| h.to_lowercase().contains("difference")), "{heard:?}");
+    assert!(heard.iter().any(|h| h.to_lowercase().contains("much")), "{heard:?}");
 }

@@ -434,7 +434,7 @@ fn strip_annotations(raw: &str) -> String {
 }
 
 /// Longest phrase, in words, that [`repeats_itself`] looks for.
-const LOOP_PHRASE_WORDS: usize = 3;
+const LOOP_PHRASE_WORDS: usize = 8;
 /// Copies in a row that make a loop: 3 ("W, W, W"), or 4 when each copy is a sentence of its
 /// own, as people say "Yes. Yes. Yes, please."
 const LOOP_COPIES: usize = 3;
@@ -478,7 +478,7 @@ fn find_loop(words: &[(&str, String, bool)]) -> Option<(usize, usize, usize)> {
     None
 }
 
-/// True when `text` says a word or a phrase of up to three words 3 or more times in a row
+/// True when `text` says a word or a phrase of up to eight words 3 or more times in a row
 /// ("W, W, W, W", "about the moon, about the moon, about the moon", "go go go forward"): the
 /// sign of a decoder loop. Case and punctuation do not matter; copies that are whole sentences
 /// need a fourth ("Yes. Yes. Yes, please." is something people say).

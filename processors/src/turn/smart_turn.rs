@@ -437,8 +437,9 @@ impl SmartTurn {
         self.user_speaking = true;
         self.overlap = Duration::ZERO;
         self.vad_end = None;
-        // The speech began before the reply was heard, even when the VAD confirmed it after.
-        let began = self.speech_start_at.take().unwrap_or(now);
+        // The speech began before the reply was heard, even when the VAD confirmed it after: as long
+        // ago as the audio since its start lasts (input timelines need not match the clock).
+        let began = self.speech_start_at.take().map_or(now, |at| now.saturating_sub(self.audio_end.saturating_sub(at)));
         let heard = self.reply_heard_at.take();
         let before_reply = heard.is_none_or(|heard| began < heard + REACTION_TIME);
         debug!(?began, ?heard, resumable = self.resumable.is_some(), "user started");
