@@ -264,7 +264,8 @@ fn run_inputs(dir: &Path, inputs: &[std::path::PathBuf], realtime: bool) -> (Vec
         // second, as a person who heard it would, so it is not taken for the same turn going on.
         .args(["--set", &format!("processors.input.next_delay_ms={}", if realtime { 300 } else { 1000 })])
         // A recording that makes no turn gets no reply to wait for.
-        .args(["--set", "processors.input.reply_timeout_ms=4000"])
+        // (the quiet one below that makes no turn costs this once; a loaded machine can take seconds to reply)
+        .args(["--set", "processors.input.reply_timeout_ms=15000"])
         .args(["--set", &format!("processors.input.realtime={realtime}")])
         .args(["--set", &format!("data_dir={:?}", dir.join("data").to_str().unwrap())])
         .args(["--set", "processors.llm.max_tokens=8"]);
