@@ -15,6 +15,7 @@ pub mod llm;
 pub mod memory;
 pub mod onnx;
 pub mod stt;
+pub mod tools;
 pub mod tts;
 pub mod turn;
 pub mod vad;
