@@ -52,10 +52,29 @@ pub trait Tool: Send + Sync {
     async fn call(&self, args: serde_json::Value) -> Result<String, ToolError>;
 }
 
+/// Which tools the assistant offers: the `tools` table of `openai_llm` in config.toml.
+/// (Skeleton of the contract: the tools work fills in the fields.)
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSettings {}
+
+impl ToolsSettings {
+    /// Problems visible before anything starts (an `mcp.json` that does not parse).
+    pub fn check(&self, _ctx: &crate::processor::BuildContext) -> Vec<crate::registry::Problem> {
+        Vec::new()
+    }
+
+    /// The built-in tools the settings switch on; MCP servers join in [`ToolBox::start`].
+    pub fn build(&self, _ctx: &crate::processor::BuildContext) -> Result<ToolBox, crate::registry::BuildError> {
+        Ok(ToolBox::new())
+    }
+}
+
 /// The tools one assistant offers, by name.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct ToolBox {
     tools: Vec<Arc<dyn Tool>>,
+    announcements: Option<tokio::sync::mpsc::Receiver<String>>,
 }
 
 impl std::fmt::Debug for ToolBox {
@@ -68,6 +87,22 @@ impl ToolBox {
     /// An empty tool box: the model is offered no tools.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Starts what runs beside the tools (MCP server sessions, the reminder clock), called from
+    /// the LLM processor's `start`. Returns warnings to log: a server that failed to start leaves
+    /// the assistant working without its tools.
+    pub async fn start(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Stops what [`ToolBox::start`] started (MCP server processes), called from `stop`.
+    pub async fn stop(&mut self) {}
+
+    /// Text the assistant must say on its own, between turns (a reminder that is due). The LLM
+    /// processor takes the receiver once, at start, and speaks what arrives.
+    pub fn take_announcements(&mut self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        self.announcements.take()
     }
 
     /// Adds a tool. A name already taken is refused and the clash returned, so the caller can
