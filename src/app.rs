@@ -180,7 +180,7 @@ pub async fn run_processors(
 /// throughput doubled (`slowcat bench pipeline`). Heavy work — Whisper, ONNX models, LMDB —
 /// runs on tokio's blocking pool, never on this thread.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+    slowcat_processors::runtime::build().context("cannot start the async runtime")
 }
 
 /// The bound on the whole shutdown after a stop request.
@@ -191,7 +191,7 @@ pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
 pub async fn check_llm(config: &Config) -> std::process::ExitCode {
     let mut ok = true;
     let mut any = false;
-    for (id, url, key_env) in &config.llm_endpoints {
+    for (id, url, key_env) in &config.llm_endpoints() {
         any = true;
         let key = (!key_env.is_empty()).then(|| std::env::var(key_env).ok()).flatten();
         match slowcat_processors::llm::probe(url, key.as_deref()).await {

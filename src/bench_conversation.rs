@@ -162,7 +162,7 @@ async fn say(models_dir: &Path, text: &str, path: &Path) -> anyhow::Result<()> {
     };
     let out = WavOutputSettings { path: partial.clone(), ..WavOutputSettings::default() };
     let (piper, out) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        Ok((PiperSettings::default().build(&ctx)?, out.build(&ctx)?))
+        Ok((PiperSettings::default().check_and_build(&ctx)?, out.check_and_build(&ctx)?))
     })
     .await??;
     let h = Harness::start(vec![piper, out]).await;
@@ -206,23 +206,30 @@ fn assistant_config(
     let input_at = cfg
         .processors
         .iter()
-        .position(|p| p.kind.name == "wav_input")
+        .position(|p| p.kind.name == slowcat_processors::audio::WavInputSettings::TYPE)
         .with_context(|| format!("{name} has no `mic` (or `wav_input`) for the spoken questions to replace"))?;
     let output_at = cfg
         .processors
         .iter()
-        .rposition(|p| p.kind.name == "wav_output")
+        .rposition(|p| p.kind.name == slowcat_processors::audio::WavOutputSettings::TYPE)
         .with_context(|| format!("{name} has no `speaker` (or `wav_output`) for a WAV file to replace"))?;
     // Rewire gives one input file and an output that reports "stopped speaking" as soon as the
     // reply is written; the benchmarks need the scripted list and, in real time, a loudspeaker's
     // timing.
-    cfg.processors[input_at].settings = Box::new(input);
-    cfg.processors[output_at].settings = Box::new(WavOutputSettings {
+    let checked = |s: Box<dyn slowcat_processors::registry::AnySettings>, build: &slowcat_processors::BuildContext| {
+        slowcat_processors::CheckedSettings::check(s, build).map_err(|problems| {
+            let lines: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            anyhow!("{}", lines.join("; "))
+        })
+    };
+    cfg.processors[input_at].settings = checked(Box::new(input), &cfg.build)?;
+    let output = WavOutputSettings {
         path: answers,
         record_input: false,
         realtime: realtime_output,
         ..WavOutputSettings::default()
-    });
+    };
+    cfg.processors[output_at].settings = checked(Box::new(output), &cfg.build)?;
     Ok(cfg)
 }
 
@@ -670,7 +677,7 @@ pub async fn soak(base: &AssistantConfig, turns: usize, max_tokens: u32, at: &[u
     let dir = tempfile::tempdir()?;
     let probe = assistant_config(base, dir.path(), input.clone(), false, &[])?;
     let llm_ids: Vec<Override> = probe
-        .llm_endpoints
+        .llm_endpoints()
         .iter()
         .map(|(id, _, _)| format!("processors.{id}.max_tokens={max_tokens}").parse().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
@@ -904,12 +911,12 @@ async fn history_run(
     let sizes: RequestSizes = Arc::default();
     let probe = RequestProbe(sizes.clone());
     let processors = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, BoxProcessor)>> {
-        let user_turn = toml::from_str::<UserTurnSettings>("")?.build(&ctx)?;
+        let user_turn = toml::from_str::<UserTurnSettings>("")?.check_and_build(&ctx)?;
         let context: BoxProcessor = match how {
-            Context::Stateless => toml::from_str::<StatelessMemorySettings>("")?.build(&ctx)?,
+            Context::Stateless => toml::from_str::<StatelessMemorySettings>("")?.check_and_build(&ctx)?,
             Context::FullHistory => Box::new(FullHistory::default()),
         };
-        let llm = toml::from_str::<OpenAiLlmSettings>(&llm_toml)?.build(&ctx)?;
+        let llm = toml::from_str::<OpenAiLlmSettings>(&llm_toml)?.check_and_build(&ctx)?;
         Ok(vec![
             ("user_turn".into(), user_turn),
             ("context".into(), context),

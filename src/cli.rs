@@ -133,9 +133,13 @@ fn memory_db_path(args: &MemoryArgs) -> anyhow::Result<PathBuf> {
     if let Some(path) = &args.path {
         return Ok(path.clone());
     }
-    let cfg = config::load(&args.config, &[], &config::Rewire::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let source = std::fs::read_to_string(&args.config)?;
-    let paths = slowcat_processors::memory::cli::db_paths_in_config(&source, &cfg.build)?;
+    // Only the sections are read: the memory database is reachable when a model the rest of the
+    // pipeline needs is missing.
+    let sections = config::load_sections(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let paths: Vec<(String, PathBuf)> = sections
+        .settings_of::<slowcat_processors::memory::StatelessMemorySettings>()
+        .map(|(id, s)| (id.to_string(), s.db_path(&sections.build)))
+        .collect();
     match paths.as_slice() {
         [(_, path)] => Ok(path.clone()),
         [] => anyhow::bail!(

@@ -6,8 +6,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_spanned::Spanned;
-use slowcat_processors::BuildContext;
-use slowcat_processors::registry::{self, AnySettings, Kind};
+use slowcat_processors::audio::{MicSettings, SpeakerSettings, WavInputSettings, WavOutputSettings};
+use slowcat_processors::llm::OpenAiLlmSettings;
+use slowcat_processors::registry::{AnySettings, CheckedSettings, Kind, Registry, Requirement, Settings};
+use slowcat_processors::{BuildContext, Problem};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 /// Keys allowed at the top level of config.toml.
@@ -56,8 +58,8 @@ pub struct ProcessorEntry {
     pub id: String,
     /// Its registered kind.
     pub kind: Kind,
-    /// Its settings.
-    pub settings: Box<dyn AnySettings>,
+    /// Its settings, checked.
+    pub settings: CheckedSettings,
 }
 
 impl fmt::Debug for ProcessorEntry {
@@ -77,9 +79,38 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// The processors in pipeline order.
     pub processors: Vec<ProcessorEntry>,
+}
+
+impl Config {
+    /// The settings of every processor of kind `S` in the pipeline, with its id.
+    pub fn settings_of<S: Settings>(&self) -> impl Iterator<Item = (&str, &S)> {
+        self.processors.iter().filter_map(|e| e.settings.get::<S>().map(|s| (e.id.as_str(), s)))
+    }
+
     /// (id, base_url, api_key_env) of every `openai_llm` processor in the pipeline, for
     /// `slowcat check --llm`.
-    pub llm_endpoints: Vec<(String, String, String)>,
+    pub fn llm_endpoints(&self) -> Vec<(String, String, String)> {
+        self.settings_of::<OpenAiLlmSettings>()
+            .map(|(id, s)| (id.to_string(), s.base_url.clone(), s.api_key_env.clone()))
+            .collect()
+    }
+}
+
+/// The sections of a config file, parsed but not checked: for commands that read one
+/// processor's settings (`slowcat memory` and its database path) without needing the rest of the
+/// pipeline to be able to start (a missing Whisper model).
+pub struct Sections {
+    /// Directories the processors build against.
+    pub build: BuildContext,
+    /// Every `[processors.<id>]` section in the pipeline that parsed, in pipeline order.
+    pub processors: Vec<(String, Kind, Box<dyn AnySettings>)>,
+}
+
+impl Sections {
+    /// The settings of every section of kind `S` in the pipeline, with its id.
+    pub fn settings_of<S: Settings>(&self) -> impl Iterator<Item = (&str, &S)> {
+        self.processors.iter().filter_map(|(id, _, s)| s.as_any().downcast_ref::<S>().map(|s| (id.as_str(), s)))
+    }
 }
 
 /// A change to the file's content from the command line: `KEY=VALUE` with a dotted key, e.g.
@@ -131,7 +162,30 @@ pub fn default_data_dir() -> PathBuf {
 /// files. `check_files` = false skips the checks that look at the disk (for `--help` output and
 /// tests of parsing alone).
 pub fn load(path: &Path, overrides: &[Override], rewire: &Rewire) -> Result<Config, ConfigErrors> {
-    let source = std::fs::read_to_string(path).map_err(|e| {
+    parse(path, &read(path)?, overrides, rewire)
+}
+
+/// Reads a config file's sections without checking them (see [`Sections`]); syntax, keys and
+/// types are still validated.
+pub fn load_sections(path: &Path) -> Result<Sections, ConfigErrors> {
+    let source = read(path)?;
+    let registry = slowcat_processors::registry::registry();
+    let mut v = Validator { file: path.to_path_buf(), source: &source, diags: Vec::new() };
+    let rewire = Rewire::default();
+    let Some(doc) = v.document(&[], &rewire) else { return Err(ConfigErrors(v.diags)) };
+    let mut processors = Vec::new();
+    for id in &doc.pipeline {
+        if let Some(table) = doc.processors.get(id.get_ref().as_str())
+            && let Some(settings) = v.parse_only(id.get_ref(), table, &registry)
+        {
+            processors.push((id.get_ref().clone(), settings.0, settings.1));
+        }
+    }
+    if v.diags.is_empty() { Ok(Sections { build: doc.build, processors }) } else { Err(ConfigErrors(v.diags)) }
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![Diagnostic {
             file: path.to_path_buf(),
             position: None,
@@ -139,110 +193,30 @@ pub fn load(path: &Path, overrides: &[Override], rewire: &Rewire) -> Result<Conf
                 "cannot read the configuration: {e}. Pass another file with --config, or copy config.toml from the slowcat repository"
             ),
         }])
-    })?;
-    parse(path, &source, overrides, rewire)
+    })
 }
 
-/// Validates configuration text that came from `path`.
-pub fn parse<'a>(
+/// Validates configuration text that came from `path`, with every processor kind of
+/// slowcat-processors.
+pub fn parse(path: &Path, source: &str, overrides: &[Override], rewire: &Rewire) -> Result<Config, ConfigErrors> {
+    parse_with(&slowcat_processors::registry::registry(), path, source, overrides, rewire)
+}
+
+/// Validates configuration text that came from `path` against the kinds of `registry` (a test
+/// registers its own kinds).
+pub fn parse_with(
+    registry: &Registry,
     path: &Path,
-    source: &'a str,
-    overrides: &'a [Override],
-    rewire: &'a Rewire,
+    source: &str,
+    overrides: &[Override],
+    rewire: &Rewire,
 ) -> Result<Config, ConfigErrors> {
     let mut v = Validator { file: path.to_path_buf(), source, diags: Vec::new() };
-    let (doc, errors) = DeTable::parse_recoverable(source);
-    for e in errors {
-        v.error(e.span(), format!("invalid TOML: {}", e.message()));
-    }
-    if !v.diags.is_empty() {
-        return Err(ConfigErrors(v.diags));
-    }
-    let doc_span = doc.span();
-    let mut doc = doc.into_inner();
-    for o in overrides {
-        if let Err(msg) = apply_override(&mut doc, o) {
-            v.diags.push(Diagnostic { file: path.to_path_buf(), position: None, message: msg });
-        }
-    }
-
-    apply_rewire(&mut doc, rewire);
-
-    for (key, _) in doc.iter() {
-        if !TOP_LEVEL_KEYS.contains(&key.get_ref().as_ref()) {
-            v.error(
-                Some(key.span()),
-                format!("unknown key `{}`{}", key.get_ref(), suggest(key.get_ref(), TOP_LEVEL_KEYS)),
-            );
-        }
-    }
-
-    let config_dir =
-        path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| ".".into());
-    let dir_key = |v: &mut Validator, key: &str, default: PathBuf| -> PathBuf {
-        match doc.get(key) {
-            None => default,
-            Some(val) => match val.get_ref().as_str() {
-                Some(s) => BuildContext {
-                    models_dir: PathBuf::new(),
-                    data_dir: config_dir.clone(),
-                    config_dir: config_dir.clone(),
-                }
-                .data_path(s),
-                None => {
-                    v.error(Some(val.span()), format!("`{key}` must be a string (a directory path)"));
-                    default
-                }
-            },
-        }
-    };
-    let models_dir = match std::env::var_os("SLOWCAT_MODELS_DIR") {
-        Some(d) if !doc.contains_key("models_dir") => PathBuf::from(d),
-        _ => dir_key(&mut v, "models_dir", config_dir.join("models")),
-    };
-    let data_dir = dir_key(&mut v, "data_dir", default_data_dir());
-    let metrics_file = doc.get("metrics_file").map(|_| dir_key(&mut v, "metrics_file", PathBuf::new()));
-    let build = BuildContext { models_dir, data_dir, config_dir: config_dir.clone() };
-
-    // The pipeline: a non-empty list of processor ids.
-    let mut pipeline: Vec<Spanned<String>> = Vec::new();
-    match doc.get("pipeline") {
-        None => v.error(
-            Some(doc_span.start..doc_span.start),
-            "missing `pipeline`: the list of processor ids to run, in order, e.g. pipeline = [\"input\", \"output\"]"
-                .into(),
-        ),
-        Some(p) => match p.get_ref() {
-            DeValue::Array(items) => {
-                for item in items.iter() {
-                    match item.get_ref().as_str() {
-                        Some(s) => pipeline.push(Spanned::new(item.span(), s.to_string())),
-                        None => v.error(Some(item.span()), "pipeline entries must be processor ids (strings)".into()),
-                    }
-                }
-                if items.is_empty() {
-                    v.error(Some(p.span()), "the pipeline is empty: list the processors to run, in order".into());
-                }
-            }
-            _ => v.error(Some(p.span()), "`pipeline` must be a list of processor ids".into()),
-        },
-    }
-
-    let empty = DeTable::new();
-    let processors = match doc.get("processors") {
-        Some(t) => match t.get_ref() {
-            DeValue::Table(t) => t,
-            _ => {
-                v.error(Some(t.span()), "`processors` must be a table of `[processors.<id>]` sections".into());
-                &empty
-            }
-        },
-        None => &empty,
-    };
-
-    let kinds = registry::kinds();
-    let known: Vec<&str> = kinds.iter().map(|k| k.name).collect();
+    let Some(doc) = v.document(overrides, rewire) else { return Err(ConfigErrors(v.diags)) };
+    let Document { build, metrics_file, pipeline, processors, pipeline_span } = doc;
+    let kinds = registry.kinds();
     let mut entries = Vec::new();
+    let mut flow: Vec<(String, Kind, Vec<Requirement>)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for id in &pipeline {
         if !seen.insert(id.get_ref().clone()) {
@@ -262,30 +236,31 @@ pub fn parse<'a>(
             );
             continue;
         };
-        if let Some(entry) = v.processor(id.get_ref(), table, &kinds, &known, &build) {
-            entries.push(entry);
+        if let Some((kind, requires, entry)) = v.processor(id.get_ref(), table, registry, &build) {
+            flow.push((id.get_ref().clone(), kind, requires));
+            entries.extend(entry);
         }
     }
-    // Frames must be able to flow: something produces them, and each processor's needs come earlier.
-    if !entries.is_empty() && v.diags.is_empty() {
-        if !entries.iter().any(|e| e.kind.source) {
+    // Frames must be able to flow: something produces them, and each processor's needs come
+    // earlier. Judged on every section that parsed, also those whose settings have problems.
+    if !flow.is_empty() {
+        if !flow.iter().any(|(_, kind, _)| kind.source) {
             let sources: Vec<&str> = kinds.iter().filter(|k| k.source).map(|k| k.name).collect();
-            let span = doc.get("pipeline").map(|p| p.span());
             v.error(
-                span,
+                pipeline_span,
                 format!("nothing in the pipeline produces frames: start it with one of {}", sources.join(", ")),
             );
         }
-        for (i, e) in entries.iter().enumerate() {
-            for req in e.settings.requires() {
-                if !entries[..i].iter().any(|before| req.any_of.contains(&before.kind.name)) {
-                    let span = pipeline.iter().find(|p| p.get_ref() == &e.id).map(|p| p.span());
+        for (i, (id, kind, requires)) in flow.iter().enumerate() {
+            for req in requires {
+                if !flow[..i].iter().any(|(_, before, _)| req.any_of.contains(&before.name)) {
+                    let span = pipeline.iter().find(|p| p.get_ref() == id).map(|p| p.span());
                     v.error(
                         span,
                         format!(
                             "`{}` ({}) needs one of {} earlier in the pipeline{}: {}",
-                            e.id,
-                            e.kind.name,
+                            id,
+                            kind.name,
                             req.any_of.join(", "),
                             req.key.map(|k| format!(" (because of `{k}`)")).unwrap_or_default(),
                             req.why
@@ -299,25 +274,12 @@ pub fn parse<'a>(
     // a typo is found before the user swaps them in.
     for (id, table) in processors.iter() {
         if !pipeline.iter().any(|p| p.get_ref() == id.get_ref().as_ref()) {
-            v.parse_only(id.get_ref(), table, &kinds, &known);
+            v.parse_only(id.get_ref(), table, registry);
         }
     }
 
-    let llm_endpoints = entries
-        .iter()
-        .filter(|e| e.kind.name == "openai_llm")
-        .map(|e| {
-            let get = |key: &str| match processors.get(e.id.as_str()).map(|t| t.get_ref()) {
-                Some(DeValue::Table(t)) => t.get(key).and_then(|v| v.get_ref().as_str()).map(str::to_string),
-                _ => None,
-            };
-            let url = get("base_url").unwrap_or_else(|| slowcat_processors::llm::DEFAULT_BASE_URL.to_string());
-            (e.id.clone(), url, get("api_key_env").unwrap_or_default())
-        })
-        .collect();
     if v.diags.is_empty() {
         Ok(Config {
-            llm_endpoints,
             path: path.to_path_buf(),
             build,
             metrics_file: metrics_file.filter(|p| !p.as_os_str().is_empty()),
@@ -326,6 +288,119 @@ pub fn parse<'a>(
     } else {
         v.diags.sort_by_key(|d| d.position);
         Err(ConfigErrors(v.diags))
+    }
+}
+
+/// The parts of a config file every command needs: directories, the pipeline's ids and the
+/// processor sections, after overrides and rewiring.
+struct Document<'a> {
+    build: BuildContext,
+    metrics_file: Option<PathBuf>,
+    pipeline: Vec<Spanned<String>>,
+    pipeline_span: Option<Range<usize>>,
+    processors: DeTable<'a>,
+}
+
+impl<'s> Validator<'s> {
+    /// Syntax, overrides, rewiring, top-level keys, directories and the pipeline list; `None` when
+    /// the TOML itself does not parse.
+    fn document<'a>(&mut self, overrides: &'a [Override], rewire: &'a Rewire) -> Option<Document<'a>>
+    where
+        's: 'a,
+    {
+        let v = self;
+        let path = v.file.clone();
+        let source = v.source;
+        let (doc, errors) = DeTable::parse_recoverable(source);
+        for e in errors {
+            v.error(e.span(), format!("invalid TOML: {}", e.message()));
+        }
+        if !v.diags.is_empty() {
+            return None;
+        }
+        let doc_span = doc.span();
+        let mut doc = doc.into_inner();
+        for o in overrides {
+            if let Err(msg) = apply_override(&mut doc, o) {
+                v.diags.push(Diagnostic { file: path.clone(), position: None, message: msg });
+            }
+        }
+
+        apply_rewire(&mut doc, rewire);
+
+        for (key, _) in doc.iter() {
+            if !TOP_LEVEL_KEYS.contains(&key.get_ref().as_ref()) {
+                v.error(
+                    Some(key.span()),
+                    format!("unknown key `{}`{}", key.get_ref(), suggest(key.get_ref(), TOP_LEVEL_KEYS)),
+                );
+            }
+        }
+
+        let config_dir =
+            path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| ".".into());
+        let dir_key = |v: &mut Validator, key: &str, default: PathBuf| -> PathBuf {
+            match doc.get(key) {
+                None => default,
+                Some(val) => match val.get_ref().as_str() {
+                    Some(s) => BuildContext {
+                        models_dir: PathBuf::new(),
+                        data_dir: config_dir.clone(),
+                        config_dir: config_dir.clone(),
+                    }
+                    .data_path(s),
+                    None => {
+                        v.error(Some(val.span()), format!("`{key}` must be a string (a directory path)"));
+                        default
+                    }
+                },
+            }
+        };
+        let models_dir = match std::env::var_os("SLOWCAT_MODELS_DIR") {
+            Some(d) if !doc.contains_key("models_dir") => PathBuf::from(d),
+            _ => dir_key(v, "models_dir", config_dir.join("models")),
+        };
+        let data_dir = dir_key(v, "data_dir", default_data_dir());
+        let metrics_file = doc.get("metrics_file").map(|_| dir_key(v, "metrics_file", PathBuf::new()));
+        let build = BuildContext { models_dir, data_dir, config_dir: config_dir.clone() };
+
+        // The pipeline: a non-empty list of processor ids.
+        let mut pipeline: Vec<Spanned<String>> = Vec::new();
+        match doc.get("pipeline") {
+            None => v.error(
+                Some(doc_span.start..doc_span.start),
+                "missing `pipeline`: the list of processor ids to run, in order, e.g. pipeline = [\"input\", \"output\"]"
+                    .into(),
+            ),
+            Some(p) => match p.get_ref() {
+                DeValue::Array(items) => {
+                    for item in items.iter() {
+                        match item.get_ref().as_str() {
+                            Some(s) => pipeline.push(Spanned::new(item.span(), s.to_string())),
+                            None => v.error(Some(item.span()), "pipeline entries must be processor ids (strings)".into()),
+                        }
+                    }
+                    if items.is_empty() {
+                        v.error(Some(p.span()), "the pipeline is empty: list the processors to run, in order".into());
+                    }
+                }
+                _ => v.error(Some(p.span()), "`pipeline` must be a list of processor ids".into()),
+            },
+        }
+
+        let empty = DeTable::new();
+        let processors = match doc.get("processors") {
+            Some(t) => match t.get_ref() {
+                DeValue::Table(t) => t.clone(),
+                _ => {
+                    v.error(Some(t.span()), "`processors` must be a table of `[processors.<id>]` sections".into());
+                    empty
+                }
+            },
+            None => empty,
+        };
+        let pipeline_span = doc.get("pipeline").map(|p| p.span());
+        Some(Document { build, metrics_file, pipeline, pipeline_span, processors })
     }
 }
 
@@ -346,9 +421,9 @@ impl Validator<'_> {
         &mut self,
         id: &str,
         table: &Spanned<DeValue<'a>>,
-        kinds: &[Kind],
-        known: &[&str],
+        registry: &Registry,
     ) -> Option<(Kind, DeTable<'a>)> {
+        let known: Vec<&str> = registry.kinds().iter().map(|k| k.name).collect();
         let DeValue::Table(t) = table.get_ref() else {
             self.error(Some(table.span()), format!("`processors.{id}` must be a table"));
             return None;
@@ -364,16 +439,16 @@ impl Validator<'_> {
             self.error(Some(ty.span()), "`type` must be a string".into());
             return None;
         };
-        let Some(kind) = kinds.iter().find(|k| k.name == name) else {
+        let Some(kind) = registry.find(name) else {
             self.error(
                 Some(ty.span()),
-                format!("unknown processor type `{name}`{}; known types: {}", suggest(name, known), known.join(", ")),
+                format!("unknown processor type `{name}`{}; known types: {}", suggest(name, &known), known.join(", ")),
             );
             return None;
         };
         let mut settings = t.clone();
         settings.remove("type");
-        Some((*kind, settings))
+        Some((kind, settings))
     }
 
     fn parse_settings(
@@ -392,32 +467,48 @@ impl Validator<'_> {
         }
     }
 
+    /// Parses and checks one processor's section: its kind and what it needs before it (when it
+    /// parsed), with its entry when the settings passed their check; problems are reported.
     fn processor(
         &mut self,
         id: &str,
         table: &Spanned<DeValue<'_>>,
-        kinds: &[Kind],
-        known: &[&str],
+        registry: &Registry,
         build: &BuildContext,
-    ) -> Option<ProcessorEntry> {
-        let (kind, settings) = self.kind_of(id, table, kinds, known)?;
+    ) -> Option<(Kind, Vec<Requirement>, Option<ProcessorEntry>)> {
+        let (kind, settings) = self.kind_of(id, table, registry)?;
         let key_spans: Vec<(String, Range<usize>)> =
             settings.iter().map(|(k, v)| (k.get_ref().to_string(), k.span().start..v.span().end)).collect();
         let parsed = self.parse_settings(&kind, table.span(), settings)?;
-        for problem in parsed.check(build) {
-            let span = problem
-                .key
-                .and_then(|key| key_spans.iter().find(|(k, _)| k == key).map(|(_, s)| s.clone()))
-                .unwrap_or_else(|| table.span());
-            self.error(Some(span), format!("[processors.{id}] {}", problem.message));
+        let requires = parsed.requires();
+        match CheckedSettings::check(parsed, build) {
+            Ok(settings) => Some((kind, requires, Some(ProcessorEntry { id: id.to_string(), kind, settings }))),
+            Err(problems) => {
+                for problem in problems {
+                    self.problem(id, table, &key_spans, problem);
+                }
+                Some((kind, requires, None))
+            }
         }
-        Some(ProcessorEntry { id: id.to_string(), kind, settings: parsed })
     }
 
-    fn parse_only(&mut self, id: &str, table: &Spanned<DeValue<'_>>, kinds: &[Kind], known: &[&str]) {
-        if let Some((kind, settings)) = self.kind_of(id, table, kinds, known) {
-            self.parse_settings(&kind, table.span(), settings);
-        }
+    fn problem(&mut self, id: &str, table: &Spanned<DeValue<'_>>, key_spans: &[(String, Range<usize>)], p: Problem) {
+        let span = p
+            .key
+            .and_then(|key| key_spans.iter().find(|(k, _)| k == key).map(|(_, s)| s.clone()))
+            .unwrap_or_else(|| table.span());
+        self.error(Some(span), format!("[processors.{id}] {}", p.message));
+    }
+
+    /// Parses one processor's section without checking it.
+    fn parse_only(
+        &mut self,
+        id: &str,
+        table: &Spanned<DeValue<'_>>,
+        registry: &Registry,
+    ) -> Option<(Kind, Box<dyn AnySettings>)> {
+        let (kind, settings) = self.kind_of(id, table, registry)?;
+        self.parse_settings(&kind, table.span(), settings).map(|s| (kind, s))
     }
 }
 
@@ -483,20 +574,24 @@ fn apply_rewire<'a>(doc: &mut DeTable<'a>, rewire: &'a Rewire) {
         }
     };
     if let Some(input) = &rewire.input
-        && let Some(id) = order.iter().find(|id| matches!(type_of(procs, id).as_deref(), Some("mic" | "wav_input")))
+        && let Some(id) = order
+            .iter()
+            .find(|id| matches!(type_of(procs, id).as_deref(), Some(MicSettings::TYPE | WavInputSettings::TYPE)))
     {
-        replace_with_wav(procs, id, "wav_input", input, None);
+        replace_with_wav(procs, id, WavInputSettings::TYPE, input, None);
     }
     if let Some(output) = &rewire.output
-        && let Some(id) =
-            order.iter().rev().find(|id| matches!(type_of(procs, id).as_deref(), Some("speaker" | "wav_output")))
+        && let Some(id) = order
+            .iter()
+            .rev()
+            .find(|id| matches!(type_of(procs, id).as_deref(), Some(SpeakerSettings::TYPE | WavOutputSettings::TYPE)))
     {
-        replace_with_wav(procs, id, "wav_output", output, Some(("record_input", false)));
+        replace_with_wav(procs, id, WavOutputSettings::TYPE, output, Some(("record_input", false)));
     }
     if let Some(url) = &rewire.llm_url {
         for (_, v) in procs.iter_mut() {
             if let DeValue::Table(t) = v.get_mut()
-                && t.get("type").and_then(|t| t.get_ref().as_str()) == Some("openai_llm")
+                && t.get("type").and_then(|t| t.get_ref().as_str()) == Some(OpenAiLlmSettings::TYPE)
             {
                 t.insert(key("base_url"), string_value(url));
             }
@@ -599,6 +694,24 @@ sampel_rate = 16000
                 .any(|e| e.starts_with("test.toml:1:") && e.contains("produces frames") && e.contains("wav_input")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_processor_without_what_it_needs_before_it_is_refused_naming_both() {
+        let src = "pipeline = [\"in\", \"stt\", \"out\"]\n[processors.in]\ntype = \"wav_input\"\npath = \"in.wav\"\n\
+                   [processors.stt]\ntype = \"whisper_stt\"\n[processors.out]\ntype = \"wav_output\"\npath = \"o.wav\"\n";
+        let errs = errors(src);
+        assert!(
+            errs.iter().any(|e| e.starts_with("test.toml:1:")
+                && e.contains("`stt` (whisper_stt)")
+                && e.contains("silero_vad")
+                && e.contains("webrtc_vad")),
+            "{errs:#?}"
+        );
+        let src = "pipeline = [\"in\", \"llm\"]\n[processors.in]\ntype = \"wav_input\"\npath = \"in.wav\"\n\
+                   [processors.llm]\ntype = \"openai_llm\"\n";
+        let errs = errors(src);
+        assert!(errs.iter().any(|e| e.contains("`llm` (openai_llm)") && e.contains("user_turn")), "{errs:#?}");
     }
 
     #[test]

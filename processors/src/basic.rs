@@ -16,7 +16,7 @@ impl Settings for PassthroughSettings {
     const TYPE: &'static str = "passthrough";
     const ABOUT: &'static str = "forwards every frame unchanged (for tests and benchmarks)";
 
-    fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         Ok(Box::new(Passthrough))
     }
 }

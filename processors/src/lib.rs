@@ -1,12 +1,8 @@
-//! slowcat's processors: the [`Frame`] type, the [`Processor`] trait and its contexts, the
-//! [`registry`] of processor kinds, the [`Pipeline`] that runs them, a test [`harness`], and one
-//! module per processor family.
+//! slowcat's processors: one module per processor family, and [`register_all`], the one list that
+//! registers their kinds. The frame type, the processor trait, the pipeline and the settings types
+//! live in [`slowcat_core`]; they are re-exported here under their module names.
 
-pub mod frame;
-pub mod harness;
-mod lane;
-pub mod pipeline;
-pub mod processor;
+pub use slowcat_core::{PIPELINE_SAMPLE_RATE, frame, harness, pipeline, processor, runtime};
 pub mod registry;
 
 pub mod audio;
@@ -20,13 +16,12 @@ pub mod tts;
 pub mod turn;
 pub mod vad;
 
-pub use frame::{AudioFrame, ChatMessage, Direction, Frame, FrameClass, LlmRequest, Role, Transcription};
-pub use pipeline::{Pipeline, PipelineOptions, Shutdown};
-pub use processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
-pub use registry::{BuildError, Kind, Problem, Settings};
-
-/// The sample rate every processor after the input works at.
-pub const PIPELINE_SAMPLE_RATE: u32 = 16_000;
+pub use registry::register_all;
+pub use slowcat_core::{
+    AudioFrame, BoxProcessor, BuildContext, BuildError, ChatMessage, CheckedSettings, Direction, Frame, FrameClass,
+    FrameSender, Kind, LlmRequest, Passed, Pipeline, PipelineOptions, Problem, ProcessError, Processor,
+    ProcessorContext, Registry, Role, Settings, Shutdown, Transcription,
+};
 
 /// CPU time the calling thread has run (Linux `/proc/thread-self/schedstat`, in nanoseconds), for
 /// benchmarks whose figures must hold on a machine busy with other work. `None` elsewhere.

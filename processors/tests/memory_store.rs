@@ -194,7 +194,7 @@ fn a_damaged_database_is_a_clear_error_in_check_and_build() {
         "{}",
         problems[0].message
     );
-    let err = settings.build(&ctx).err().expect("a damaged database must not build").to_string();
+    let err = settings.check_and_build(&ctx).err().expect("a damaged database must not build").to_string();
     assert!(err.contains("damaged") && err.contains("move its directory aside"), "{err}");
     let err = cli::run(&path, MemoryCommand::Speakers, &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("damaged"), "{err}");
@@ -210,7 +210,7 @@ fn an_unusable_path_is_a_clear_error_in_check_and_build() {
     let problems = settings.check(&ctx);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].message.contains("is not a directory"), "{}", problems[0].message);
-    let err = settings.clone().build(&ctx).err().expect("must not build").to_string();
+    let err = settings.clone().check_and_build(&ctx).err().expect("must not build").to_string();
     assert!(err.contains("a-file/memory") && err.contains("memory database"), "{err}");
 
     let bad = StatelessMemorySettings { recent_exchanges: 10, hot_tier_size: 4, ..settings.clone() };

@@ -55,6 +55,6 @@ fn an_absent_microphone_names_the_devices_that_exist() {
     assert!(msg.contains("no input device matches \"USB Headset Mic\""), "{msg}");
     assert!(msg.contains("input devices that exist: ") && msg.contains("pulse (PulseAudio Sound Server)"), "{msg}");
     assert!(msg.contains("slowcat devices"), "{msg}");
-    let err = settings.build(&build_context()).err().expect("no such device, no mic").to_string();
+    let err = settings.check_and_build(&build_context()).err().expect("no such device, no mic").to_string();
     assert!(err.contains("USB Headset Mic") && err.contains("pulse"), "{err}");
 }

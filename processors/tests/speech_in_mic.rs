@@ -131,7 +131,7 @@ async fn mic_captures_what_is_played_into_a_null_sink() {
     let dir = tempfile::tempdir().unwrap();
 
     let settings = MicSettings { retry_ms: 500, ..Default::default() };
-    let mic = settings.build(&build_context()).expect("mic builds on the default device");
+    let mic = settings.check_and_build(&build_context()).expect("mic builds on the default device");
     let t0 = Instant::now();
     let mut h = Harness::start(vec![mic]).await;
 

@@ -82,7 +82,7 @@ async fn mic_reports_a_missing_server_and_reopens_after_it_vanished() {
 
     // No server: building fails with a message that says what to do.
     let settings = MicSettings { retry_ms: 300, ..Default::default() };
-    let err = settings.clone().build(&build_context()).err().expect("no sound server, no microphone");
+    let err = settings.clone().check_and_build(&build_context()).err().expect("no sound server, no microphone");
     let msg = err.to_string();
     println!("without a server: {msg}");
     assert!(msg.contains("cannot open input device"), "{msg}");
@@ -90,7 +90,7 @@ async fn mic_reports_a_missing_server_and_reopens_after_it_vanished() {
     assert!(msg.contains("pulse"), "the message lists the devices: {msg}");
 
     pulse.start();
-    let mic = settings.build(&build_context()).expect("mic builds once the server runs");
+    let mic = settings.check_and_build(&build_context()).expect("mic builds once the server runs");
     let t0 = Instant::now();
     let mut h = Harness::start(vec![mic]).await;
     let first = h.wait_for(Duration::from_secs(10), |f, _| matches!(f, Frame::InputAudio(_))).await;

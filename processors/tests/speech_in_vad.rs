@@ -113,14 +113,14 @@ async fn silero_finds_speech_boundaries_within_100ms() {
     let ctx = build_context();
     model("silero_vad.onnx");
     let settings = SileroVadSettings { stop_ms: 400, ..Default::default() };
-    check_boundaries("silero", || settings.clone().build(&ctx).expect("silero_vad builds")).await;
+    check_boundaries("silero", || settings.clone().check_and_build(&ctx).expect("silero_vad builds")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webrtc_finds_speech_boundaries_within_100ms() {
     let ctx = build_context();
     let settings = WebRtcVadSettings { stop_ms: 400, ..Default::default() };
-    check_boundaries("webrtc", || settings.clone().build(&ctx).expect("webrtc_vad builds")).await;
+    check_boundaries("webrtc", || settings.clone().check_and_build(&ctx).expect("webrtc_vad builds")).await;
 }
 
 #[tokio::test]
@@ -130,11 +130,11 @@ async fn silence_and_noise_are_not_speech() {
     let quiet = noise(16_000 * 3, -60.0, 7);
     let loud_noise = noise(16_000 * 3, -25.0, 8);
     for (what, clip) in [("quiet noise", &quiet), ("loud white noise", &loud_noise)] {
-        let silero = SileroVadSettings::default().build(&ctx).unwrap();
+        let silero = SileroVadSettings::default().check_and_build(&ctx).unwrap();
         let f = run(silero, clip, Duration::ZERO).await;
         assert_eq!(f.started, 0, "silero took {what} for speech");
     }
-    let webrtc = WebRtcVadSettings::default().build(&ctx).unwrap();
+    let webrtc = WebRtcVadSettings::default().check_and_build(&ctx).unwrap();
     let f = run(webrtc, &quiet, Duration::ZERO).await;
     assert_eq!(f.started, 0, "webrtc took quiet noise for speech");
 }
@@ -147,7 +147,7 @@ fn missing_silero_model_is_named() {
     assert_eq!(problems[0].key, Some("model"));
     assert!(problems[0].message.contains("/nonexistent/models/silero_vad.onnx"), "{}", problems[0].message);
     assert!(problems[0].message.contains("fetch-models.sh"), "{}", problems[0].message);
-    let err = SileroVadSettings::default().build(&ctx).err().expect("build fails");
+    let err = SileroVadSettings::default().check_and_build(&ctx).err().expect("build fails");
     assert!(err.to_string().contains("silero_vad.onnx"), "{err}");
 }
 
@@ -161,12 +161,12 @@ async fn speech_below_min_volume_is_ignored() {
     let mut clip = vec![0i16; 16_000];
     clip.extend(&speech);
     clip.extend(vec![0i16; 16_000]);
-    let f = run(SileroVadSettings::default().build(&ctx).unwrap(), &clip, Duration::ZERO).await;
+    let f = run(SileroVadSettings::default().check_and_build(&ctx).unwrap(), &clip, Duration::ZERO).await;
     assert_eq!(f.started, 0, "speech 40 dB down passed the default min_volume_db of -45");
-    let f = run(WebRtcVadSettings::default().build(&ctx).unwrap(), &clip, Duration::ZERO).await;
+    let f = run(WebRtcVadSettings::default().check_and_build(&ctx).unwrap(), &clip, Duration::ZERO).await;
     assert_eq!(f.started, 0, "webrtc: speech 40 dB down passed the default min_volume_db of -45");
     // With the floor lowered, the same audio is speech.
     let low = SileroVadSettings { min_volume_db: -90.0, ..Default::default() };
-    let f = run(low.build(&ctx).unwrap(), &clip, Duration::ZERO).await;
+    let f = run(low.check_and_build(&ctx).unwrap(), &clip, Duration::ZERO).await;
     assert_eq!(f.started, 1, "silero with min_volume_db = -90 should hear the quiet speech");
 }

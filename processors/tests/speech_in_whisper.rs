@@ -27,12 +27,14 @@ const GAP: f32 = 1.0;
 fn vad() -> BoxProcessor {
     model("silero_vad.onnx");
     // A long stop, as a pipeline without an end-of-turn detector would use.
-    SileroVadSettings { stop_ms: 500, ..Default::default() }.build(&build_context()).expect("silero_vad builds")
+    SileroVadSettings { stop_ms: 500, ..Default::default() }
+        .check_and_build(&build_context())
+        .expect("silero_vad builds")
 }
 
 fn stt(settings: WhisperSttSettings) -> BoxProcessor {
     model(settings.model.to_str().unwrap());
-    settings.build(&build_context()).expect("whisper_stt builds")
+    settings.check_and_build(&build_context()).expect("whisper_stt builds")
 }
 
 async fn run(processors: Vec<BoxProcessor>, frames: Vec<Frame>, extra: Vec<Frame>) -> Output {
@@ -204,7 +206,7 @@ fn a_missing_model_names_the_file_and_the_fix() {
         assert_eq!(problems[0].key, Some("model"));
         let msg = &problems[0].message;
         assert!(msg.contains(&format!("/nonexistent/models/{file}")) && msg.contains(fix), "{msg}");
-        let err = settings.build(&ctx).err().expect("build fails without the model");
+        let err = settings.check_and_build(&ctx).err().expect("build fails without the model");
         assert!(err.to_string().contains(file), "{err}");
     }
     let bad = WhisperSttSettings { language: "klingon".into(), ..Default::default() };

@@ -11,7 +11,7 @@ use speech_out_util::*;
 async fn espeak_speaks_each_sentence() {
     let settings = EspeakTtsSettings::default();
     assert!(settings.check(&build_context()).is_empty(), "espeak-ng missing: run scripts/setup-system.sh");
-    let tts = settings.build(&build_context()).unwrap();
+    let tts = settings.check_and_build(&build_context()).unwrap();
     let out = Harness::run(
         vec![tts],
         vec![
@@ -51,7 +51,7 @@ async fn espeak_speaks_each_sentence() {
 #[test]
 fn an_unknown_voice_is_refused_at_build() {
     let settings = EspeakTtsSettings { voice: "xx-nowhere".into(), ..EspeakTtsSettings::default() };
-    let e = match settings.build(&build_context()) {
+    let e = match settings.check_and_build(&build_context()) {
         Ok(_) => panic!("built with a voice espeak-ng does not have"),
         Err(e) => e.to_string(),
     };

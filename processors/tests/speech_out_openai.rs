@@ -125,7 +125,7 @@ async fn sentences_are_requested_one_by_one_and_a_failing_one_does_not_stop_the_
     let (base, requests) = serve(piper()).await;
     let settings = OpenAiTtsSettings { base_url: base.clone(), ..OpenAiTtsSettings::default() };
     assert!(settings.check(&build_context()).is_empty());
-    let tts = settings.build(&build_context()).unwrap();
+    let tts = settings.check_and_build(&build_context()).unwrap();
     let out = Harness::run(
         vec![tts],
         vec![
@@ -185,9 +185,11 @@ async fn wav_responses_are_decoded_at_their_own_rate() {
     let (base, _) = serve(piper()).await;
     let settings =
         OpenAiTtsSettings { base_url: base, response_format: ResponseFormat::Wav, ..OpenAiTtsSettings::default() };
-    let out =
-        Harness::run(vec![settings.build(&build_context()).unwrap()], vec![Frame::Speak("See you tomorrow.".into())])
-            .await;
+    let out = Harness::run(
+        vec![settings.check_and_build(&build_context()).unwrap()],
+        vec![Frame::Speak("See you tomorrow.".into())],
+    )
+    .await;
     let segs = segment_audio(&out.downstream);
     assert!(!out.downstream.iter().any(|f| matches!(f, Frame::Error(_))), "{:?}", out.downstream_data());
     assert_eq!(segs.len(), 1);
@@ -207,7 +209,9 @@ async fn an_unreachable_server_is_an_error_naming_it() {
         timeout_secs: 2.0,
         ..OpenAiTtsSettings::default()
     };
-    let out = Harness::run(vec![settings.build(&build_context()).unwrap()], vec![Frame::Speak("Hello.".into())]).await;
+    let out =
+        Harness::run(vec![settings.check_and_build(&build_context()).unwrap()], vec![Frame::Speak("Hello.".into())])
+            .await;
     let e = out.downstream.iter().find_map(|f| match f {
         Frame::Error(e) => Some(e.message.clone()),
         _ => None,
@@ -231,7 +235,7 @@ async fn the_api_key_comes_from_the_named_environment_variable() {
     // Set: sent as a bearer token.
     unsafe { std::env::set_var(var, "s3cret") };
     assert!(settings.check(&build_context()).is_empty());
-    let tts = settings.build(&build_context()).unwrap();
+    let tts = settings.check_and_build(&build_context()).unwrap();
     let out = Harness::run(vec![tts], vec![Frame::Speak("Hello there.".into())]).await;
     assert!(!out.downstream.iter().any(|f| matches!(f, Frame::Error(_))), "{:?}", out.downstream_data());
     let bodies = requests.lock().unwrap().clone();

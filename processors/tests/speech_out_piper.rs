@@ -14,7 +14,7 @@ use speech_out_util::*;
 
 fn piper(settings: PiperSettings) -> BoxProcessor {
     model("en_US-joe-medium.onnx");
-    settings.build(&build_context()).expect("the Piper voice builds")
+    settings.check_and_build(&build_context()).expect("the Piper voice builds")
 }
 
 /// Audio of each spoken segment, with its TtsStarted text, in order.
@@ -187,7 +187,7 @@ async fn a_wav_output_after_piper_reports_what_it_wrote() {
     let wav = dir.path().join("reply.wav");
     let out_settings: WavOutputSettings =
         toml::from_str(&format!("path = {:?}\nrecord_input = false", wav.display().to_string())).unwrap();
-    let wav_out = out_settings.build(&build_context()).unwrap();
+    let wav_out = out_settings.check_and_build(&build_context()).unwrap();
     let out = Harness::run(
         vec![piper(PiperSettings::default()), wav_out],
         vec![
@@ -234,7 +234,7 @@ fn a_voice_whose_language_espeak_lacks_is_a_clear_build_error() {
         config: dir.path().join("voice.onnx.json"),
         ..PiperSettings::default()
     };
-    let e = match s.build(&build_context()) {
+    let e = match s.check_and_build(&build_context()) {
         Ok(_) => panic!("built a voice espeak cannot phonemize"),
         Err(e) => format!("{e:#}"),
     };

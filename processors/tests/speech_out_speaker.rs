@@ -308,8 +308,8 @@ async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
     require_pulse();
     let reply = "Hello there, your assistant is ready. The park looks lovely today.";
     let recorder = Recorder::start();
-    let piper = PiperSettings::default().build(&build_context()).unwrap();
-    let speaker = SpeakerSettings::default().build(&build_context()).unwrap();
+    let piper = PiperSettings::default().check_and_build(&build_context()).unwrap();
+    let speaker = SpeakerSettings::default().check_and_build(&build_context()).unwrap();
     let mut h = Harness::start(vec![piper, speaker]).await;
     h.send(Frame::LlmResponseStart { turn: 11 }).await;
     for t in tokens(reply) {

@@ -36,7 +36,7 @@ fn build(settings: impl Settings) -> BoxProcessor {
     let ctx = BuildContext { models_dir: models_dir(), data_dir: dir.clone(), config_dir: dir };
     let problems = settings.check(&ctx);
     assert!(problems.is_empty(), "{problems:?}: run scripts/fetch-models.sh");
-    settings.build(&ctx).expect("the processor builds")
+    settings.check_and_build(&ctx).expect("the processor builds")
 }
 
 fn smart_turn(settings: SmartTurnSettings) -> BoxProcessor {
@@ -473,7 +473,7 @@ async fn the_minimum_is_configurable() {
 
 #[test]
 fn the_kind_is_registered() {
-    let kind = slowcat_processors::registry::find("smart_turn").expect("smart_turn is in kinds()");
+    let kind = slowcat_processors::registry::registry().find("smart_turn").expect("smart_turn is in kinds()");
     assert!(kind.about.contains("Smart Turn"));
 }
 

@@ -81,10 +81,7 @@ impl Settings for MicSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        if let Some(p) = self.check(ctx).into_iter().next() {
-            return Err(BuildError::Invalid(p.message));
-        }
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         // Open the device's configuration once now, so a device that cannot be used is reported
         // before the pipeline starts rather than as the first error frame.
         let (device, config) = open_config(&self.device).map_err(|e| BuildError::Invalid(e.to_string()))?;

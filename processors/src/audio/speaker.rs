@@ -67,6 +67,20 @@ impl Settings for SpeakerSettings {
     const TYPE: &'static str = "speaker";
     const ABOUT: &'static str = "plays the assistant's audio on a sound card and reports what was actually said";
 
+    fn requires(&self) -> Vec<crate::registry::Requirement> {
+        vec![crate::registry::Requirement {
+            any_of: &[
+                crate::tts::PiperSettings::TYPE,
+                crate::tts::EspeakTtsSettings::TYPE,
+                crate::tts::OpenAiTtsSettings::TYPE,
+                crate::audio::MicSettings::TYPE,
+                crate::audio::WavInputSettings::TYPE,
+            ],
+            key: None,
+            why: "it plays audio that a TTS (or an audio input) makes; put one before it",
+        }]
+    }
+
     fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
         if !(5..=200).contains(&self.chunk_ms) {
@@ -84,7 +98,7 @@ impl Settings for SpeakerSettings {
         problems
     }
 
-    fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         Ok(Box::new(Speaker::open(self)?))
     }
 }

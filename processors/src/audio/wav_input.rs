@@ -108,7 +108,7 @@ impl Settings for WavInputSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let mut clips = Vec::new();
         for f in self.files() {
             let samples = read_wav_mono(&ctx.config_path(&f), PIPELINE_SAMPLE_RATE)?;

@@ -63,7 +63,7 @@ impl Settings for WavOutputSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let path = ctx.config_path(&self.path);
         let spec = hound::WavSpec {
             channels: 1,

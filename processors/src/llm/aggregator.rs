@@ -31,7 +31,7 @@ impl Settings for UserTurnSettings {
     const ABOUT: &'static str =
         "turns the final transcription of a user turn into an LLM request (system prompt + user message)";
 
-    fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         Ok(Box::new(UserTurn::new(self)))
     }
 }

@@ -131,6 +131,14 @@ impl Settings for OpenAiLlmSettings {
     const ABOUT: &'static str =
         "streams replies from an OpenAI-compatible server (LM Studio, llama.cpp) as text chunks";
 
+    fn requires(&self) -> Vec<crate::registry::Requirement> {
+        vec![crate::registry::Requirement {
+            any_of: &[crate::llm::UserTurnSettings::TYPE],
+            key: None,
+            why: "it answers the LLM requests user_turn makes; put user_turn before it",
+        }]
+    }
+
     fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Err(reason) = Endpoint::parse(&self.base_url) {
@@ -164,12 +172,7 @@ impl Settings for OpenAiLlmSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        let problems = self.check(ctx);
-        if !problems.is_empty() {
-            let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
-            return Err(BuildError::Invalid(all.join("; ")));
-        }
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         Ok(Box::new(OpenAiLlm::new(self)?))
     }
 }
@@ -1041,7 +1044,7 @@ mod tests {
 
     #[test]
     fn settings_parse_from_toml_with_defaults_and_reject_unknown_keys() {
-        assert!(crate::registry::find("openai_llm").is_some());
+        assert!(crate::registry::registry().find("openai_llm").is_some());
         let s: OpenAiLlmSettings = toml::from_str("max_tokens = 64").unwrap();
         assert_eq!(s.base_url, DEFAULT_BASE_URL);
         assert_eq!(s.max_tokens, 64);

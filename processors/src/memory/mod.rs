@@ -228,6 +228,14 @@ impl Settings for StatelessMemorySettings {
     const ABOUT: &'static str =
         "remembers every exchange per speaker (LMDB) and injects recent and relevant ones into each LLM request";
 
+    fn requires(&self) -> Vec<crate::registry::Requirement> {
+        vec![crate::registry::Requirement {
+            any_of: &[crate::llm::UserTurnSettings::TYPE],
+            key: None,
+            why: "it rewrites the LLM requests user_turn makes; put user_turn before it",
+        }]
+    }
+
     fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.hot_tier_size == 0 || self.hot_tier_size > 100_000 {
@@ -257,10 +265,7 @@ impl Settings for StatelessMemorySettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        if let Some(p) = self.check(ctx).into_iter().next() {
-            return Err(BuildError::Invalid(format!("{}: {}", p.key.unwrap_or("settings"), p.message)));
-        }
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let path = self.db_path(ctx);
         let db = MemoryDb::open(&path, self.store_options()).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
         let store = MemoryStore::start(Arc::new(db)).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;

@@ -120,6 +120,14 @@ impl Settings for WhisperSttSettings {
     const TYPE: &'static str = "whisper_stt";
     const ABOUT: &'static str = "Whisper speech-to-text (whisper.cpp): transcribes the user's turn when it ends";
 
+    fn requires(&self) -> Vec<crate::registry::Requirement> {
+        vec![crate::registry::Requirement {
+            any_of: &[crate::vad::SileroVadSettings::TYPE, crate::vad::WebRtcVadSettings::TYPE],
+            key: None,
+            why: "it transcribes the turns a voice activity detector marks; put silero_vad or webrtc_vad before it",
+        }]
+    }
+
     fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
         let model = ctx.model_path(&self.model);
@@ -160,10 +168,7 @@ impl Settings for WhisperSttSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        if let Some(p) = self.check(ctx).into_iter().next() {
-            return Err(BuildError::Invalid(p.message));
-        }
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let model = ctx.model_path(&self.model);
         let loaded = Instant::now();
         let engine = WhisperEngine::load(&model, self.threads, &self.language, self.audio_ctx)?;

@@ -171,7 +171,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
         let (times, first_text) = first_audio(tts).await?;
         print_first_audio(name, &first_text, times, &cpu_cost);
     }
-    let tts = defaults.clone().build(&ctx).context("building piper_tts")?;
+    let tts = defaults.clone().check_and_build(&ctx).context("building piper_tts")?;
     let (default_times, first_text) = first_audio(tts).await?;
     let default_name = format!("DEFAULT ({} thread(s), phrase ≤{})", defaults.threads, defaults.first_max_words);
     print_first_audio(&default_name, &first_text, default_times.clone(), &cpu_cost);

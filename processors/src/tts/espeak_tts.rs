@@ -86,7 +86,7 @@ impl Settings for EspeakTtsSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let command = find_program(&ctx.config_path(&self.command))
             .or_else(|| find_program(&self.command))
             .ok_or_else(|| BuildError::Invalid(format!("{} not found; install espeak-ng", self.command.display())))?;

@@ -103,7 +103,7 @@ impl Settings for OpenAiTtsSettings {
         problems
     }
 
-    fn build(self, _ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let api_key = crate::registry::api_key_from_env(&self.api_key_env);
         let timeout = Duration::from_secs_f64(self.timeout_secs);
         let client = reqwest::Client::builder()

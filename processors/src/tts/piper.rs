@@ -140,7 +140,7 @@ impl Settings for PiperSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let voice = PiperVoice::load(
             &ctx.models_dir,
             &ctx.model_path(&self.model),

@@ -182,6 +182,14 @@ impl Settings for SmartTurnSettings {
     const ABOUT: &'static str = "ends the user's turn when Smart Turn v3 hears a complete utterance (or after a timeout); interrupts the \
          assistant when the user talks over it";
 
+    fn requires(&self) -> Vec<crate::registry::Requirement> {
+        vec![crate::registry::Requirement {
+            any_of: &[crate::vad::SileroVadSettings::TYPE, crate::vad::WebRtcVadSettings::TYPE],
+            key: None,
+            why: "it judges the pauses a voice activity detector marks; put silero_vad or webrtc_vad before it",
+        }]
+    }
+
     fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
         let path = ctx.model_path(&self.model);
@@ -192,12 +200,7 @@ impl Settings for SmartTurnSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        let problems = self.value_problems();
-        if !problems.is_empty() {
-            let messages: Vec<_> = problems.into_iter().map(|p| p.message).collect();
-            return Err(BuildError::Invalid(messages.join("; ")));
-        }
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let model = SmartTurnModel::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)?;
         Ok(Box::new(SmartTurn::new(self, model)))
     }

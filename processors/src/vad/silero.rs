@@ -85,11 +85,7 @@ impl Settings for SileroVadSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        let problems = self.check(ctx);
-        if let Some(p) = problems.first() {
-            return Err(BuildError::Invalid(p.message.clone()));
-        }
+    fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let detector = SileroDetector::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)?;
         let decision = Decision {
             on: self.confidence,

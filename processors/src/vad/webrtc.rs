@@ -58,11 +58,7 @@ impl Settings for WebRtcVadSettings {
         problems
     }
 
-    fn build(self, ctx: &BuildContext) -> Result<BoxProcessor, BuildError> {
-        let problems = self.check(ctx);
-        if let Some(p) = problems.first() {
-            return Err(BuildError::Invalid(p.message.clone()));
-        }
+    fn build(self, _ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let detector = WebRtcDetector::new(self.aggressiveness, self.frame_ms);
         let decision = Decision { on: 0.5, off: 0.5, min_volume_db: self.min_volume_db };
         let core = VadCore::new(

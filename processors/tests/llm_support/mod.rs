@@ -109,7 +109,7 @@ pub fn llm(settings: OpenAiLlmSettings) -> BoxProcessor {
     let dir = std::env::temp_dir();
     let problems = settings.check(&BuildContext::for_dir(&dir));
     assert!(problems.is_empty(), "settings rejected: {problems:?}");
-    settings.build(&BuildContext::for_dir(&dir)).expect("build openai_llm")
+    settings.check_and_build(&BuildContext::for_dir(&dir)).expect("build openai_llm")
 }
 
 /// A request as `user_turn` makes them.

@@ -25,7 +25,7 @@ pub fn db_path(dir: &Path) -> PathBuf {
 /// Builds the processor from settings, as the runtime does.
 pub async fn start(dir: &Path, settings: StatelessMemorySettings) -> Harness {
     let ctx = BuildContext::for_dir(dir);
-    let processor = tokio::task::spawn_blocking(move || settings.build(&ctx))
+    let processor = tokio::task::spawn_blocking(move || settings.check_and_build(&ctx))
         .await
         .expect("build task")
         .unwrap_or_else(|e| panic!("memory processor did not build: {e}"));
