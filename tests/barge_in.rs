@@ -531,7 +531,7 @@ async fn ask_for_a_long_reply(started: Direction) -> Conversation {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_answered() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let c = ask_for_a_long_reply(Direction::Upstream).await;
@@ -816,7 +816,7 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
 /// Whisper to smart_turn. Those processors bypass upstream frames, so the event passes them even
 /// while Piper synthesizes the next sentence or the LLM streams (it used to wait seconds for each
 /// call, and the start of every reply could not be interrupted).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn talking_over_the_first_second_of_a_reply_interrupts_it_too() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let c = ask_for_a_long_reply(Direction::Downstream).await;

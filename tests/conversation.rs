@@ -34,7 +34,7 @@ fn run_assistant(dir: &Path, input: &Path, output: &Path, extra: &[&str]) -> std
     cmd.output().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_spoken_question_gets_a_spoken_answer() {
     let dir = tempfile::tempdir().unwrap();
     let question = dir.path().join("question.wav");
@@ -88,7 +88,7 @@ fn transcription(turn: u64, text: &str) -> Frame {
     }))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_is_back() {
     use slowcat_processors::audio::WavOutputSettings;
     use slowcat_processors::llm::{OpenAiLlmSettings, UserTurnSettings};
@@ -175,7 +175,7 @@ impl slowcat_processors::Processor for Capture {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_name_said_in_turn_one_is_in_the_llm_request_of_turn_thirty() {
     use slowcat_processors::audio::WavOutputSettings;
     use slowcat_processors::llm::{OpenAiLlmSettings, UserTurnSettings};
@@ -285,7 +285,7 @@ fn user_texts(turns: &[serde_json::Value]) -> Vec<String> {
 /// Raised by 24 dB it is heard and answered. Said in the closing note of #15.
 const TOO_QUIET: &[&str] = &["hello-diane"];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn every_recording_of_real_people_is_one_turn_heard_right() {
     let set = human_speech();
     let dir = tempfile::tempdir().unwrap();
@@ -354,7 +354,7 @@ fn joined(dir: &Path, name: &str, parts: &[&Path], gap_ms: u32) -> std::path::Pa
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_command_with_a_pause_between_its_words_is_one_turn_and_two_questions_apart_are_two() {
     let set = human_speech();
     let path = |name: &str| set.iter().find(|u| u.name == name).unwrap().path.clone();

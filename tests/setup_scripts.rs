@@ -111,7 +111,7 @@ fn a_server_that_dies_during_its_warm_up_is_reported_on_the_terminal_with_its_si
     assert!(!port_open(port) && processes_on(port).is_empty(), "nothing may be left running: {:?}", processes_on(port));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_run_command_starts_the_local_llm_when_nothing_answers_and_speaks_an_answer() {
     // README's run command with a WAV in and out, on a machine where nothing answers at the
     // configured base_url: run.sh starts the local server (on a port of this test's own) and the

@@ -312,6 +312,8 @@ impl Task {
                         }
                         continue;
                     }
+                    // A waker moved the deadline: look at it again.
+                    _ = self.ctx.woken_by_waker() => continue,
                     else => None,
                 }
             };

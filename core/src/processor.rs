@@ -199,15 +199,57 @@ pub struct ProcessorContext {
     epoch: Instant,
     /// When [`Processor::wake`] is due, in nanoseconds since `timer_epoch`; `NO_WAKE` when not
     /// asked. On tokio's clock, which tests may pause.
-    wake_at: AtomicU64,
+    wake_at: Arc<AtomicU64>,
+    /// Tells the processor's task that `wake_at` changed from another thread ([`Waker`]).
+    notify: Arc<tokio::sync::Notify>,
     timer_epoch: tokio::time::Instant,
+}
+
+/// Asks for a call to [`Processor::wake`] as soon as the processor's task is idle, from anywhere:
+/// a blocking job (an inference) that finished. Instead of the processor polling for its result.
+#[derive(Clone)]
+pub struct Waker {
+    wake_at: Arc<AtomicU64>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Waker {
+    /// Wakes the processor now (a wake-up already asked for comes sooner).
+    pub fn wake(&self) {
+        self.wake_at.store(0, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
 }
 
 const NO_WAKE: u64 = u64::MAX;
 
 impl ProcessorContext {
     pub(crate) fn new(id: Arc<str>, sender: FrameSender, cancel: CancellationToken, epoch: Instant) -> Self {
-        Self { id, sender, cancel, epoch, wake_at: AtomicU64::new(NO_WAKE), timer_epoch: tokio::time::Instant::now() }
+        Self {
+            id,
+            sender,
+            cancel,
+            epoch,
+            wake_at: Arc::new(AtomicU64::new(NO_WAKE)),
+            notify: Arc::new(tokio::sync::Notify::new()),
+            timer_epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A handle that wakes this processor from another thread or task (see [`Waker`]).
+    pub fn waker(&self) -> Waker {
+        Waker { wake_at: self.wake_at.clone(), notify: self.notify.clone() }
+    }
+
+    /// Resolves when a [`Waker`] was used since the last time.
+    pub(crate) async fn woken_by_waker(&self) {
+        self.notify.notified().await;
     }
 
     /// Asks for a call to [`Processor::wake`] after `delay`, replacing an earlier request: a

@@ -117,7 +117,7 @@ fn tone_share(x: &[f32], freq: f32) -> f32 {
     power / total.max(1e-9)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn mic_captures_what_is_played_into_a_null_sink() {
     let server = pulse_start();
     let sink_name = format!("slowcat_mic_test_{}", std::process::id());

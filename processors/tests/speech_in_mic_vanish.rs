@@ -73,7 +73,7 @@ impl Drop for PrivatePulse {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn mic_reports_a_missing_server_and_reopens_after_it_vanished() {
     let dir = tempfile::tempdir().unwrap();
     let mut pulse = PrivatePulse { dir: dir.path().to_path_buf(), child: None };

@@ -108,7 +108,7 @@ async fn check_boundaries(name: &str, build: impl Fn() -> BoxProcessor) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn silero_finds_speech_boundaries_within_100ms() {
     let ctx = build_context();
     model("silero_vad.onnx");
@@ -116,7 +116,7 @@ async fn silero_finds_speech_boundaries_within_100ms() {
     check_boundaries("silero", || settings.clone().check_and_build(&ctx).expect("silero_vad builds")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn webrtc_finds_speech_boundaries_within_100ms() {
     let ctx = build_context();
     let settings = WebRtcVadSettings { stop_ms: 400, ..Default::default() };

@@ -60,7 +60,7 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn tiny_en_transcribes_each_utterance_as_a_turn() {
     let mut clip = Vec::new();
     let mut truth = Vec::new();
@@ -118,7 +118,7 @@ async fn tiny_en_transcribes_each_utterance_as_a_turn() {
     assert_eq!(stops, SENTENCES.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_pause_inside_the_turn_keeps_one_turn_until_it_ends() {
     // Two utterances 1.2 s apart; the VAD stops in between, but the turn only ends when an
     // end-of-turn detector says so (here: the UserTurnEnded sent after the audio).
@@ -148,7 +148,7 @@ async fn a_pause_inside_the_turn_keeps_one_turn_until_it_ends() {
     assert!(transcribed > turn_ended);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn noise_and_silence_make_no_turn() {
     // Speech events around a burst of loud noise, as a VAD fooled by a noisy room would send.
     let mut input = vec![Frame::UserStartedSpeaking];
@@ -298,7 +298,7 @@ async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
 
 /// The user pauses mid-sentence and goes on: the transcript started at the pause misses the rest,
 /// so the turn is transcribed whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn words_said_after_a_pause_are_in_the_turn() {
     let text = reminder_with_a_pause(false).await.to_lowercase();
     assert!(text.contains("six") || text.contains('6'), "the words after the pause are missing: {text:?}");
@@ -307,14 +307,14 @@ async fn words_said_after_a_pause_are_in_the_turn() {
 
 /// The stop confirms the pause (same end of speech): the transcript started at the pause is the
 /// turn's, which is what makes the reply start sooner. The words after it are not transcribed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_transcript_started_at_a_confirmed_pause_is_the_turns() {
     let text = reminder_with_a_pause(true).await.to_lowercase();
     assert!(!text.contains("six") && !text.contains('6'), "transcribed again at the stop: {text:?}");
     assert!(wer(REMINDER, &text) <= 0.4, "{text:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_turn_end_that_races_the_next_utterance_transcribes_only_the_finished_one() {
     // The end-of-turn signal is a data frame and can arrive after the user already started
     // speaking again: the finished utterance is the turn, the new one starts the next turn.
@@ -389,7 +389,7 @@ async fn one_turn_ended_late(transcribe_early: bool, wait: Duration) -> (Transcr
     (t, stt_time)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_early_transcript_is_ready_when_the_turn_ends() {
     // With `transcribe_early` the words are transcribed while the end-of-turn detector decides,
     // so the transcript follows the turn's end at once instead of after whisper's run.
@@ -446,7 +446,7 @@ async fn go_forward_then_ten_meters(went_out: bool) -> Vec<Transcription> {
     ts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_resumed_turn_is_transcribed_whole_under_its_own_number() {
     let ts = go_forward_then_ten_meters(true).await;
     assert_eq!(ts.len(), 2, "the first part went out before the user went on: {ts:?}");

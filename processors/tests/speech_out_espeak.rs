@@ -7,7 +7,7 @@ use slowcat_processors::tts::EspeakTtsSettings;
 use slowcat_processors::{Frame, Settings};
 use speech_out_util::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn espeak_speaks_each_sentence() {
     let settings = EspeakTtsSettings::default();
     assert!(settings.check(&build_context()).is_empty(), "espeak-ng missing: run scripts/setup-system.sh");

@@ -120,7 +120,7 @@ fn segment_audio(frames: &[Frame]) -> Vec<(String, u32, Vec<i16>)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn sentences_are_requested_one_by_one_and_a_failing_one_does_not_stop_the_rest() {
     let (base, requests) = serve(piper()).await;
     let settings = OpenAiTtsSettings { base_url: base.clone(), ..OpenAiTtsSettings::default() };
@@ -180,7 +180,7 @@ async fn sentences_are_requested_one_by_one_and_a_failing_one_does_not_stop_the_
     assert!(heard[1].to_lowercase().contains("example"), "{heard:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn wav_responses_are_decoded_at_their_own_rate() {
     let (base, _) = serve(piper()).await;
     let settings =
@@ -200,7 +200,7 @@ async fn wav_responses_are_decoded_at_their_own_rate() {
     assert!(wer("See you tomorrow.", &heard) <= 0.34, "{heard:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_unreachable_server_is_an_error_naming_it() {
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -222,7 +222,7 @@ async fn an_unreachable_server_is_an_error_naming_it() {
     assert!(bad.check(&build_context()).iter().any(|p| p.key == Some("base_url")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_api_key_comes_from_the_named_environment_variable() {
     let (base, requests) = serve(piper()).await;
     let var = "SLOWCAT_TEST_OPENAI_TTS_KEY";

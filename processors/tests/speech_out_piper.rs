@@ -47,7 +47,7 @@ const REPLY: &str = "Good morning! The weather today is sunny and warm. \
     I would take a long walk in the park, then have lunch with a friend. \
     Remember to drink plenty of water.";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn streamed_reply_is_spoken_sentence_by_sentence_and_whisper_reads_it_back() {
     let mut whisper = whisper();
     let mut h = Harness::start(vec![piper(PiperSettings::default())]).await;
@@ -106,7 +106,7 @@ async fn streamed_reply_is_spoken_sentence_by_sentence_and_whisper_reads_it_back
     assert!(wer <= 0.15, "WER {wer:.3}: Whisper heard {heard:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn tricky_text_is_spoken_as_words() {
     let mut whisper = whisper();
     let text = "Dr. Smith paid $29.99 for it. Go to example.com at 8pm. I like C++.";
@@ -129,7 +129,7 @@ async fn tricky_text_is_spoken_as_words() {
     assert!(heard[2].contains("c++") || heard[2].contains("c plus plus"), "{:?}", heard[2]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_interruption_drops_the_reply_and_the_next_one_is_spoken() {
     let mut h = Harness::start(vec![piper(PiperSettings::default())]).await;
     h.send(Frame::LlmResponseStart { turn: 1 }).await;
@@ -166,7 +166,7 @@ async fn an_interruption_drops_the_reply_and_the_next_one_is_spoken() {
     assert!(after[first_new..].iter().any(|f| matches!(f, Frame::OutputAudio(_))));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn other_frames_pass_both_ways_and_speak_frames_are_spoken() {
     let h = Harness::start(vec![piper(PiperSettings::default())]).await;
     h.send(Frame::UserTurnEnded).await;
@@ -181,7 +181,7 @@ async fn other_frames_pass_both_ways_and_speak_frames_are_spoken() {
     assert!(data.iter().filter(|f| matches!(f, Frame::OutputAudio(_))).count() > 10);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_wav_output_after_piper_reports_what_it_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("reply.wav");

@@ -179,7 +179,7 @@ fn count(out: &Output, dir: Direction, pred: impl Fn(&Frame) -> bool) -> usize {
     frames.iter().filter(|f| pred(f)).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn speech_played_on_the_null_sink_is_recorded_back() {
     let _device = DEVICE.lock().await;
     require_pulse();
@@ -234,7 +234,7 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
     assert!(correlation >= 0.9, "what was recorded is not what was played: correlation {correlation:.3}; {diagnosis}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_interruption_silences_the_speaker_within_one_chunk() {
     let _device = DEVICE.lock().await;
     require_pulse();
@@ -302,7 +302,7 @@ async fn an_interruption_silences_the_speaker_within_one_chunk() {
     h.finish(Duration::from_secs(10)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
     let _device = DEVICE.lock().await;
     require_pulse();

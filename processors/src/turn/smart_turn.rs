@@ -288,7 +288,7 @@ enum Turn {
     /// The user paused and the model is deciding, on a blocking thread. The processor goes on
     /// handling audio meanwhile, so talking over the assistant interrupts it even while the model
     /// runs (which took over a second on a loaded machine); the result is collected when a frame
-    /// arrives or at a wake-up every `POLL`.
+    /// arrives or when the inference, finished, wakes the processor.
     Deciding { start: u64, speech_end_at: Duration, inference: Inference },
     /// The user paused and the model found the utterance incomplete: the turn ends at
     /// `deadline` unless the user resumes.
@@ -305,6 +305,8 @@ enum Turn {
 pub struct SmartTurn {
     settings: SmartTurnSettings,
     model: Arc<Mutex<SmartTurnModel>>,
+    /// Wakes the processor when an inference has finished (set at start).
+    waker: Option<crate::processor::Waker>,
     /// The most recent audio, at most `window` samples.
     audio: VecDeque<i16>,
     window: usize,
@@ -340,7 +342,8 @@ pub struct SmartTurn {
 /// A Smart Turn inference in flight.
 struct Inference {
     /// The probability, and how long the model took (it may finish well before it is collected).
-    task: tokio::task::JoinHandle<anyhow::Result<(f32, Duration)>>,
+    /// Closed without a value when the inference panicked.
+    task: tokio::sync::oneshot::Receiver<anyhow::Result<(f32, Duration)>>,
     /// Stops the run, when its verdict is no longer wanted.
     stop: Option<Arc<RunOptions>>,
     seconds: f32,
@@ -366,8 +369,16 @@ impl Inference {
     }
 }
 
-/// How often a decision in flight is checked for when no frame arrives.
-const POLL: Duration = Duration::from_millis(2);
+/// Wakes the processor when dropped: at the end of an inference job, also one that panicked.
+struct WakeOnDrop(Option<crate::processor::Waker>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.wake();
+        }
+    }
+}
 
 impl SmartTurn {
     /// A processor around a loaded model.
@@ -376,6 +387,7 @@ impl SmartTurn {
         Self {
             settings,
             model: Arc::new(Mutex::new(model)),
+            waker: None,
             audio: VecDeque::with_capacity(window),
             window,
             received: 0,
@@ -486,13 +498,20 @@ impl SmartTurn {
         let model = self.model.clone();
         let options = RunOptions::new().map(Arc::new).map_err(|e| anyhow!("{e}"));
         let stop = options.as_ref().ok().cloned();
-        let task = tokio::task::spawn_blocking(move || {
-            // A panic in an earlier call leaves the model itself intact: keep using it.
-            let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
-            let began = Instant::now();
-            let features = model.features(&audio);
-            let options: Arc<RunOptions> = options?;
-            Ok((model.infer_with(features, &options)?, began.elapsed()))
+        let (tx, task) = tokio::sync::oneshot::channel();
+        let wake = WakeOnDrop(self.waker.clone());
+        tokio::task::spawn_blocking(move || {
+            // Declared first, dropped last: the processor is woken once the result is sent.
+            let _wake = wake;
+            let run = || {
+                // A panic in an earlier call leaves the model itself intact: keep using it.
+                let mut model = model.lock().unwrap_or_else(PoisonError::into_inner);
+                let began = Instant::now();
+                let features = model.features(&audio);
+                let options: Arc<RunOptions> = options?;
+                Ok((model.infer_with(features, &options)?, began.elapsed()))
+            };
+            let _ = tx.send(run());
         });
         Inference { task, stop, seconds, stopped: Instant::now(), early: false }
     }
@@ -546,20 +565,21 @@ impl SmartTurn {
 
     /// Acts on the model's decision once it is there.
     async fn collect_decision(&mut self, ctx: &ProcessorContext) {
-        match &self.turn {
-            Turn::Deciding { inference, .. } if !inference.task.is_finished() => {
-                ctx.wake_after(POLL);
-                return;
-            }
-            Turn::Deciding { .. } => {}
+        use tokio::sync::oneshot::error::TryRecvError;
+        let result = match &mut self.turn {
+            // Not there yet: the job wakes the processor when it is.
+            Turn::Deciding { inference, .. } => match inference.task.try_recv() {
+                Err(TryRecvError::Empty) => return,
+                Ok(result) => result,
+                Err(TryRecvError::Closed) => Err(anyhow!("smart turn inference panicked")),
+            },
             _ => return,
-        }
+        };
         let Turn::Deciding { start, speech_end_at, inference: d } = std::mem::replace(&mut self.turn, Turn::Idle)
         else {
             return;
         };
         let waited = d.stopped.elapsed();
-        let result = d.task.await.unwrap_or_else(|e| Err(anyhow!("smart turn inference panicked: {e}")));
         match result {
             Ok((probability, took)) => {
                 ctx.push_metric(INFERENCE_METRIC, None, took).await;
@@ -574,7 +594,6 @@ impl SmartTurn {
                     debug!(probability, "incomplete at the pause; asking again on the audio of the stop");
                     let inference = Inference { stopped: d.stopped, ..self.infer(self.turn_audio(start)) };
                     self.turn = Turn::Deciding { start, speech_end_at, inference };
-                    ctx.wake_after(POLL);
                     return;
                 }
                 info!(
@@ -687,6 +706,11 @@ impl SmartTurn {
 
 #[async_trait]
 impl Processor for SmartTurn {
+    async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.waker = Some(ctx.waker());
+        Ok(())
+    }
+
     async fn process(
         &mut self,
         frame: Frame,

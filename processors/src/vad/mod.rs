@@ -14,13 +14,13 @@
 //! `user_speech_start_at` (where the speech began, `start_ms` before `UserStartedSpeaking`) and
 //! `user_speech_end_at` (where it ended, `stop_ms` before `UserStoppedSpeaking`).
 //!
-//! Inference runs inline on the processor's task, not on `spawn_blocking`: Silero costs
-//! 0.2–0.4 ms per 20 ms of audio and WebRTC 3–15 µs (`slowcat bench stt`, on a busy 2-core
-//! machine), about 1–2 % of one worker thread, which the multi-threaded runtime absorbs (other
-//! tasks are stolen by the other worker meanwhile). A blocking hop would add a thread wake-up
-//! per window, and the detector would have to travel to the blocking thread and back: an
-//! interruption dropping `process` at that `.await` would lose the detector with its state,
-//! and the audio, the metric and the event could no longer be pushed in one ordered go.
+//! Silero's inference runs on tokio's blocking pool, never on the thread that routes every frame
+//! (see `slowcat_core::runtime`); WebRTC's detector ([`Detector::BLOCKING`] false) is a few
+//! microseconds of arithmetic and runs inline. The detector lives behind a lock shared with the
+//! blocking job, and the events a job finds wait in it until pushed: an interruption dropping
+//! `process` while the job runs loses neither the detector's state nor an event (they go out
+//! after the next audio frame). Each audio frame is forwarded after its detection, then its
+//! events, in that order.
 
 mod silero;
 mod webrtc;
@@ -197,6 +197,9 @@ impl SpeechTracker {
 
 /// A speech detector over fixed windows of 16 kHz mono audio.
 pub trait Detector: Send + 'static {
+    /// True for model inference, which runs on a blocking thread; false for detectors cheap
+    /// enough to run on the async thread.
+    const BLOCKING: bool = true;
     /// Samples per window at 16 kHz.
     fn window(&self) -> usize;
     /// Speech probability of one window of `window()` samples (0 or 1 for yes/no detectors).
@@ -341,14 +344,46 @@ impl<D: Detector> VadCore<D> {
 /// The `silero_vad` / `webrtc_vad` processor: forwards every frame, and after each audio frame
 /// the speech boundaries it completed.
 pub struct VadProcessor<D> {
-    core: VadCore<D>,
+    shared: std::sync::Arc<std::sync::Mutex<Shared<D>>>,
     failed: bool,
+}
+
+/// What the processor shares with its blocking detection jobs.
+struct Shared<D> {
+    core: VadCore<D>,
+    /// Events found and not pushed yet.
+    pending: Vec<SpeechEvent>,
+}
+
+impl<D: Detector> Shared<D> {
+    fn detect(&mut self, audio: &AudioFrame) -> anyhow::Result<()> {
+        let events = self.core.push(audio)?;
+        self.pending.extend(events);
+        Ok(())
+    }
 }
 
 impl<D: Detector> VadProcessor<D> {
     /// A processor around a detection core.
     pub fn new(core: VadCore<D>) -> Self {
-        Self { core, failed: false }
+        Self { shared: std::sync::Arc::new(std::sync::Mutex::new(Shared { core, pending: Vec::new() })), failed: false }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<D>> {
+        // A panic in a detection job leaves the tracker usable: keep going.
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the detector on one frame, on a blocking thread when it is a model.
+    async fn detect(&self, audio: &AudioFrame) -> anyhow::Result<()> {
+        if !D::BLOCKING {
+            return self.lock().detect(audio);
+        }
+        let shared = self.shared.clone();
+        let audio = audio.clone();
+        tokio::task::spawn_blocking(move || shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(&audio))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("voice activity detection panicked: {e}")))
     }
 }
 
@@ -383,15 +418,17 @@ impl<D: Detector> Processor for VadProcessor<D> {
             ctx.push(frame, direction).await;
             return Ok(());
         };
-        let result = self.core.push(audio);
+        let result = self.detect(audio).await;
         ctx.push(frame, direction).await;
+        let (events, stop_after) = {
+            let mut shared = self.lock();
+            (std::mem::take(&mut shared.pending), shared.core.stop_after())
+        };
+        for event in events {
+            emit(event, stop_after, ctx).await;
+        }
         match result {
-            Ok(events) => {
-                self.failed = false;
-                for event in events {
-                    emit(event, self.core.stop_after(), ctx).await;
-                }
-            }
+            Ok(()) => self.failed = false,
             // Report once per failure streak, not 50 times a second.
             Err(e) if !self.failed => {
                 self.failed = true;
@@ -403,8 +440,15 @@ impl<D: Detector> Processor for VadProcessor<D> {
     }
 
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
-        if let Some(event) = self.core.flush() {
-            emit(event, self.core.stop_after(), ctx).await;
+        let (events, stop_after) = {
+            let mut shared = self.lock();
+            let flushed = shared.core.flush();
+            let mut events = std::mem::take(&mut shared.pending);
+            events.extend(flushed);
+            (events, shared.core.stop_after())
+        };
+        for event in events {
+            emit(event, stop_after, ctx).await;
         }
         Ok(())
     }

@@ -107,6 +107,9 @@ impl WebRtcDetector {
 }
 
 impl Detector for WebRtcDetector {
+    // libfvad's arithmetic takes microseconds per window: no thread hop for it.
+    const BLOCKING: bool = false;
+
     fn window(&self) -> usize {
         self.window
     }
