@@ -16,6 +16,7 @@
 
 mod aggregator;
 pub mod bench;
+mod calls;
 mod error;
 mod http;
 mod openai_llm;
@@ -27,5 +28,5 @@ mod wire;
 pub use aggregator::{DEFAULT_SYSTEM_PROMPT, UserTurn, UserTurnSettings};
 pub use error::{LlmError, SetupError};
 pub use http::probe;
-pub use openai_llm::OpenAiLlm;
+pub use openai_llm::{OpenAiLlm, metrics};
 pub use settings::{DEFAULT_BASE_URL, OpenAiLlmSettings};

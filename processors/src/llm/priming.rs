@@ -57,7 +57,8 @@ impl Primer {
 
     /// A non-streamed request for one token of a reply to `messages`.
     async fn one_token(&self, model: Option<&str>, messages: &[ChatMessage]) -> Result<(), LlmError> {
-        let body = ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1, seed: None };
+        let body =
+            ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1, seed: None, tools: None };
         let body = serde_json::to_vec(&body)
             .map_err(|e| LlmError::Malformed { url: self.server.url().to_string(), detail: e.to_string() })?;
         // The whole reply budget: loading a model on first use can take a while.

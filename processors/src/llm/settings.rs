@@ -8,9 +8,13 @@ use super::http::{Endpoint, probe};
 use super::openai_llm::OpenAiLlm;
 use crate::processor::{BoxProcessor, BuildContext};
 use crate::registry::{BuildError, Problem, Settings};
+use crate::tools::ToolsSettings;
 
 /// LM Studio's local server.
 pub const DEFAULT_BASE_URL: &str = "http://localhost:1234/v1";
+
+/// A turn that needs more tool rounds than this is a model going round in circles.
+const MAX_TOOL_ROUNDS: u32 = 16;
 
 /// Settings of `openai_llm`.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +68,20 @@ pub struct OpenAiLlmSettings {
     /// reply's first token comes sooner by that head start. When the user goes on instead, the
     /// server read a prompt for nothing. Failing is only logged.
     pub read_ahead_turn: bool,
+    /// The tools offered to the model (`[processors.<id>.tools]`): built-in ones and MCP servers.
+    /// None by default: the model is offered no tools and replies stream as before.
+    pub tools: ToolsSettings,
+    /// How many times one turn may go to the tools and back. After that the model is asked once
+    /// more without tools, so a model that keeps calling still ends its turn.
+    pub max_tool_rounds: u32,
+    /// How long one tool call may take; a call that takes longer gets an error as its result
+    /// and the model answers with what it has.
+    pub tool_timeout_ms: u64,
+    /// When tools take longer than this, `tool_filler` is said once, so the user knows the
+    /// assistant is still at it.
+    pub tool_filler_after_ms: u64,
+    /// What is said while tools take long (empty: nothing).
+    pub tool_filler: String,
 }
 
 impl Default for OpenAiLlmSettings {
@@ -84,6 +102,11 @@ impl Default for OpenAiLlmSettings {
             warmup: true,
             prefill_next_turn: true,
             read_ahead_turn: true,
+            tools: ToolsSettings::default(),
+            max_tool_rounds: 4,
+            tool_timeout_ms: 10_000,
+            tool_filler_after_ms: 1_500,
+            tool_filler: "One moment.".into(),
         }
     }
 }
@@ -93,7 +116,7 @@ impl Settings for OpenAiLlmSettings {
     const ABOUT: &'static str =
         "streams replies from an OpenAI-compatible server (LM Studio, llama.cpp) as text chunks";
 
-    fn check(&self, _ctx: &BuildContext) -> Vec<Problem> {
+    fn check(&self, ctx: &BuildContext) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Err(reason) = Endpoint::parse(&self.base_url) {
             problems.push(Problem::at("base_url", reason));
@@ -123,6 +146,14 @@ impl Settings for OpenAiLlmSettings {
             problems.push(Problem::at("retries", "`retries` must be at most 10"));
         }
         problems.extend(Problem::unset_api_key_env(&self.api_key_env));
+        if self.max_tool_rounds > MAX_TOOL_ROUNDS {
+            problems
+                .push(Problem::at("max_tool_rounds", format!("`max_tool_rounds` must be at most {MAX_TOOL_ROUNDS}")));
+        }
+        if self.tool_timeout_ms == 0 {
+            problems.push(Problem::at("tool_timeout_ms", "`tool_timeout_ms` must be more than 0"));
+        }
+        problems.extend(self.tools.check(ctx));
         problems
     }
 
@@ -132,8 +163,9 @@ impl Settings for OpenAiLlmSettings {
             let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
             return Err(BuildError::Invalid(all.join("; ")));
         }
+        let tools = self.tools.build(ctx)?;
         let llm = OpenAiLlm::new(self).map_err(|e| BuildError::Invalid(e.to_string()))?;
-        Ok(Box::new(llm))
+        Ok(Box::new(llm.with_tools(tools)))
     }
 }
 
