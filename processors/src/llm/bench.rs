@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::client::{OpenAiLlm, OpenAiLlmSettings, probe};
 use super::wire::{Chunk, parse_chunk};
+use super::{OpenAiLlm, OpenAiLlmSettings, probe};
 use crate::frame::{ChatMessage, DEFAULT_SPEAKER, Frame, LlmRequest, Role};
 use crate::pipeline::{Pipeline, PipelineOptions};
 

@@ -9,10 +9,24 @@
 //! - [`probe`] lists the models a server serves, for `slowcat check`; [`bench::bench`] measures
 //!   the client's own share of the time to first token.
 
+//!
+//! The client is split by concern: [`settings`](OpenAiLlmSettings), `error` ([`LlmError`]),
+//! `http` (the one path every request takes to the server), `sse` (a streamed reply read as
+//! chunks), `priming` (warm-up and read-ahead requests) and `openai_llm` (the processor).
+
 mod aggregator;
 pub mod bench;
-mod client;
+mod calls;
+mod error;
+mod http;
+mod openai_llm;
+mod priming;
+mod settings;
+mod sse;
 mod wire;
 
 pub use aggregator::{DEFAULT_SYSTEM_PROMPT, UserTurn, UserTurnSettings};
-pub use client::{DEFAULT_BASE_URL, LlmError, OpenAiLlm, OpenAiLlmSettings, probe};
+pub use error::{LlmError, SetupError};
+pub use http::probe;
+pub use openai_llm::{OpenAiLlm, metrics};
+pub use settings::{DEFAULT_BASE_URL, OpenAiLlmSettings};

@@ -7,19 +7,116 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frame::ChatMessage;
+use crate::tools::ToolSpec;
 
-/// The body of `POST {base_url}/chat/completions`.
+/// The body of `POST {base_url}/chat/completions`; `M` is [`ChatMessage`] or, within a turn
+/// that calls tools, [`Message`].
 #[derive(Debug, Serialize)]
-pub(crate) struct ChatRequest<'a> {
+pub(crate) struct ChatRequest<'a, M: Serialize = ChatMessage> {
     /// Omitted when unknown: the server then answers with the model it has loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<&'a str>,
-    pub messages: &'a [ChatMessage],
+    pub messages: &'a [M],
     pub stream: bool,
     pub temperature: f32,
     pub max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The tools offered, in OpenAI's function format; omitted when none are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<ToolDef<'a>>>,
+}
+
+/// One tool offered to the model: `{"type": "function", "function": {name, description, parameters}}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ToolDef<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionDef<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionDef<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a serde_json::Value,
+}
+
+impl<'a> ToolDef<'a> {
+    pub(crate) fn new(spec: &'a ToolSpec) -> Self {
+        Self {
+            kind: "function",
+            function: FunctionDef { name: &spec.name, description: &spec.description, parameters: &spec.parameters },
+        }
+    }
+}
+
+/// A message of a turn that calls tools: the chat as built for the turn, the assistant's calls,
+/// and their results. These exist only within one turn: the next turn's request is built from
+/// its own `LlmRequest` again, so it never carries a call of this one.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Message {
+    /// A message of the request.
+    Chat(ChatMessage),
+    /// The assistant's reply that asked for tools.
+    Calls { role: &'static str, content: String, tool_calls: Vec<CallOut> },
+    /// One call's result.
+    Result { role: &'static str, tool_call_id: String, content: String },
+}
+
+impl Message {
+    /// The assistant's `calls`, after the text it said before them.
+    pub(crate) fn calls(content: String, calls: &[ToolCall]) -> Self {
+        let tool_calls = calls
+            .iter()
+            .map(|c| CallOut {
+                id: c.id.clone(),
+                kind: "function",
+                function: CallFunction { name: c.name.clone(), arguments: c.arguments.clone() },
+            })
+            .collect();
+        Message::Calls { role: "assistant", content, tool_calls }
+    }
+
+    /// The result of the call `id`.
+    pub(crate) fn result(id: &str, content: String) -> Self {
+        Message::Result { role: "tool", tool_call_id: id.to_string(), content }
+    }
+}
+
+/// A call as the assistant message of the follow-up request carries it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CallOut {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: CallFunction,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct CallFunction {
+    name: String,
+    /// The arguments as the model wrote them: a JSON text, as the OpenAI format has it.
+    arguments: String,
+}
+
+/// A complete tool call the model made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text (empty when the model gave none).
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the call at `index` gets these pieces appended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct CallDelta {
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: Option<String>,
 }
 
 /// What one server-sent event of a streamed reply means.
@@ -32,6 +129,15 @@ pub(crate) enum Chunk {
         /// Text to add to the reply.
         content: String,
         /// The server gave a finish reason: no more text follows.
+        finished: bool,
+    },
+    /// A piece of a reply that calls tools (`delta.tool_calls`), with any text beside it.
+    Calls {
+        /// Text to add to the reply.
+        content: String,
+        /// Pieces of the calls.
+        calls: Vec<CallDelta>,
+        /// The server gave a finish reason: no more follows.
         finished: bool,
     },
 }
@@ -69,6 +175,48 @@ struct Delta {
     // thinking out loud is not something to speak.
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<RawCallDelta>>,
+}
+
+#[derive(Deserialize)]
+struct RawCallDelta {
+    /// Some servers leave it out when there is one call; the position stands in.
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<RawFunction>,
+}
+
+#[derive(Deserialize)]
+struct RawFunction {
+    #[serde(default)]
+    name: Option<String>,
+    /// A JSON text by the format; a server that sends an object gets it read as its text.
+    #[serde(default)]
+    arguments: Option<serde_json::Value>,
+}
+
+impl RawCallDelta {
+    fn into_delta(self, position: usize) -> CallDelta {
+        let (name, arguments) = match self.function {
+            Some(f) => (
+                f.name,
+                f.arguments.map(|a| match a {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                }),
+            ),
+            None => (None, None),
+        };
+        CallDelta { index: self.index.unwrap_or(position), id: self.id, name, arguments }
+    }
+}
+
+fn call_deltas(raw: Option<Vec<RawCallDelta>>) -> Vec<CallDelta> {
+    raw.unwrap_or_default().into_iter().enumerate().map(|(i, c)| c.into_delta(i)).collect()
 }
 
 /// Interprets the data of one event of a streamed reply.
@@ -86,8 +234,16 @@ pub(crate) fn parse_chunk(data: &str) -> Result<Chunk, ChunkError> {
     let Some(choice) = chunk.choices.into_iter().next() else {
         return Ok(Chunk::Delta { content: String::new(), finished: false });
     };
-    let content = choice.delta.and_then(|d| d.content).unwrap_or_default();
-    Ok(Chunk::Delta { content, finished: choice.finish_reason.is_some() })
+    let finished = choice.finish_reason.is_some();
+    let (content, calls) = match choice.delta {
+        Some(d) => (d.content.unwrap_or_default(), call_deltas(d.tool_calls)),
+        None => (String::new(), Vec::new()),
+    };
+    if calls.is_empty() {
+        Ok(Chunk::Delta { content, finished })
+    } else {
+        Ok(Chunk::Calls { content, calls, finished })
+    }
 }
 
 #[derive(Deserialize)]
@@ -105,15 +261,26 @@ struct CompletionChoice {
 struct CompletionMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<RawCallDelta>>,
 }
 
 /// The text of a non-streamed completion (a server that ignores `stream: true`).
+#[cfg(test)]
 pub(crate) fn parse_completion(body: &[u8]) -> Result<String, ChunkError> {
+    parse_completion_message(body).map(|(text, _)| text)
+}
+
+/// The text and tool calls of a non-streamed completion (a server that ignores `stream: true`).
+pub(crate) fn parse_completion_message(body: &[u8]) -> Result<(String, Vec<CallDelta>), ChunkError> {
     let completion: Completion = serde_json::from_slice(body).map_err(|e| ChunkError::Malformed {
         reason: e.to_string(),
         snippet: truncate(&String::from_utf8_lossy(body), 200),
     })?;
-    Ok(completion.choices.into_iter().next().and_then(|c| c.message.content).unwrap_or_default())
+    Ok(match completion.choices.into_iter().next() {
+        Some(c) => (c.message.content.unwrap_or_default(), call_deltas(c.message.tool_calls)),
+        None => (String::new(), Vec::new()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -192,6 +359,48 @@ mod tests {
         assert_eq!(parse_models(models).unwrap(), vec!["a".to_string(), "b".to_string()]);
         let done = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi."}}]}"#;
         assert_eq!(parse_completion(done).unwrap(), "Hi.");
+    }
+
+    #[test]
+    fn tool_call_deltas_are_read_with_their_index() {
+        let first = r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"c1","type":"function","function":{"name":"get_time","arguments":""}}]},"finish_reason":null}]}"#;
+        let Ok(Chunk::Calls { calls, finished: false, .. }) = parse_chunk(first) else { panic!("{first}") };
+        assert_eq!(
+            calls,
+            [CallDelta {
+                index: 1,
+                id: Some("c1".into()),
+                name: Some("get_time".into()),
+                arguments: Some(String::new())
+            }]
+        );
+        let piece = r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"zo"}}]}}]}"#;
+        let Ok(Chunk::Calls { calls, .. }) = parse_chunk(piece) else { panic!("{piece}") };
+        assert_eq!(calls, [CallDelta { index: 0, arguments: Some("{\"zo".into()), ..Default::default() }]);
+    }
+
+    #[test]
+    fn tools_are_offered_in_the_openai_function_format() {
+        let spec = ToolSpec {
+            name: "get_time".into(),
+            description: "The time.".into(),
+            parameters: serde_json::json!({"type": "object"}),
+            source: "builtin".into(),
+        };
+        let json = serde_json::to_value(ToolDef::new(&spec)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "function", "function": {"name": "get_time", "description": "The time.", "parameters": {"type": "object"}}})
+        );
+        let call = ToolCall { id: "c1".into(), name: "get_time".into(), arguments: "{}".into() };
+        let json = serde_json::to_value([Message::calls(String::new(), &[call]), Message::result("c1", "noon".into())]);
+        assert_eq!(
+            json.unwrap(),
+            serde_json::json!([
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "noon"},
+            ])
+        );
     }
 
     #[test]

@@ -204,6 +204,11 @@ pub enum Reply {
     Silent,
     /// These pieces of text, then the connection is dropped mid-stream.
     DropAfter(Vec<&'static str>),
+    /// A 200 event-stream response whose body is these pieces, each written as its own HTTP
+    /// chunk (split a body into single bytes to test a client's reassembly), then its end.
+    Chunks(Vec<String>),
+    /// Like `Chunks`, but the connection is dropped where the body's end would be.
+    ChunksThenDrop(Vec<String>),
 }
 
 /// An OpenAI-compatible server of the tests' own that replies to each chat request with the next
@@ -308,6 +313,19 @@ async fn serve(
                 while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
             })
             .await;
+        }
+        Reply::Chunks(pieces) => {
+            let _ = socket.write_all(response_head(200, "text/event-stream", None).as_bytes()).await;
+            for piece in pieces {
+                let _ = write_chunk(&mut socket, &piece).await;
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        }
+        Reply::ChunksThenDrop(pieces) => {
+            let _ = socket.write_all(response_head(200, "text/event-stream", None).as_bytes()).await;
+            for piece in pieces {
+                let _ = write_chunk(&mut socket, &piece).await;
+            }
         }
         Reply::DropAfter(pieces) => {
             let _ = socket.write_all(response_head(200, "text/event-stream", None).as_bytes()).await;

@@ -1,0 +1,441 @@
+//! Tool calling in `openai_llm` against a scripted server (the real one cannot be made to split
+//! a call at every byte, loop for ever or call a tool that does not exist on cue), with tools of
+//! the test's own that record when they run and when their future is dropped.
+
+mod llm_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use llm_support::{FakeServer, Reply, assert_fault, request, texts, turn};
+use serde_json::{Value, json};
+use slowcat_processors::harness::Harness;
+use slowcat_processors::llm::{OpenAiLlm, OpenAiLlmSettings, metrics};
+use slowcat_processors::tools::{Tool, ToolBox, ToolError, ToolSpec};
+use slowcat_processors::{Direction, Frame};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// What a test tool does when called.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Answers at once with `result`.
+    Answer(&'static str),
+    /// Answers after this long.
+    Slow(Duration),
+    /// Never answers.
+    Hang,
+}
+
+/// One call of a test tool: its arguments, when it started and ended (if it did), and whether
+/// its future was dropped before it ended.
+#[derive(Debug, Clone)]
+struct Run {
+    args: Value,
+    started: Instant,
+    ended: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Log {
+    runs: Mutex<Vec<Run>>,
+    dropped: AtomicUsize,
+    started: tokio::sync::Notify,
+}
+
+impl Log {
+    fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+struct TestTool {
+    name: &'static str,
+    act: Act,
+    log: Arc<Log>,
+}
+
+/// Counts a call's future dropped before it ended.
+struct DropGuard {
+    log: Arc<Log>,
+    done: bool,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.log.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl Tool for TestTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name.into(),
+            description: format!("The test tool {}.", self.name),
+            parameters: json!({"type": "object", "properties": {"zone": {"type": "string"}}}),
+            source: "test".into(),
+        }
+    }
+
+    async fn call(&self, args: Value) -> Result<String, ToolError> {
+        let at = {
+            let mut runs = self.log.runs.lock().unwrap();
+            runs.push(Run { args, started: Instant::now(), ended: None });
+            runs.len() - 1
+        };
+        self.log.started.notify_one();
+        let mut guard = DropGuard { log: self.log.clone(), done: false };
+        let result = match self.act {
+            Act::Answer(result) => result.to_string(),
+            Act::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                format!("{} done", self.name)
+            }
+            Act::Hang => std::future::pending().await,
+        };
+        guard.done = true;
+        self.log.runs.lock().unwrap()[at].ended = Some(Instant::now());
+        Ok(result)
+    }
+}
+
+fn settings(base_url: String) -> OpenAiLlmSettings {
+    OpenAiLlmSettings {
+        base_url,
+        model: "fake-model".into(),
+        warmup: false,
+        prefill_next_turn: false,
+        read_ahead_turn: false,
+        retries: 2,
+        retry_backoff_ms: 20,
+        connect_timeout_ms: 1_000,
+        first_token_timeout_ms: 2_000,
+        total_timeout_ms: 5_000,
+        ..Default::default()
+    }
+}
+
+async fn harness(settings: OpenAiLlmSettings, tools: Vec<TestTool>) -> Harness {
+    let mut tool_box = ToolBox::new();
+    for tool in tools {
+        tool_box.add(Arc::new(tool)).expect("unique tool names");
+    }
+    let llm = OpenAiLlm::new(settings).expect("build openai_llm").with_tools(tool_box);
+    Harness::start(vec![Box::new(llm)]).await
+}
+
+fn tool(name: &'static str, act: Act, log: &Arc<Log>) -> TestTool {
+    TestTool { name, act, log: log.clone() }
+}
+
+fn event(delta: Value, finish: Option<&str>) -> String {
+    let chunk =
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {chunk}\n\n")
+}
+
+/// The events of a reply that calls `calls` (id, name, arguments), each call's id, name and
+/// arguments sent one character per event, with the finish reason `tool_calls` and `[DONE]`
+/// when `finish`.
+fn call_events(calls: &[(&str, &str, &str)], finish: bool) -> Vec<String> {
+    let mut events = vec![event(json!({"role": "assistant"}), None)];
+    for (index, (id, name, arguments)) in calls.iter().enumerate() {
+        for c in id.chars() {
+            events
+                .push(event(json!({"tool_calls": [{"index": index, "id": c.to_string(), "type": "function"}]}), None));
+        }
+        for c in name.chars() {
+            events.push(event(json!({"tool_calls": [{"index": index, "function": {"name": c.to_string()}}]}), None));
+        }
+        for c in arguments.chars() {
+            let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": c.to_string()}}]});
+            events.push(event(delta, None));
+        }
+    }
+    if finish {
+        events.push(event(json!({}), Some("tool_calls")));
+        events.push("data: [DONE]\n\n".into());
+    }
+    events
+}
+
+/// A reply calling `calls`, one event per HTTP chunk.
+fn calls_reply(calls: &[(&str, &str, &str)]) -> Reply {
+    Reply::Chunks(call_events(calls, true))
+}
+
+/// The chat requests the server received, as JSON.
+fn requests(server: &FakeServer) -> Vec<Value> {
+    server.chat_requests().iter().map(|r| serde_json::from_str(r).expect("a JSON request")).collect()
+}
+
+fn metric_names(frames: &[Frame]) -> Vec<&'static str> {
+    frames.iter().filter_map(|f| if let Frame::Metrics(m) = f { Some(m.name) } else { None }).collect()
+}
+
+/// The turn's reply frames only: start, texts, end, spoken frames.
+fn reply_frames(frames: &[Frame]) -> Vec<Frame> {
+    frames
+        .iter()
+        .filter(|f| {
+            matches!(f, Frame::LlmResponseStart { .. } | Frame::LlmText(_) | Frame::LlmResponseEnd | Frame::Speak(_))
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn tool_calls_split_at_every_byte_are_run_and_the_answer_follows_in_the_same_turn() {
+    let events = call_events(&[("call_abc", "get_time", r#"{"zone": "Asia/Tokyo"}"#)], true);
+    // Every byte of the body in its own HTTP chunk: SSE lines and JSON split anywhere.
+    let bytes: Vec<String> = events.concat().chars().map(|c| c.to_string()).collect();
+    let server = FakeServer::start(vec![Reply::Chunks(bytes), Reply::Stream(vec!["It is noon", " in Tokyo."])]).await;
+    let log = Arc::new(Log::default());
+    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let frames = turn(&mut h, 1, "What time is it in Tokyo?", LIMIT).await;
+
+    let runs = log.runs();
+    assert_eq!(runs.len(), 1, "the tool runs once");
+    assert_eq!(runs[0].args, json!({"zone": "Asia/Tokyo"}));
+    assert_eq!(
+        reply_frames(&frames),
+        [
+            Frame::LlmResponseStart { turn: 1 },
+            Frame::LlmText("It is noon".into()),
+            Frame::LlmText(" in Tokyo.".into()),
+            Frame::LlmResponseEnd
+        ],
+        "one reply, with only the answer's text"
+    );
+
+    let sent = requests(&server);
+    assert_eq!(sent.len(), 2, "the follow-up goes out in the same turn");
+    assert_eq!(sent[0]["tools"][0]["type"], "function");
+    assert_eq!(sent[0]["tools"][0]["function"]["name"], "get_time");
+    let messages = sent[1]["messages"].as_array().unwrap();
+    let n = messages.len();
+    assert_eq!(messages[n - 2]["role"], "assistant");
+    assert_eq!(messages[n - 2]["tool_calls"][0]["id"], "call_abc");
+    assert_eq!(messages[n - 2]["tool_calls"][0]["function"]["name"], "get_time");
+    let arguments: Value =
+        serde_json::from_str(messages[n - 2]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"zone": "Asia/Tokyo"}));
+    assert_eq!(messages[n - 1], json!({"role": "tool", "tool_call_id": "call_abc", "content": "12:00"}));
+
+    let names = metric_names(&frames);
+    for name in [metrics::FIRST_PASS, metrics::TOOL_TIME, metrics::SECOND_PASS_TTFT, metrics::OVERHEAD] {
+        assert!(names.contains(&name), "{name} is reported: {names:?}");
+    }
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn two_calls_in_one_reply_run_at_the_same_time() {
+    let calls = [("c1", "slow_a", "{}"), ("c2", "slow_b", "{}")];
+    let server = FakeServer::start(vec![calls_reply(&calls), Reply::Stream(vec!["Both done."])]).await;
+    let log = Arc::new(Log::default());
+    let slow = Act::Slow(Duration::from_millis(400));
+    let mut h =
+        harness(settings(server.base_url()), vec![tool("slow_a", slow, &log), tool("slow_b", slow, &log)]).await;
+    let frames = turn(&mut h, 1, "Do both.", LIMIT).await;
+    assert_eq!(texts(&frames), ["Both done."]);
+
+    let runs = log.runs();
+    assert_eq!(runs.len(), 2, "both calls run");
+    let (a, b) = (&runs[0], &runs[1]);
+    let (a_end, b_end) = (a.ended.expect("a ended"), b.ended.expect("b ended"));
+    assert!(b.started < a_end && a.started < b_end, "the calls overlap in time: {runs:?}");
+
+    let sent = requests(&server);
+    let messages = sent[1]["messages"].as_array().unwrap();
+    let results: Vec<(&str, &str)> = messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| (m["tool_call_id"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(results, [("c1", "slow_a done"), ("c2", "slow_b done")]);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn an_unknown_tool_or_malformed_arguments_give_the_model_an_error_and_the_turn_still_ends_with_a_reply() {
+    let server = FakeServer::start(vec![
+        calls_reply(&[("c1", "launch_rockets", "{}")]),
+        Reply::Stream(vec!["I can't do that."]),
+        calls_reply(&[("c2", "get_time", r#"{"zone": "#)]),
+        Reply::Stream(vec!["Something went wrong."]),
+    ])
+    .await;
+    let log = Arc::new(Log::default());
+    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+
+    let frames = turn(&mut h, 1, "Launch the rockets.", LIMIT).await;
+    assert_eq!(texts(&frames), ["I can't do that."]);
+    let frames = turn(&mut h, 2, "What time is it?", LIMIT).await;
+    assert_eq!(texts(&frames), ["Something went wrong."]);
+    assert!(log.runs().is_empty(), "a call with malformed arguments is not run");
+
+    let sent = requests(&server);
+    assert_eq!(sent.len(), 4);
+    let result = |request: &Value| request["messages"].as_array().unwrap().last().unwrap().clone();
+    let unknown = result(&sent[1]);
+    assert_eq!(unknown["role"], "tool");
+    assert!(unknown["content"].as_str().unwrap().contains("no tool named `launch_rockets`"), "{unknown}");
+    let malformed = result(&sent[3]);
+    assert!(malformed["content"].as_str().unwrap().contains("bad arguments"), "{malformed}");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_tool_that_hangs_is_cut_off_at_its_timeout_and_the_reply_still_comes() {
+    let server =
+        FakeServer::start(vec![calls_reply(&[("c1", "stuck", "{}")]), Reply::Stream(vec!["The tool did not answer."])])
+            .await;
+    let log = Arc::new(Log::default());
+    let s = OpenAiLlmSettings { tool_timeout_ms: 500, tool_filler_after_ms: 100, ..settings(server.base_url()) };
+    let mut h = harness(s, vec![tool("stuck", Act::Hang, &log)]).await;
+    let frames = turn(&mut h, 1, "Use the stuck tool.", LIMIT).await;
+
+    assert_eq!(
+        reply_frames(&frames),
+        [
+            Frame::LlmResponseStart { turn: 1 },
+            Frame::Speak("One moment.".into()),
+            Frame::LlmText("The tool did not answer.".into()),
+            Frame::LlmResponseEnd
+        ],
+        "the filler once while the tool runs, then the reply"
+    );
+    assert_eq!(log.dropped.load(Ordering::SeqCst), 1, "the hanging call was dropped at its timeout");
+    let sent = requests(&server);
+    let result = sent[1]["messages"].as_array().unwrap().last().unwrap().clone();
+    assert!(result["content"].as_str().unwrap().contains("did not finish within 500 ms"), "{result}");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_model_that_never_stops_calling_is_stopped_at_the_limit_and_the_turn_ends() {
+    // Exactly the three requests of turn 1 call; the next turn gets the default text reply.
+    let replies = ["c0", "c1", "c2"].iter().map(|id| calls_reply(&[(id, "get_time", "{}")])).collect();
+    let server = FakeServer::start(replies).await;
+    let log = Arc::new(Log::default());
+    let s = OpenAiLlmSettings { max_tool_rounds: 2, ..settings(server.base_url()) };
+    let mut h = harness(s, vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    h.send(request(1, "What time is it?")).await;
+    h.wait_for(LIMIT, |f, _| matches!(f, Frame::Speak(_))).await.expect("the turn ends with something said");
+    let frames = h.output().downstream.clone();
+
+    assert_eq!(log.runs().len(), 2, "the tools run max_tool_rounds times");
+    let sent = requests(&server);
+    assert_eq!(sent.len(), 3, "two rounds, then one request without tools");
+    assert!(sent[1].get("tools").is_some() && sent[2].get("tools").is_none(), "the last request offers no tools");
+    let reply = reply_frames(&frames);
+    assert_eq!(reply.first(), Some(&Frame::LlmResponseStart { turn: 1 }));
+    assert!(texts(&frames).is_empty(), "nothing of the calls is spoken: {reply:?}");
+    assert_eq!(reply[reply.len() - 2], Frame::LlmResponseEnd);
+    assert!(matches!(&reply[reply.len() - 1], Frame::Speak(s) if s.starts_with("Sorry")), "{reply:?}");
+
+    // The next turn works as usual.
+    let frames = turn(&mut h, 2, "Hello?", LIMIT).await;
+    assert_eq!(texts(&frames), ["Hello", " again", "."]);
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn calls_written_as_text_are_run_and_their_json_is_never_spoken_while_normal_replies_stream_at_once() {
+    let server = FakeServer::start(vec![
+        Reply::Stream(vec!["Paris", " is", " the", " capital."]),
+        Reply::Stream(vec!["{\"na", "me\": \"get_time\", \"argu", "ments\": {\"zone\": \"Asia/", "Tokyo\"}}"]),
+        Reply::Stream(vec!["It is noon."]),
+        Reply::Stream(vec![
+            "```",
+            "json\n{\"name\": \"get_time\",",
+            " \"parameters\": {\"zone\": \"Europe/Paris\"}}\n",
+            "```",
+        ]),
+        Reply::Stream(vec!["It is five."]),
+        Reply::Stream(vec![
+            "<tool",
+            "_call>\n{\"name\": \"get_time\", \"arguments\": ",
+            "{\"zone\": \"UTC\"}}\n</tool_call>",
+        ]),
+        Reply::Stream(vec!["It is three."]),
+    ])
+    .await;
+    let log = Arc::new(Log::default());
+    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+
+    // Text that cannot be a call goes out piece by piece, as it arrives.
+    let frames = turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
+    assert_eq!(texts(&frames), ["Paris", " is", " the", " capital."]);
+
+    for (n, answer) in [(2, "It is noon."), (3, "It is five."), (4, "It is three.")] {
+        let frames = turn(&mut h, n, "What time is it?", LIMIT).await;
+        assert_eq!(texts(&frames), [answer], "turn {n}: only the answer is spoken");
+    }
+    let zones: Vec<Value> = log.runs().into_iter().map(|r| r.args["zone"].clone()).collect();
+    assert_eq!(zones, ["Asia/Tokyo", "Europe/Paris", "UTC"], "each shape runs the tool with its arguments");
+    let sent = requests(&server);
+    assert_eq!(sent.len(), 7);
+    for follow_up in [&sent[2], &sent[4], &sent[6]] {
+        let last = follow_up["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["role"], "tool");
+        assert_eq!(last["content"], "12:00");
+    }
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_generation_cut_off_before_it_finished_runs_none_of_its_calls() {
+    let cut = || Reply::ChunksThenDrop(call_events(&[("c1", "get_time", "{}")], false));
+    let server = FakeServer::start(vec![cut(), cut(), cut()]).await;
+    let log = Arc::new(Log::default());
+    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let frames = turn(&mut h, 1, "What time is it?", LIMIT).await;
+    assert_fault(&frames, 1, &["closed the connection"]);
+    assert!(log.runs().is_empty(), "no call of an unfinished generation runs");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
+async fn an_interruption_while_a_tool_runs_drops_it_and_the_next_request_carries_no_call() {
+    let server = FakeServer::start(vec![calls_reply(&[("c1", "stuck", "{}")]), Reply::Stream(vec!["Hi."])]).await;
+    let log = Arc::new(Log::default());
+    let mut h = harness(settings(server.base_url()), vec![tool("stuck", Act::Hang, &log)]).await;
+    let started = log.started.notified();
+    h.send(request(1, "Use the stuck tool.")).await;
+    tokio::time::timeout(LIMIT, started).await.expect("the tool starts");
+
+    h.send(Frame::Interruption).await;
+    h.wait_for(LIMIT, |f, d| matches!(f, Frame::Interruption) && d == Direction::Downstream)
+        .await
+        .expect("the interruption travels on");
+    let deadline = Instant::now() + LIMIT;
+    while log.dropped.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(log.dropped.load(Ordering::SeqCst), 1, "the tool's future was dropped");
+    // Past the filler's delay: nothing of the interrupted turn comes out after the interruption.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let out = h.output().downstream.clone();
+    let at = out.iter().position(|f| matches!(f, Frame::Interruption)).unwrap();
+    let after: Vec<&Frame> = out[at + 1..].iter().filter(|f| !matches!(f, Frame::Metrics(_))).collect();
+    assert!(after.is_empty(), "after the interruption: {after:?}");
+
+    let frames = turn(&mut h, 2, "Hello.", LIMIT).await;
+    assert_eq!(texts(&frames), ["Hi."]);
+    let sent = requests(&server);
+    assert_eq!(sent.len(), 2, "the interrupted turn sent no follow-up");
+    let messages = sent[1]["messages"].as_array().unwrap();
+    assert!(
+        messages.iter().all(|m| m["role"] != "tool" && m.get("tool_calls").is_none()),
+        "no call of the interrupted turn: {messages:?}"
+    );
+    assert_eq!(log.runs().len(), 1);
+    h.finish(LIMIT).await;
+}
