@@ -70,10 +70,11 @@ async fn a_spoken_question_gets_a_spoken_answer() {
     assert!(v2v > 0.0 && v2v < 30_000.0, "implausible voice-to-voice {v2v} ms");
 }
 
-/// Starts a private llama.cpp server on `port` with the project's script.
-fn llm_server(cmd: &str, port: u16) {
+/// Starts or stops a private llama.cpp server on `port` with the project's script. Awaited, not
+/// blocking: the pipeline under test runs on this same thread meanwhile.
+async fn llm_server(cmd: &str, port: u16) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llm-server.sh");
-    let out = Command::new(script).args([cmd, "--port", &port.to_string()]).output().unwrap();
+    let out = tokio::process::Command::new(script).args([cmd, "--port", &port.to_string()]).output().await.unwrap();
     assert!(out.status.success(), "llm-server.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -96,7 +97,7 @@ async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_
     use slowcat_processors::tts::PiperSettings;
 
     let port = 18_190;
-    llm_server("start", port);
+    llm_server("start", port).await;
     let dir = tempfile::tempdir().unwrap();
     let ctx = build_ctx(dir.path());
     let url = format!("http://127.0.0.1:{port}/v1");
@@ -139,7 +140,7 @@ async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_
         "the error names the server"
     );
 
-    llm_server("start", port);
+    llm_server("start", port).await;
     let before = h.output().downstream.len();
     h.send(transcription(3, "Are you back now?")).await;
     // The TTS consumes the text; the LLM's time-to-first-token metric says tokens arrived.
@@ -153,7 +154,7 @@ async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_
     let errors_after = h.output().downstream[before..].iter().filter(|f| matches!(f, Frame::Error(_))).count();
     assert_eq!(errors_after, 0, "no error once the server is back");
     let _ = h.finish(Duration::from_secs(60)).await;
-    llm_server("stop", port);
+    llm_server("stop", port).await;
 }
 
 /// Records every LLM request passing by, in a chain under test.

@@ -106,7 +106,7 @@ async fn mic_reports_a_missing_server_and_reopens_after_it_vanished() {
     assert!(err.recoverable);
 
     // It comes back: audio flows again, stamped after the outage.
-    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     pulse.start();
     let back = t0.elapsed();
     let resumed = h.wait_for(Duration::from_secs(15), |f, _| matches!(f, Frame::InputAudio(a) if a.pts > back)).await;
