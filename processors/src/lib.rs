@@ -11,6 +11,7 @@ pub mod registry;
 
 pub mod audio;
 pub mod basic;
+pub mod error;
 pub mod llm;
 pub mod memory;
 pub mod onnx;

@@ -170,7 +170,7 @@ impl Settings for OpenAiLlmSettings {
             let all: Vec<String> = problems.into_iter().map(|p| p.message).collect();
             return Err(BuildError::Invalid(all.join("; ")));
         }
-        Ok(Box::new(OpenAiLlm::new(self)?))
+        Ok(Box::new(OpenAiLlm::new(self).map_err(BuildError::other)?))
     }
 }
 
