@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use slowcat_processors::error::ErrorChain;
 use slowcat_processors::{BoxProcessor, Direction, Frame, Pipeline, PipelineOptions};
 use tracing::{error, info, warn};
 
@@ -38,7 +39,7 @@ pub async fn build_processors(config: Config) -> anyhow::Result<Vec<(String, Box
     for (id, ty, handle) in handles {
         match handle.await {
             Ok(Ok(p)) => built.push((id, p)),
-            Ok(Err(e)) => failures.push(format!("  [processors.{id}] ({ty}): {e:#}")),
+            Ok(Err(e)) => failures.push(format!("  [processors.{id}] ({ty}): {}", ErrorChain(&e))),
             Err(e) => failures.push(format!("  [processors.{id}] ({ty}): panicked while starting: {e}")),
         }
     }

@@ -425,7 +425,7 @@ pub fn main(cli: Cli) -> ExitCode {
         },
         Command::Memory(args) => {
             let result = memory_db_path(&args).and_then(|path| {
-                slowcat_processors::memory::cli::run(&path, args.command.into_command(), &mut std::io::stdout())
+                Ok(slowcat_processors::memory::cli::run(&path, args.command.into_command(), &mut std::io::stdout())?)
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -37,12 +37,6 @@ impl ProcessError {
     }
 }
 
-impl From<anyhow::Error> for ProcessError {
-    fn from(e: anyhow::Error) -> Self {
-        Self::Recoverable(format!("{e:#}"))
-    }
-}
-
 /// One stage of the pipeline.
 ///
 /// The runtime delivers every frame except the lifecycle ones (`Start`, `End`, `Cancel`,

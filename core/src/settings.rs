@@ -71,7 +71,14 @@ pub enum BuildError {
     Invalid(String),
     /// Loading a model, opening a device or a database failed.
     #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl BuildError {
+    /// A failure to load or open something, keeping its causes (`.map_err(BuildError::other)?`).
+    pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Other(e.into())
+    }
 }
 
 /// A processor's settings in config.toml: plain serde data (`deny_unknown_fields`, defaults in

@@ -7,6 +7,7 @@ pub mod registry;
 
 pub mod audio;
 pub mod basic;
+pub mod error;
 pub mod llm;
 pub mod memory;
 pub mod onnx;

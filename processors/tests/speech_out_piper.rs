@@ -236,7 +236,7 @@ fn a_voice_whose_language_espeak_lacks_is_a_clear_build_error() {
     };
     let e = match s.check_and_build(&build_context()) {
         Ok(_) => panic!("built a voice espeak cannot phonemize"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => slowcat_processors::error::ErrorChain(&e).to_string(),
     };
     assert!(e.contains("xx-nowhere"), "{e}");
 }

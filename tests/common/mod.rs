@@ -39,7 +39,9 @@ pub fn build_ctx(dir: &Path) -> BuildContext {
 /// Builds a processor from its TOML settings, as config.toml would.
 pub fn build<S: Settings>(ctx: &BuildContext, toml_settings: &str) -> BoxProcessor {
     let settings: S = toml::from_str(toml_settings).unwrap_or_else(|e| panic!("bad test settings: {e}"));
-    settings.check_and_build(ctx).unwrap_or_else(|e| panic!("cannot build {}: {e:#}", S::TYPE))
+    settings
+        .check_and_build(ctx)
+        .unwrap_or_else(|e| panic!("cannot build {}: {}", S::TYPE, slowcat_processors::error::ErrorChain(&e)))
 }
 
 /// Speaks `text` with Piper into a 16 kHz WAV file, with `lead_ms` of silence before it.

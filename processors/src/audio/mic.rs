@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use super::devices::{self, DeviceKind};
 use super::resample::{StreamResampler, to_i16};
 use crate::PIPELINE_SAMPLE_RATE;
+use crate::error::ErrorChain;
 use crate::frame::{AudioFrame, Direction, ErrorFrame, Frame};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -310,7 +311,7 @@ impl CaptureThread {
         stream.play().map_err(open_err)?;
         let resampler = StreamResampler::new(config.sample_rate, PIPELINE_SAMPLE_RATE).map_err(|e| MicError::Open {
             device: name.clone(),
-            source: cpal::Error::with_message(cpal::ErrorKind::UnsupportedConfig, e.to_string()),
+            source: cpal::Error::with_message(cpal::ErrorKind::UnsupportedConfig, ErrorChain(&e).to_string()),
             hint: "Choose another device.".into(),
         })?;
         tracing::info!(device = %name, rate = config.sample_rate, channels, "listening: capturing from the microphone, speak now");

@@ -4,6 +4,33 @@
 use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
 use rubato::{Fft, FixedSync, Resampler};
 
+/// Why a resampler could not be made or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ResampleError {
+    /// rubato refused the pair of rates or the chunk size.
+    #[error("cannot resample from {from} Hz to {to} Hz")]
+    Rates {
+        /// Input rate.
+        from: u32,
+        /// Output rate.
+        to: u32,
+        /// rubato's reason.
+        #[source]
+        source: rubato::ResamplerConstructionError,
+    },
+    /// Resampling a clip failed.
+    #[error("resampling from {from} Hz to {to} Hz failed")]
+    Run {
+        /// Input rate.
+        from: u32,
+        /// Output rate.
+        to: u32,
+        /// rubato's reason (a buffer size or a processing error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// Mixes interleaved i16 samples down to mono f32 in [-1, 1].
 pub fn to_mono_f32(samples: &[i16], channels: u16) -> Vec<f32> {
     let ch = usize::from(channels.max(1));
@@ -20,14 +47,16 @@ pub fn to_i16(samples: &[f32]) -> Vec<i16> {
 
 /// Resamples a whole mono clip, with the resampler's delay trimmed so the output lines up with
 /// the input.
-pub fn resample_clip(mono: &[f32], from: u32, to: u32) -> anyhow::Result<Vec<f32>> {
+pub fn resample_clip(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, ResampleError> {
     if from == to || mono.is_empty() {
         return Ok(mono.to_vec());
     }
-    let mut fft = Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Both)?;
+    let mut fft = Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Both)
+        .map_err(|source| ResampleError::Rates { from, to, source })?;
     let data = vec![mono.to_vec()];
-    let input = SequentialSliceOfVecs::new(&data, 1, mono.len())?;
-    let out = fft.process_all(&input, mono.len(), None)?;
+    let run = |e: Box<dyn std::error::Error + Send + Sync>| ResampleError::Run { from, to, source: e };
+    let input = SequentialSliceOfVecs::new(&data, 1, mono.len()).map_err(|e| run(e.into()))?;
+    let out = fft.process_all(&input, mono.len(), None).map_err(|e| run(e.into()))?;
     Ok(out.take_data())
 }
 
@@ -42,12 +71,15 @@ pub struct StreamResampler {
 
 impl StreamResampler {
     /// A resampler from `from` Hz to `to` Hz working in 20 ms chunks.
-    pub fn new(from: u32, to: u32) -> anyhow::Result<Self> {
+    pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
         let fft = if from == to {
             None
         } else {
             let chunk = (from as usize / 50).max(1);
-            Some(Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)?)
+            Some(
+                Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)
+                    .map_err(|source| ResampleError::Rates { from, to, source })?,
+            )
         };
         Ok(Self { fft, pending: Vec::new(), from, to })
     }

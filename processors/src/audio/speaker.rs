@@ -23,7 +23,6 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
 use async_trait::async_trait;
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
@@ -33,6 +32,7 @@ use tokio::task::JoinHandle;
 use super::devices;
 use super::played::PlayedText;
 use super::resample::{StreamResampler, to_mono_f32};
+use crate::error::ErrorChain;
 use crate::frame::{Direction, ErrorFrame, Frame, Metric, SpokenReply};
 use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -204,6 +204,18 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The output device would not open (cpal's errors differ by step, so its reason is kept as text).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open output device {device}: {reason}; is the sound server running (`scripts/pulse.sh start`)? \
+     output devices: {others}"
+)]
+struct OpenError {
+    device: String,
+    reason: String,
+    others: String,
+}
+
 impl Speaker {
     /// Opens the device and starts its stream (playing silence until audio comes).
     pub fn open(settings: SpeakerSettings) -> Result<Self, BuildError> {
@@ -213,11 +225,11 @@ impl Speaker {
             let others = devices::list(devices::DeviceKind::Output)
                 .map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default();
-            BuildError::Other(anyhow!(
-                "cannot open output device {device_name}: {e}; is the sound server running (`scripts/pulse.sh start`)? \
-                 output devices: {}",
-                if others.is_empty() { "none" } else { &others }
-            ))
+            BuildError::other(OpenError {
+                device: device_name.clone(),
+                reason: e.to_string(),
+                others: if others.is_empty() { "none".into() } else { others },
+            })
         };
         let supported = device.default_output_config().map_err(|e| open_error(&e))?;
         let rate = supported.sample_rate();
@@ -301,7 +313,8 @@ impl Speaker {
     async fn play(&mut self, samples: &[i16], channels: u16, rate: u32) -> Result<(), ProcessError> {
         let device_rate = self.shared.sample_rate;
         if self.resampler.as_ref().is_none_or(|r| r.from_rate() != rate) {
-            self.resampler = Some(StreamResampler::new(rate, device_rate).map_err(ProcessError::recoverable)?);
+            self.resampler =
+                Some(StreamResampler::new(rate, device_rate).map_err(|e| ProcessError::recoverable(ErrorChain(&e)))?);
         }
         let mono = to_mono_f32(samples, channels);
         let out = self.resampler.as_mut().expect("set above").push(&mono);

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
+use super::WavError;
 use super::resample::{resample_clip, to_i16};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::frame::{AudioFrame, Direction, Frame};
@@ -111,7 +111,7 @@ impl Settings for WavInputSettings {
     fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let mut clips = Vec::new();
         for f in self.files() {
-            let samples = read_wav_mono(&ctx.config_path(&f), PIPELINE_SAMPLE_RATE)?;
+            let samples = read_wav_mono(&ctx.config_path(&f), PIPELINE_SAMPLE_RATE).map_err(BuildError::other)?;
             clips.push(Arc::<[i16]>::from(samples));
         }
         let (events, _) = tokio::sync::watch::channel(BotState::default());
@@ -120,21 +120,24 @@ impl Settings for WavInputSettings {
 }
 
 /// Reads a WAV file of any format as mono i16 at `rate`.
-pub fn read_wav_mono(path: &Path, rate: u32) -> anyhow::Result<Vec<i16>> {
-    let mut reader =
-        hound::WavReader::open(path).with_context(|| format!("cannot read WAV file {}", path.display()))?;
+pub fn read_wav_mono(path: &Path, rate: u32) -> Result<Vec<i16>, WavError> {
+    let read = |source| WavError::Read { path: path.to_path_buf(), source };
+    let mut reader = hound::WavReader::open(path).map_err(read)?;
     let spec = reader.spec();
     let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>().map_err(read)?,
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.map(|s| s as f32 * scale)).collect::<Result<_, _>>()?
+            reader.samples::<i32>().map(|s| s.map(|s| s as f32 * scale)).collect::<Result<_, _>>().map_err(read)?
         }
     };
     let ch = usize::from(spec.channels.max(1));
     let mono: Vec<f32> = interleaved.chunks_exact(ch).map(|f| f.iter().sum::<f32>() / ch as f32).collect();
-    let resampled = resample_clip(&mono, spec.sample_rate, rate)
-        .with_context(|| format!("cannot resample {} from {} Hz", path.display(), spec.sample_rate))?;
+    let resampled = resample_clip(&mono, spec.sample_rate, rate).map_err(|source| WavError::Resample {
+        path: path.to_path_buf(),
+        rate: spec.sample_rate,
+        source,
+    })?;
     Ok(to_i16(&resampled))
 }
 

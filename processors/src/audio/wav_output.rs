@@ -6,12 +6,13 @@ use std::io::BufWriter;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::WavError;
 use super::played::PlayedText;
 use super::resample::{StreamResampler, to_i16, to_mono_f32};
+use crate::error::ErrorChain;
 use crate::frame::{AudioFrame, Direction, Frame};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -72,7 +73,7 @@ impl Settings for WavOutputSettings {
             sample_format: hound::SampleFormat::Int,
         };
         let writer = hound::WavWriter::create(&path, spec)
-            .with_context(|| format!("cannot create output WAV {}", path.display()))?;
+            .map_err(|source| BuildError::other(WavError::Create { path: path.clone(), source }))?;
         let rate = self.sample_rate;
         Ok(Box::new(WavOutput {
             settings: self,
@@ -117,9 +118,9 @@ impl WavOutput {
         let mono = to_mono_f32(&audio.samples, audio.channels);
         let resampler = match self.resamplers.entry(audio.sample_rate) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(StreamResampler::new(audio.sample_rate, rate).map_err(ProcessError::recoverable)?)
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                StreamResampler::new(audio.sample_rate, rate).map_err(|e| ProcessError::recoverable(ErrorChain(&e)))?,
+            ),
         };
         let samples = to_i16(&resampler.push(&mono));
         let Some(writer) = self.writer.as_mut() else { return Ok(()) };

@@ -6,12 +6,59 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::{Exchange, MemoryDb, StatelessMemorySettings};
+use super::{Exchange, MemoryDb, MemoryError, StatelessMemorySettings};
 use crate::processor::BuildContext;
 use crate::registry::Settings;
+
+/// Why a `slowcat memory` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config file is not TOML.
+    #[error("the config is not valid TOML")]
+    Toml(#[source] toml::de::Error),
+    /// A memory processor's `path` is not a string.
+    #[error("processors.{0}.path must be a string (a directory)")]
+    PathNotString(String),
+    /// The database cannot be opened or read.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// `show` was given an id the speaker does not have.
+    #[error("speaker {speaker:?} has no exchange #{id}; `slowcat memory list --speaker {speaker}` shows the ids")]
+    NoSuchExchange {
+        /// Whose.
+        speaker: String,
+        /// The id asked for.
+        id: u64,
+    },
+    /// `forget` was given both an id and `--all`.
+    #[error("give either an exchange id or --all, not both")]
+    IdAndAll,
+    /// `forget` was given neither an id nor `--all`.
+    #[error("give the id of the exchange to forget, or --all to forget everything remembered for {0:?}")]
+    NothingToForget(String),
+    /// `forget` was given an id the speaker does not have.
+    #[error("speaker {speaker:?} has no exchange #{id}; nothing was deleted")]
+    NothingForgotten {
+        /// Whose.
+        speaker: String,
+        /// The id asked for.
+        id: u64,
+    },
+    /// Reading or writing an export failed.
+    #[error("exporting the exchanges of {speaker:?}")]
+    Export {
+        /// Whose.
+        speaker: String,
+        /// The reason.
+        #[source]
+        source: MemoryError,
+    },
+    /// The output cannot be written.
+    #[error("cannot write the output")]
+    Output(#[from] std::io::Error),
+}
 
 /// A `slowcat memory` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +161,8 @@ fn summary(out: &mut dyn Write, ex: &Exchange, score: Option<f32>) -> std::io::R
 
 /// The database directories of the `stateless_memory` processors in a config file's text, by
 /// processor id, resolved as the processor resolves them (`ctx` is the config's build context).
-pub fn db_paths_in_config(source: &str, ctx: &BuildContext) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let doc: toml::Table = toml::from_str(source).context("the config is not valid TOML")?;
+pub fn db_paths_in_config(source: &str, ctx: &BuildContext) -> Result<Vec<(String, PathBuf)>, CliError> {
+    let doc: toml::Table = toml::from_str(source).map_err(CliError::Toml)?;
     let mut out = Vec::new();
     let Some(processors) = doc.get("processors").and_then(toml::Value::as_table) else { return Ok(out) };
     for (id, table) in processors {
@@ -125,9 +172,7 @@ pub fn db_paths_in_config(source: &str, ctx: &BuildContext) -> anyhow::Result<Ve
         let default = StatelessMemorySettings::default().path;
         let path = match table.get("path") {
             None => default,
-            Some(v) => PathBuf::from(
-                v.as_str().with_context(|| format!("processors.{id}.path must be a string (a directory)"))?,
-            ),
+            Some(v) => PathBuf::from(v.as_str().ok_or_else(|| CliError::PathNotString(id.clone()))?),
         };
         out.push((id.clone(), ctx.data_path(path)));
     }
@@ -135,7 +180,7 @@ pub fn db_paths_in_config(source: &str, ctx: &BuildContext) -> anyhow::Result<Ve
 }
 
 /// Runs one command on the database in `db_path`, printing to `out`.
-pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> Result<(), CliError> {
     let db = MemoryDb::open_existing(db_path)?;
     match command {
         MemoryCommand::Speakers => {
@@ -167,9 +212,7 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> anyho
         }
         MemoryCommand::Show { speaker, id } => {
             let Some(ex) = db.get(&speaker, id)? else {
-                bail!(
-                    "speaker {speaker:?} has no exchange #{id}; `slowcat memory list --speaker {speaker}` shows the ids"
-                )
+                return Err(CliError::NoSuchExchange { speaker, id });
             };
             writeln!(
                 out,
@@ -183,13 +226,11 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> anyho
             writeln!(out, "assistant: {}", ex.assistant)?;
         }
         MemoryCommand::Forget { speaker, id, all } => match (id, all) {
-            (Some(_), true) => bail!("give either an exchange id or --all, not both"),
-            (None, false) => {
-                bail!("give the id of the exchange to forget, or --all to forget everything remembered for {speaker:?}")
-            }
+            (Some(_), true) => return Err(CliError::IdAndAll),
+            (None, false) => return Err(CliError::NothingToForget(speaker)),
             (Some(id), false) => {
                 if !db.forget(&speaker, id)? {
-                    bail!("speaker {speaker:?} has no exchange #{id}; nothing was deleted");
+                    return Err(CliError::NothingForgotten { speaker, id });
                 }
                 writeln!(out, "forgot exchange #{id} of {speaker:?}")?;
             }
@@ -220,8 +261,8 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> anyho
                 });
                 match written {
                     // The reader (`| head`) has seen enough.
-                    Err(super::MemoryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                    other => other.with_context(|| format!("exporting the exchanges of {name:?}"))?,
+                    Err(MemoryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    other => other.map_err(|source| CliError::Export { speaker: name.clone(), source })?,
                 };
             }
         }

@@ -159,7 +159,7 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
     println!("{:>10}  {:>14}  {:>12}", "vad", "median µs", "max µs");
     let silero = models_dir.join("silero_vad.onnx");
     let decision = Decision { on: 0.5, off: 0.35, min_volume_db: -45.0 };
-    time_vad("silero", &frames, decision, || SileroDetector::load(models_dir, &silero, 1))?;
+    time_vad("silero", &frames, decision, || Ok(SileroDetector::load(models_dir, &silero, 1)?))?;
     let yes_no = Decision { on: 0.5, off: 0.5, ..decision };
     time_vad("webrtc", &frames, yes_no, || Ok(WebRtcDetector::new(2, 20)))?;
 

@@ -1,14 +1,55 @@
 //! Whisper through whisper.cpp (whisper-rs): one loaded model and its decoding state, used from one
 //! blocking thread at a time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow};
 use serde::{Deserialize, Deserializer};
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperError, WhisperState};
+
+/// Why Whisper could not load or transcribe.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    /// The model file is missing.
+    #[error("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", .0.display())]
+    MissingModel(PathBuf),
+    /// The configured language is not one whisper knows.
+    #[error("whisper does not know the language {0:?}; use a code such as \"en\" or \"auto\"")]
+    UnknownLanguage(String),
+    /// whisper.cpp could not load the file.
+    #[error("cannot load Whisper model {} (is it a whisper.cpp ggml file?)", .model.display())]
+    Load {
+        /// The model file.
+        model: PathBuf,
+        /// whisper.cpp's error.
+        #[source]
+        source: WhisperError,
+    },
+    /// An English-only model was given another language.
+    #[error(
+        "{} is an English-only model but language is {language:?}; set language = \"en\" or use a \
+         multilingual model such as ggml-base.bin",
+        .model.display()
+    )]
+    EnglishOnly {
+        /// The model file.
+        model: PathBuf,
+        /// The configured language.
+        language: String,
+    },
+    /// whisper.cpp could not allocate its decoding state.
+    #[error("cannot allocate Whisper state")]
+    State(#[source] WhisperError),
+    /// Not a failure: an early transcription was given up because the user spoke on (see
+    /// [`WhisperEngine::transcribe_early`]).
+    #[error("the transcription was abandoned")]
+    Abandoned,
+    /// Decoding failed.
+    #[error("Whisper failed")]
+    Whisper(#[source] WhisperError),
+}
 
 /// Encoder frames per second of audio (whisper's mel hop of 10 ms, halved by the encoder's stride).
 const ENCODER_FRAMES_PER_SEC: f64 = 50.0;
@@ -186,18 +227,13 @@ unsafe extern "C" fn abandoned_flag(data: *mut std::ffi::c_void) -> bool {
 
 impl WhisperEngine {
     /// Loads a ggml model. Takes 0.1–0.5 s; call it from a blocking thread.
-    pub fn load(model: &Path, threads: usize, language: &str, audio_ctx: AudioCtx) -> anyhow::Result<Self> {
+    pub fn load(model: &Path, threads: usize, language: &str, audio_ctx: AudioCtx) -> Result<Self, SttError> {
         quiet_whisper_logs();
         if !model.is_file() {
-            return Err(anyhow!(
-                "model file {} does not exist; fetch it with `scripts/fetch-models.sh`",
-                model.display()
-            ));
+            return Err(SttError::MissingModel(model.to_path_buf()));
         }
         if !known_language(language) {
-            return Err(anyhow!(
-                "whisper does not know the language {language:?}; use a code such as \"en\" or \"auto\""
-            ));
+            return Err(SttError::UnknownLanguage(language.to_string()));
         }
         let mut params = WhisperContextParameters::default();
         params.use_gpu(false);
@@ -207,19 +243,14 @@ impl WhisperEngine {
         // 3.3–3.9 vs 2.2–2.6 s. (whisper-rs's `openmp` feature, ggml's threads on libgomp instead
         // of its own pool, measured the same, 305 vs 303 ms, so it stays off.)
         params.flash_attn(false);
-        let ctx = WhisperContext::new_with_params(model, params).map_err(|e| anyhow!("{e}")).with_context(|| {
-            format!("cannot load Whisper model {} (is it a whisper.cpp ggml file?)", model.display())
-        })?;
+        let ctx = WhisperContext::new_with_params(model, params)
+            .map_err(|source| SttError::Load { model: model.to_path_buf(), source })?;
         let multilingual = ctx.is_multilingual();
         if !multilingual && !matches!(language, "en" | "auto") {
-            return Err(anyhow!(
-                "{} is an English-only model but language is {language:?}; set language = \"en\" or use a \
-                 multilingual model such as ggml-base.bin",
-                model.display()
-            ));
+            return Err(SttError::EnglishOnly { model: model.to_path_buf(), language: language.to_string() });
         }
         let eot = ctx.token_eot();
-        let state = ctx.create_state().map_err(|e| anyhow!("cannot allocate Whisper state: {e}"))?;
+        let state = ctx.create_state().map_err(SttError::State)?;
         Ok(Self {
             state,
             eot,
@@ -242,7 +273,7 @@ impl WhisperEngine {
     }
 
     /// Transcribes 16 kHz mono audio in [-1, 1]. Blocks for the length of the inference.
-    pub fn transcribe(&mut self, audio: &[f32]) -> anyhow::Result<Recognized> {
+    pub fn transcribe(&mut self, audio: &[f32]) -> Result<Recognized, SttError> {
         self.transcribe_with(audio, self.audio_ctx)
     }
 
@@ -253,12 +284,12 @@ impl WhisperEngine {
         audio: &[f32],
         threads: usize,
         abandoned: Arc<AtomicBool>,
-    ) -> anyhow::Result<Recognized> {
+    ) -> Result<Recognized, SttError> {
         self.run(audio, self.audio_ctx, threads, Some(abandoned))
     }
 
     /// Transcribes with an explicit encoder window (for benchmarks).
-    pub fn transcribe_with(&mut self, audio: &[f32], audio_ctx: AudioCtx) -> anyhow::Result<Recognized> {
+    pub fn transcribe_with(&mut self, audio: &[f32], audio_ctx: AudioCtx) -> Result<Recognized, SttError> {
         self.run(audio, audio_ctx, self.threads, None)
     }
 
@@ -268,7 +299,7 @@ impl WhisperEngine {
         audio_ctx: AudioCtx,
         threads: usize,
         abandoned: Option<Arc<AtomicBool>>,
-    ) -> anyhow::Result<Recognized> {
+    ) -> Result<Recognized, SttError> {
         let started = Instant::now();
         if audio.is_empty() {
             return Ok(Recognized {
@@ -337,7 +368,7 @@ impl WhisperEngine {
         n_ctx: u32,
         threads: usize,
         abandoned: Option<&Arc<AtomicBool>>,
-    ) -> anyhow::Result<Decoded> {
+    ) -> Result<Decoded, SttError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(threads.max(1) as i32);
         // English-only models ignore the language; "auto" makes a multilingual one detect it.
@@ -382,14 +413,14 @@ impl WhisperEngine {
         params.set_audio_ctx(n_ctx as i32);
         let result = self.state.full(params, audio);
         if abandoned.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
-            anyhow::bail!("the transcription was abandoned");
+            return Err(SttError::Abandoned);
         }
-        result.map_err(|e| anyhow!("Whisper failed: {e}"))?;
+        result.map_err(SttError::Whisper)?;
         let mut raw = String::new();
         let mut no_speech = 0f32;
         let (mut p_sum, mut p_n) = (0f32, 0usize);
         for segment in self.state.as_iter() {
-            raw.push_str(&segment.to_str_lossy().map_err(|e| anyhow!("Whisper failed: {e}"))?);
+            raw.push_str(&segment.to_str_lossy().map_err(SttError::Whisper)?);
             no_speech = no_speech.max(segment.no_speech_probability());
             for i in 0..segment.n_tokens() {
                 if let Some(token) = segment.get_token(i)

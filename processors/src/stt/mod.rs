@@ -5,5 +5,7 @@ pub mod engine;
 mod whisper;
 
 pub use bench::bench;
-pub use engine::{AUDIO_CTX_FLOOR, AudioCtx, Guards, Recognized, WhisperEngine, clean_transcript, repeats_itself};
+pub use engine::{
+    AUDIO_CTX_FLOOR, AudioCtx, Guards, Recognized, SttError, WhisperEngine, clean_transcript, repeats_itself,
+};
 pub use whisper::{EndTurnOn, STT_TIME_METRIC, WhisperStt, WhisperSttSettings};

@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{AudioCtx, Recognized, WhisperEngine, known_language};
+use super::engine::{AudioCtx, Recognized, SttError, WhisperEngine, known_language};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::audio::resample::to_mono_f32;
+use crate::error::ErrorChain;
 use crate::frame::{DEFAULT_SPEAKER, Direction, ErrorFrame, Frame, Metric, Transcription};
 use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -171,7 +172,8 @@ impl Settings for WhisperSttSettings {
     fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let model = ctx.model_path(&self.model);
         let loaded = Instant::now();
-        let engine = WhisperEngine::load(&model, self.threads, &self.language, self.audio_ctx)?;
+        let engine =
+            WhisperEngine::load(&model, self.threads, &self.language, self.audio_ctx).map_err(BuildError::other)?;
         tracing::info!(model = %model.display(), ms = loaded.elapsed().as_millis() as u64, "Whisper model loaded");
         Ok(Box::new(WhisperStt::new(self, engine)))
     }
@@ -566,7 +568,7 @@ impl Processor for WhisperStt {
 /// An early transcription the worker has made.
 struct EarlyDone {
     id: u64,
-    recognized: anyhow::Result<Recognized>,
+    recognized: Result<Recognized, SttError>,
     /// Where its speech starts and ends on the input timeline.
     start: Duration,
     end: Duration,
@@ -681,7 +683,10 @@ impl Worker {
                     self.sender.downstream(Frame::Metrics(Box::new(metric))).await;
                     self.sender.downstream(Frame::Transcription(Box::new(t))).await;
                 }
-                Err(e) => self.error(format!("{e:#}"), true).await,
+                Err(e) => {
+                    let message = ErrorChain(&e).to_string();
+                    self.error(message, true).await;
+                }
             }
         }
     }
@@ -724,7 +729,7 @@ impl Worker {
         engine: &mut Option<WhisperEngine>,
         audio: Vec<f32>,
         early: Option<(usize, Arc<AtomicBool>)>,
-    ) -> Option<anyhow::Result<Recognized>> {
+    ) -> Option<Result<Recognized, SttError>> {
         let mut e = engine.take()?;
         match tokio::task::spawn_blocking(move || {
             let r = match early {

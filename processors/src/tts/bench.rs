@@ -69,7 +69,7 @@ struct Voice {
 impl Voice {
     fn load(&self, models_dir: &Path, threads: usize, spin: Spin) -> anyhow::Result<PiperVoice> {
         let session = SessionOptions { threads, spin };
-        PiperVoice::load_with(models_dir, &self.model, &self.config, &session, Overrides::default())
+        Ok(PiperVoice::load_with(models_dir, &self.model, &self.config, &session, Overrides::default())?)
     }
 }
 

@@ -9,9 +9,45 @@
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::Mutex;
 
-use anyhow::{Context as _, anyhow, bail};
-
 use super::text;
+
+/// Why espeak-ng could not phonemize.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EspeakError {
+    /// The library loaded but lacks a function slowcat calls (a version before 1.49).
+    #[error("espeak-ng ({library}) lacks {function}: {reason}; install espeak-ng 1.49 or newer")]
+    Symbol {
+        /// The library file.
+        library: &'static str,
+        /// The missing function.
+        function: &'static str,
+        /// The loader's words.
+        reason: String,
+    },
+    /// The library loaded but its data is missing.
+    #[error(
+        "espeak-ng ({0}) could not start: its data directory is missing; install the espeak-ng-data package or set \
+         ESPEAK_DATA_PATH"
+    )]
+    NoData(&'static str),
+    /// No library file loaded.
+    #[error(
+        "cannot load the espeak-ng library ({0}); install it (Debian: `apt-get install libespeak-ng1 espeak-ng-data`, \
+         or run scripts/setup-system.sh)"
+    )]
+    NotInstalled(String),
+    /// The voice name cannot be passed to C.
+    #[error("voice name {0:?} contains a NUL byte")]
+    NulInVoice(String),
+    /// espeak-ng does not know the voice.
+    #[error("espeak-ng has no voice {voice:?} (error {code}); `espeak-ng --voices` lists them")]
+    NoVoice {
+        /// The voice asked for.
+        voice: String,
+        /// espeak-ng's error code.
+        code: c_int,
+    },
+}
 
 /// `espeak_AUDIO_OUTPUT::AUDIO_OUTPUT_SYNCHRONOUS`: no audio thread, no sound device.
 const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
@@ -48,23 +84,26 @@ const LIBRARY_NAMES: &[&str] = if cfg!(target_os = "macos") {
     &["libespeak-ng.so.1", "libespeak-ng.so"]
 };
 
-fn load() -> anyhow::Result<Api> {
+fn load() -> Result<Api, EspeakError> {
     let mut errors = Vec::new();
     for name in LIBRARY_NAMES {
         // SAFETY: loading libespeak-ng runs no initialisation code with preconditions.
         match unsafe { libloading::Library::new(name) } {
             Ok(lib) => {
                 // SAFETY: the signatures match espeak-ng's speak_lib.h (1.49 to 1.52).
+                let symbol = |function: &'static str| {
+                    move |e: libloading::Error| EspeakError::Symbol { library: name, function, reason: e.to_string() }
+                };
                 let api = unsafe {
-                    let initialize: InitializeFn = *lib.get(b"espeak_Initialize\0")?;
-                    let set_voice_by_name: SetVoiceByNameFn = *lib.get(b"espeak_SetVoiceByName\0")?;
-                    let text_to_phonemes: TextToPhonemesFn = *lib.get(b"espeak_TextToPhonemes\0")?;
+                    let initialize: InitializeFn =
+                        *lib.get(b"espeak_Initialize\0").map_err(symbol("espeak_Initialize"))?;
+                    let set_voice_by_name: SetVoiceByNameFn =
+                        *lib.get(b"espeak_SetVoiceByName\0").map_err(symbol("espeak_SetVoiceByName"))?;
+                    let text_to_phonemes: TextToPhonemesFn =
+                        *lib.get(b"espeak_TextToPhonemes\0").map_err(symbol("espeak_TextToPhonemes"))?;
                     let rate = initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, std::ptr::null(), INITIALIZE_DONT_EXIT);
                     if rate <= 0 {
-                        bail!(
-                            "espeak-ng ({name}) could not start: its data directory is missing; \
-                             install the espeak-ng-data package or set ESPEAK_DATA_PATH"
-                        );
+                        return Err(EspeakError::NoData(name));
                     }
                     Api { set_voice_by_name, text_to_phonemes, _lib: lib }
                 };
@@ -73,14 +112,10 @@ fn load() -> anyhow::Result<Api> {
             Err(e) => errors.push(format!("{name}: {e}")),
         }
     }
-    Err(anyhow!(
-        "cannot load the espeak-ng library ({}); install it (Debian: `apt-get install libespeak-ng1 espeak-ng-data`, \
-         or run scripts/setup-system.sh)",
-        errors.join("; ")
-    ))
+    Err(EspeakError::NotInstalled(errors.join("; ")))
 }
 
-fn with_voice<T>(voice: &str, f: impl FnOnce(&Api) -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn with_voice<T>(voice: &str, f: impl FnOnce(&Api) -> Result<T, EspeakError>) -> Result<T, EspeakError> {
     // A panic inside espeak would already have aborted; a poisoned lock holds valid state.
     let mut state = ESPEAK.lock().unwrap_or_else(|p| p.into_inner());
     if state.api.is_none() {
@@ -89,13 +124,13 @@ fn with_voice<T>(voice: &str, f: impl FnOnce(&Api) -> anyhow::Result<T>) -> anyh
     let State { api, voice: current } = &mut *state;
     let api = api.as_ref().expect("loaded above");
     if current.as_deref() != Some(voice) {
-        let name = CString::new(voice).context("voice name contains a NUL byte")?;
+        let name = CString::new(voice).map_err(|_| EspeakError::NulInVoice(voice.to_string()))?;
         // SAFETY: a valid C string; the library is initialised and the lock is held.
         let err = unsafe { (api.set_voice_by_name)(name.as_ptr()) };
         if err != 0 {
             // espeak may have half-switched; make the next call set the voice again.
             *current = None;
-            bail!("espeak-ng has no voice {voice:?} (error {err}); `espeak-ng --voices` lists them");
+            return Err(EspeakError::NoVoice { voice: voice.to_string(), code: err });
         }
         *current = Some(voice.to_string());
     }
@@ -103,13 +138,13 @@ fn with_voice<T>(voice: &str, f: impl FnOnce(&Api) -> anyhow::Result<T>) -> anyh
 }
 
 /// Checks that the library loads and knows `voice`.
-pub fn check_voice(voice: &str) -> anyhow::Result<()> {
+pub fn check_voice(voice: &str) -> Result<(), EspeakError> {
     with_voice(voice, |_| Ok(()))
 }
 
 /// IPA phonemes of a text without punctuation marks of its own, as espeak-ng gives them (it
 /// splits at punctuation and drops it; clauses come back separated by spaces).
-pub fn phonemes_raw(text: &str, voice: &str) -> anyhow::Result<String> {
+pub fn phonemes_raw(text: &str, voice: &str) -> Result<String, EspeakError> {
     let input = CString::new(text.replace('\0', " ")).expect("NUL bytes were replaced");
     with_voice(voice, |api| {
         let mut out = String::new();
@@ -162,7 +197,7 @@ fn strip_language_switches(s: &str) -> String {
 
 /// IPA phonemes of a segment with its punctuation kept: split into clauses, each clause
 /// phonemized, and its closing mark put back ("həlˈoʊ, wˈɜːld.").
-pub fn phonemize(text: &str, voice: &str) -> anyhow::Result<String> {
+pub fn phonemize(text: &str, voice: &str) -> Result<String, EspeakError> {
     let mut out = String::new();
     for (clause, punct) in text::clauses(text) {
         let phonemes = phonemes_raw(&clause, voice)?;

@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::TtsError;
 use super::pcm::PcmStream;
 use super::piper::check_stream;
 use super::stream::{AudioOut, StreamOptions, StreamingTts, Synthesizer};
@@ -94,7 +94,7 @@ impl Settings for EspeakTtsSettings {
         let out = std::process::Command::new(&command)
             .args(["-q", "-v", &self.voice, "x"])
             .output()
-            .with_context(|| format!("cannot run {}", command.display()))?;
+            .map_err(|source| BuildError::other(TtsError::Run { program: command.clone(), source }))?;
         if !out.status.success() {
             return Err(BuildError::Invalid(format!(
                 "espeak-ng cannot use voice {:?}: {}; `espeak-ng --voices` lists them",
@@ -121,7 +121,8 @@ pub struct Espeak {
 
 #[async_trait]
 impl Synthesizer for Espeak {
-    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> anyhow::Result<()> {
+    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> Result<(), TtsError> {
+        let pipe = |source| TtsError::Pipe { program: self.command.clone(), source };
         let mut child = tokio::process::Command::new(&self.command)
             .args(["--stdout", "-v", &self.voice, "-s", &self.rate.to_string(), "-p", &self.pitch.to_string()])
             .stdin(Stdio::piped())
@@ -130,16 +131,18 @@ impl Synthesizer for Espeak {
             // An interruption drops this future: the process goes with it.
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot run {}", self.command.display()))?;
+            .map_err(|source| TtsError::Run { program: self.command.clone(), source })?;
         // Text on stdin, so a segment starting with "-" is never read as an option.
-        let mut stdin = child.stdin.take().context("espeak-ng stdin")?;
-        stdin.write_all(text.as_bytes()).await?;
+        // Both are piped above, so they are there.
+        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(pipe(std::io::Error::other("espeak-ng's stdin or stdout is not piped")));
+        };
+        stdin.write_all(text.as_bytes()).await.map_err(pipe)?;
         drop(stdin);
-        let mut stdout = child.stdout.take().context("espeak-ng stdout")?;
         let mut pcm = PcmStream::wav();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n = stdout.read(&mut buf).await?;
+            let n = stdout.read(&mut buf).await.map_err(pipe)?;
             if n == 0 {
                 break;
             }
@@ -150,9 +153,10 @@ impl Synthesizer for Espeak {
                 out.push(&samples, format.sample_rate).await;
             }
         }
-        let result = child.wait_with_output().await?;
+        let result = child.wait_with_output().await.map_err(pipe)?;
         if !result.status.success() {
-            bail!("espeak-ng failed ({}): {}", result.status, String::from_utf8_lossy(&result.stderr).trim());
+            let stderr = String::from_utf8_lossy(&result.stderr).trim().to_string();
+            return Err(TtsError::EspeakFailed { status: result.status, stderr });
         }
         Ok(())
     }

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use super::TtsError;
 use super::pcm::{PcmFormat, PcmStream};
 use super::piper::check_stream;
 use super::stream::{AudioOut, StreamOptions, StreamingTts, Synthesizer};
@@ -110,7 +110,7 @@ impl Settings for OpenAiTtsSettings {
             .connect_timeout(timeout)
             .read_timeout(timeout)
             .build()
-            .context("cannot create the HTTP client")?;
+            .map_err(|e| BuildError::other(TtsError::HttpClient(e)))?;
         let url = format!("{}/audio/speech", self.base_url.trim_end_matches('/'));
         let opts = StreamOptions {
             split: SplitOptions {
@@ -144,7 +144,7 @@ pub struct OpenAiSpeech {
 
 #[async_trait]
 impl Synthesizer for OpenAiSpeech {
-    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> anyhow::Result<()> {
+    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> Result<(), TtsError> {
         let s = &self.settings;
         let body = SpeechRequest {
             model: &s.model,
@@ -157,12 +157,13 @@ impl Synthesizer for OpenAiSpeech {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach the TTS server at {}", self.url))?;
+        let response =
+            request.send().await.map_err(|source| TtsError::Unreachable { url: self.url.clone(), source })?;
         let status = response.status();
         if !status.is_success() {
             let detail = response.text().await.unwrap_or_default();
             let detail: String = detail.chars().take(300).collect();
-            bail!("the TTS server at {} answered {status}: {}", self.url, detail.trim());
+            return Err(TtsError::Status { url: self.url.clone(), status, detail: detail.trim().to_string() });
         }
         let mut pcm = match s.response_format {
             ResponseFormat::Pcm => PcmStream::raw(PcmFormat { sample_rate: s.sample_rate, channels: 1 }),
@@ -171,7 +172,7 @@ impl Synthesizer for OpenAiSpeech {
         let mut body = response.bytes_stream();
         let mut any = false;
         while let Some(piece) = body.next().await {
-            let piece = piece.with_context(|| format!("the audio from {} broke off", self.url))?;
+            let piece = piece.map_err(|source| TtsError::BrokeOff { url: self.url.clone(), source })?;
             let samples = pcm.push(&piece)?;
             if let Some(format) = pcm.format()
                 && !samples.is_empty()
@@ -181,7 +182,7 @@ impl Synthesizer for OpenAiSpeech {
             }
         }
         if !any {
-            bail!("the TTS server at {} sent no audio", self.url);
+            return Err(TtsError::NoAudio { url: self.url.clone() });
         }
         Ok(())
     }

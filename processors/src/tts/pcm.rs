@@ -2,7 +2,38 @@
 //! header sizes are bogus because it was written to a pipe (espeak-ng `--stdout`, streaming
 //! HTTP servers). hound wants a seekable, well-sized file, so the few header fields are read here.
 
-use anyhow::bail;
+/// Why a byte stream is not audio slowcat can play.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PcmError {
+    /// The stream does not start with a RIFF/WAVE header.
+    #[error("the audio is not a WAV file (it starts with {0:?})")]
+    NotWav(String),
+    /// No `data` chunk within the first [`MAX_HEADER`] bytes.
+    #[error("the WAV header is larger than {MAX_HEADER} bytes")]
+    HeaderTooLarge,
+    /// The samples begin before their format is given.
+    #[error("the WAV stream has no fmt chunk before its data")]
+    NoFormat,
+    /// The fmt chunk is cut short.
+    #[error("the WAV fmt chunk is too short")]
+    ShortFormat,
+    /// Another encoding than 16-bit PCM.
+    #[error("the WAV audio is not 16-bit PCM (format {tag}, {bits} bits); ask for 16-bit PCM")]
+    NotPcm16 {
+        /// The WAV format tag.
+        tag: u16,
+        /// Bits per sample.
+        bits: u16,
+    },
+    /// Zero channels or a zero rate.
+    #[error("the WAV header says {channels} channels at {sample_rate} Hz")]
+    BadFormat {
+        /// Channels in the header.
+        channels: u16,
+        /// Rate in the header.
+        sample_rate: u32,
+    },
+}
 
 /// The format of the samples in a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +53,7 @@ pub struct PcmStream {
 }
 
 /// The longest WAV header accepted before the `data` chunk (servers add LIST chunks).
-const MAX_HEADER: usize = 64 * 1024;
+pub const MAX_HEADER: usize = 64 * 1024;
 
 impl PcmStream {
     /// A stream of raw little-endian 16-bit PCM.
@@ -41,7 +72,7 @@ impl PcmStream {
     }
 
     /// Feeds bytes; returns the mono samples now complete.
-    pub fn push(&mut self, bytes: &[u8]) -> anyhow::Result<Vec<i16>> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<i16>, PcmError> {
         self.pending.extend_from_slice(bytes);
         let format = match self.format {
             Some(f) => f,
@@ -71,19 +102,19 @@ impl PcmStream {
 
 /// Reads a RIFF/WAVE header: the format and where the samples start, or None when more bytes
 /// are needed.
-fn parse_header(b: &[u8]) -> anyhow::Result<Option<(PcmFormat, usize)>> {
+fn parse_header(b: &[u8]) -> Result<Option<(PcmFormat, usize)>, PcmError> {
     if b.len() < 12 {
         return Ok(None);
     }
     if &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
-        bail!("the audio is not a WAV file (it starts with {:?})", String::from_utf8_lossy(&b[..12]));
+        return Err(PcmError::NotWav(String::from_utf8_lossy(&b[..12]).into_owned()));
     }
     let mut at = 12;
     let mut format = None;
     loop {
         if at + 8 > b.len() {
             if at > MAX_HEADER {
-                bail!("the WAV header is larger than {MAX_HEADER} bytes");
+                return Err(PcmError::HeaderTooLarge);
             }
             return Ok(None);
         }
@@ -91,18 +122,18 @@ fn parse_header(b: &[u8]) -> anyhow::Result<Option<(PcmFormat, usize)>> {
         let size = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
         let body = at + 8;
         if id == b"data" {
-            let Some(format) = format else { bail!("the WAV stream has no fmt chunk before its data") };
+            let Some(format) = format else { return Err(PcmError::NoFormat) };
             return Ok(Some((format, body)));
         }
         if body + size > b.len() {
             if body + size > MAX_HEADER {
-                bail!("the WAV header is larger than {MAX_HEADER} bytes");
+                return Err(PcmError::HeaderTooLarge);
             }
             return Ok(None);
         }
         if id == b"fmt " {
             if size < 16 {
-                bail!("the WAV fmt chunk is too short");
+                return Err(PcmError::ShortFormat);
             }
             let f = &b[body..body + 16];
             let tag = u16::from_le_bytes([f[0], f[1]]);
@@ -111,10 +142,10 @@ fn parse_header(b: &[u8]) -> anyhow::Result<Option<(PcmFormat, usize)>> {
             let bits = u16::from_le_bytes([f[14], f[15]]);
             // 0xFFFE is WAVE_FORMAT_EXTENSIBLE, which servers use for plain PCM too.
             if !matches!(tag, 1 | 0xFFFE) || bits != 16 {
-                bail!("the WAV audio is not 16-bit PCM (format {tag}, {bits} bits); ask for 16-bit PCM");
+                return Err(PcmError::NotPcm16 { tag, bits });
             }
             if channels == 0 || sample_rate == 0 {
-                bail!("the WAV header says {channels} channels at {sample_rate} Hz");
+                return Err(PcmError::BadFormat { channels, sample_rate });
             }
             format = Some(PcmFormat { sample_rate, channels });
         }

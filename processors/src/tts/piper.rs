@@ -4,16 +4,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, anyhow, bail};
 use async_trait::async_trait;
 use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization as _;
 
-use super::espeak;
 use super::stream::{AudioOut, StreamOptions, StreamingTts, Synthesizer};
 use super::text::SplitOptions;
+use super::{TtsError, espeak};
 use crate::audio::resample::to_i16;
 use crate::onnx;
 use crate::processor::{BoxProcessor, BuildContext};
@@ -147,7 +146,8 @@ impl Settings for PiperSettings {
             &self.config_path(ctx),
             self.threads,
             self.overrides(),
-        )?;
+        )
+        .map_err(BuildError::other)?;
         Ok(Box::new(StreamingTts::new(Piper::new(voice), self.stream_options())))
     }
 }
@@ -254,7 +254,7 @@ impl PiperVoice {
         config: &Path,
         threads: usize,
         overrides: Overrides,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, TtsError> {
         Self::load_with(models_dir, model, config, &Self::session_options(threads), overrides)
     }
 
@@ -274,17 +274,13 @@ impl PiperVoice {
         config: &Path,
         session: &onnx::SessionOptions,
         overrides: Overrides,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, TtsError> {
         let raw = std::fs::read_to_string(config)
-            .with_context(|| format!("cannot read the Piper voice config {}", config.display()))?;
-        let cfg: VoiceConfig =
-            serde_json::from_str(&raw).with_context(|| format!("{} is not a Piper voice config", config.display()))?;
+            .map_err(|source| TtsError::ReadVoiceConfig { path: config.to_path_buf(), source })?;
+        let cfg: VoiceConfig = serde_json::from_str(&raw)
+            .map_err(|source| TtsError::ParseVoiceConfig { path: config.to_path_buf(), source })?;
         if cfg.phoneme_type != "espeak" {
-            bail!(
-                "{}: phoneme_type {:?} is not supported (only espeak voices are)",
-                config.display(),
-                cfg.phoneme_type
-            );
+            return Err(TtsError::PhonemeType { path: config.to_path_buf(), kind: cfg.phoneme_type });
         }
         let mut ids = HashMap::new();
         for (phoneme, id) in cfg.phoneme_id_map {
@@ -295,16 +291,20 @@ impl PiperVoice {
         }
         for c in [PAD, BOS, EOS] {
             if !ids.contains_key(&c) {
-                bail!("{}: phoneme_id_map has no {c:?}", config.display());
+                return Err(TtsError::MissingPhoneme { path: config.to_path_buf(), phoneme: c });
             }
         }
         espeak::check_voice(&cfg.espeak.voice)
-            .with_context(|| format!("the voice {} needs espeak-ng", model.display()))?;
+            .map_err(|source| TtsError::VoiceNeedsEspeak { model: model.to_path_buf(), source })?;
         let session = onnx::session_with(models_dir, model, session)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for name in ["input", "input_lengths", "scales"] {
             if !inputs.contains(&name) {
-                bail!("{} is not a Piper voice: it has no input {name:?} (inputs: {inputs:?})", model.display());
+                return Err(TtsError::NotPiper {
+                    model: model.to_path_buf(),
+                    input: name,
+                    inputs: inputs.iter().map(ToString::to_string).collect(),
+                });
             }
         }
         let length_scale = overrides.length_scale.unwrap_or(cfg.inference.length_scale) / overrides.speed.max(0.05);
@@ -312,7 +312,7 @@ impl PiperVoice {
         if let Some(s) = speaker
             && (s < 0 || s >= i64::from(cfg.num_speakers))
         {
-            bail!("speaker {s} does not exist: the voice has {} speaker(s)", cfg.num_speakers);
+            return Err(TtsError::NoSpeaker { speaker: s, speakers: cfg.num_speakers });
         }
         Ok(Self {
             session,
@@ -335,7 +335,7 @@ impl PiperVoice {
 
     /// Phoneme ids for a text: `^`, `_`, each phoneme followed by `_`, `$`. Phonemes the voice
     /// does not know are skipped.
-    pub fn phoneme_ids(&self, text: &str) -> anyhow::Result<Vec<i64>> {
+    pub fn phoneme_ids(&self, text: &str) -> Result<Vec<i64>, TtsError> {
         let phonemes = espeak::phonemize(text, &self.espeak_voice)?;
         let mut ids = Vec::with_capacity(phonemes.len() * 2 + 3);
         ids.extend(&self.ids[&BOS]);
@@ -352,13 +352,13 @@ impl PiperVoice {
 
     /// Synthesizes one segment to f32 samples at [`Self::sample_rate`]. `options` can stop the
     /// run from another thread (`terminate`).
-    pub fn synthesize(&mut self, text: &str, options: &RunOptions) -> anyhow::Result<Vec<f32>> {
+    pub fn synthesize(&mut self, text: &str, options: &RunOptions) -> Result<Vec<f32>, TtsError> {
         let ids = self.phoneme_ids(text)?;
         if ids.len() <= 4 {
             return Ok(Vec::new());
         }
         let n = ids.len();
-        let err = |e: ort::Error| anyhow!("Piper inference failed: {e}");
+        let err = TtsError::PiperInference;
         let input = Tensor::from_array(([1usize, n], ids)).map_err(err)?;
         let lengths = Tensor::from_array(([1usize], vec![n as i64])).map_err(err)?;
         let scales = Tensor::from_array(([3usize], self.scales.to_vec())).map_err(err)?;
@@ -396,7 +396,7 @@ impl Piper {
 
     /// Synthesizes a segment without streaming it (benchmarks, tests): i16 samples at
     /// [`Self::sample_rate`].
-    pub async fn synthesize_clip(&self, text: &str) -> anyhow::Result<Vec<i16>> {
+    pub async fn synthesize_clip(&self, text: &str) -> Result<Vec<i16>, TtsError> {
         let audio = self.run(text).await?;
         Ok(to_i16(&audio))
     }
@@ -406,8 +406,8 @@ impl Piper {
         self.sample_rate
     }
 
-    async fn run(&self, text: &str) -> anyhow::Result<Vec<f32>> {
-        let options = Arc::new(RunOptions::new().map_err(|e| anyhow!("{e}"))?);
+    async fn run(&self, text: &str) -> Result<Vec<f32>, TtsError> {
+        let options = Arc::new(RunOptions::new().map_err(TtsError::PiperInference)?);
         // Dropping this future (an interruption) stops the inference instead of letting it
         // finish for nobody; its result is discarded with the task's handle.
         let _stop = TerminateOnDrop(options.clone());
@@ -418,7 +418,7 @@ impl Piper {
             voice.synthesize(&text, &options)
         })
         .await
-        .context("the synthesis thread failed")?
+        .map_err(TtsError::SynthesisThread)?
     }
 }
 
@@ -432,7 +432,7 @@ impl Drop for TerminateOnDrop {
 
 #[async_trait]
 impl Synthesizer for Piper {
-    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> anyhow::Result<()> {
+    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> Result<(), TtsError> {
         let audio = self.run(text).await?;
         out.push(&to_i16(&audio), self.sample_rate).await;
         Ok(())

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::TtsError;
 use super::text::{self, SentenceSplitter, SplitOptions};
+use crate::error::ErrorChain;
 use crate::frame::{AudioFrame, Direction, Frame};
 use crate::processor::{ProcessError, Processor, ProcessorContext};
 
@@ -16,7 +18,7 @@ use crate::processor::{ProcessError, Processor, ProcessorContext};
 pub trait Synthesizer: Send + 'static {
     /// Synthesizes `text` (already rewritten by [`text::speakable`]), handing its audio to `out`
     /// as it becomes ready. Dropping the future must abandon the work (an interruption).
-    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> anyhow::Result<()>;
+    async fn synthesize(&mut self, text: &str, out: &mut AudioOut<'_>) -> Result<(), TtsError>;
 }
 
 /// How text is streamed, shared by every TTS kind.
@@ -123,8 +125,9 @@ impl<S: Synthesizer> StreamingTts<S> {
         match result {
             Ok(()) => tracing::debug!(turn = self.turn, text = %shown, ?ttfb, "segment spoken"),
             Err(e) => {
-                tracing::warn!(turn = self.turn, text = %shown, error = %format!("{e:#}"), "speech synthesis failed");
-                ctx.push_error(format!("speech synthesis of {shown:?} failed: {e:#}")).await;
+                let error = ErrorChain(&e).to_string();
+                tracing::warn!(turn = self.turn, text = %shown, %error, "speech synthesis failed");
+                ctx.push_error(format!("speech synthesis of {shown:?} failed: {error}")).await;
             }
         }
         ctx.push_downstream(Frame::TtsStopped).await;

@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
 use async_trait::async_trait;
 use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
@@ -46,10 +45,54 @@ use tracing::{debug, info, warn};
 
 use super::mel::{self, MelSpectrogram};
 use crate::PIPELINE_SAMPLE_RATE;
+use crate::error::ErrorChain;
 use crate::frame::{AudioFrame, Direction, Frame};
 use crate::onnx;
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
+
+/// Why Smart Turn could not load or judge a turn.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// ONNX Runtime or the model file would not load.
+    #[error(transparent)]
+    Onnx(#[from] onnx::OnnxError),
+    /// The file is another model.
+    #[error(
+        "{} is not a Smart Turn v3 model (it has inputs {inputs:?} and outputs {outputs:?}, not `input_features` and \
+         `logits`); set `model` to {DEFAULT_MODEL}, which `scripts/fetch-models.sh` fetches",
+        .model.display()
+    )]
+    NotSmartTurn {
+        /// The model file.
+        model: PathBuf,
+        /// Its inputs.
+        inputs: Vec<String>,
+        /// Its outputs.
+        outputs: Vec<String>,
+    },
+    /// Features of the wrong size were given.
+    #[error("smart turn features must be {}×{N_FRAMES} values, got {got}", mel::N_MELS)]
+    Features {
+        /// Values given.
+        got: usize,
+    },
+    /// A run could not be set up (its options or its input tensor).
+    #[error("cannot set up a smart turn run")]
+    Setup(#[source] ort::Error),
+    /// The model failed.
+    #[error("smart turn inference failed")]
+    Inference(#[source] ort::Error),
+    /// The model's output cannot be read.
+    #[error("smart turn output")]
+    Output(#[source] ort::Error),
+    /// The output holds no finite probability.
+    #[error("smart turn returned no usable probability ({0:?})")]
+    NoProbability(Option<f32>),
+    /// The blocking task running the model panicked.
+    #[error("smart turn inference panicked")]
+    Panicked,
+}
 
 /// The model file `scripts/fetch-models.sh` puts in the models directory.
 pub const DEFAULT_MODEL: &str = "smart-turn-v3.2-cpu.onnx";
@@ -201,7 +244,8 @@ impl Settings for SmartTurnSettings {
     }
 
     fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
-        let model = SmartTurnModel::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)?;
+        let model = SmartTurnModel::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)
+            .map_err(BuildError::other)?;
         Ok(Box::new(SmartTurn::new(self, model)))
     }
 }
@@ -215,16 +259,12 @@ pub struct SmartTurnModel {
 
 impl SmartTurnModel {
     /// Loads the model with `threads` intra-op threads and checks that it is a Smart Turn model.
-    pub fn load(models_dir: &Path, model: &Path, threads: usize) -> anyhow::Result<Self> {
+    pub fn load(models_dir: &Path, model: &Path, threads: usize) -> Result<Self, TurnError> {
         let session = onnx::session(models_dir, model, threads)?;
-        let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if !inputs.contains(&"input_features") || !outputs.contains(&"logits") {
-            bail!(
-                "{} is not a Smart Turn v3 model (it has inputs {inputs:?} and outputs {outputs:?}, not \
-                 `input_features` and `logits`); set `model` to {DEFAULT_MODEL}, which `scripts/fetch-models.sh` fetches",
-                model.display()
-            );
+        let inputs: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        if !inputs.iter().any(|i| i == "input_features") || !outputs.iter().any(|o| o == "logits") {
+            return Err(TurnError::NotSmartTurn { model: model.to_path_buf(), inputs, outputs });
         }
         Ok(Self { session, mel: MelSpectrogram::new() })
     }
@@ -238,30 +278,29 @@ impl SmartTurnModel {
 
     /// Runs the model on features from [`SmartTurnModel::features`]; returns the probability that
     /// the utterance is complete.
-    pub fn infer(&mut self, features: Vec<f32>) -> anyhow::Result<f32> {
-        self.infer_with(features, &RunOptions::new().map_err(|e| anyhow!("{e}"))?)
+    pub fn infer(&mut self, features: Vec<f32>) -> Result<f32, TurnError> {
+        self.infer_with(features, &RunOptions::new().map_err(TurnError::Setup)?)
     }
 
     /// [`SmartTurnModel::infer`] that `options` can stop from another thread (`terminate`).
-    pub fn infer_with(&mut self, features: Vec<f32>, options: &RunOptions) -> anyhow::Result<f32> {
+    pub fn infer_with(&mut self, features: Vec<f32>, options: &RunOptions) -> Result<f32, TurnError> {
         if features.len() != mel::N_MELS * N_FRAMES {
-            bail!("smart turn features must be {}×{N_FRAMES} values, got {}", mel::N_MELS, features.len());
+            return Err(TurnError::Features { got: features.len() });
         }
-        let input = Tensor::from_array(([1usize, mel::N_MELS, N_FRAMES], features)).map_err(|e| anyhow!("{e}"))?;
+        let input = Tensor::from_array(([1usize, mel::N_MELS, N_FRAMES], features)).map_err(TurnError::Setup)?;
         let outputs = self
             .session
             .run_with_options(ort::inputs!["input_features" => input], options)
-            .map_err(|e| anyhow!("smart turn inference failed: {e}"))?;
-        let (_, probabilities) =
-            outputs["logits"].try_extract_tensor::<f32>().map_err(|e| anyhow!("smart turn output: {e}"))?;
+            .map_err(TurnError::Inference)?;
+        let (_, probabilities) = outputs["logits"].try_extract_tensor::<f32>().map_err(TurnError::Output)?;
         match probabilities.first() {
             Some(&p) if p.is_finite() => Ok(p),
-            other => bail!("smart turn returned no usable probability ({other:?})"),
+            other => Err(TurnError::NoProbability(other.copied())),
         }
     }
 
     /// Probability that the utterance ending `audio` (16 kHz mono) is complete.
-    pub fn predict(&mut self, audio: &[i16]) -> anyhow::Result<f32> {
+    pub fn predict(&mut self, audio: &[i16]) -> Result<f32, TurnError> {
         let features = self.features(audio);
         self.infer(features)
     }
@@ -343,7 +382,7 @@ pub struct SmartTurn {
 struct Inference {
     /// The probability, and how long the model took (it may finish well before it is collected).
     /// Closed without a value when the inference panicked.
-    task: tokio::sync::oneshot::Receiver<anyhow::Result<(f32, Duration)>>,
+    task: tokio::sync::oneshot::Receiver<Result<(f32, Duration), TurnError>>,
     /// Stops the run, when its verdict is no longer wanted.
     stop: Option<Arc<RunOptions>>,
     seconds: f32,
@@ -496,7 +535,7 @@ impl SmartTurn {
     fn infer(&self, audio: Vec<i16>) -> Inference {
         let seconds = audio.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
         let model = self.model.clone();
-        let options = RunOptions::new().map(Arc::new).map_err(|e| anyhow!("{e}"));
+        let options = RunOptions::new().map(Arc::new).map_err(TurnError::Setup);
         let stop = options.as_ref().ok().cloned();
         let (tx, task) = tokio::sync::oneshot::channel();
         let wake = WakeOnDrop(self.waker.clone());
@@ -571,7 +610,7 @@ impl SmartTurn {
             Turn::Deciding { inference, .. } => match inference.task.try_recv() {
                 Err(TryRecvError::Empty) => return,
                 Ok(result) => result,
-                Err(TryRecvError::Closed) => Err(anyhow!("smart turn inference panicked")),
+                Err(TryRecvError::Closed) => Err(TurnError::Panicked),
             },
             _ => return,
         };
@@ -617,8 +656,10 @@ impl SmartTurn {
                 }
             }
             Err(e) => {
-                warn!(error = %format!("{e:#}"), "smart turn failed; ending the turn on silence alone");
-                ctx.push_error(format!("end-of-turn detection failed, so the turn ends on silence alone: {e:#}")).await;
+                let error = ErrorChain(&e).to_string();
+                warn!(%error, "smart turn failed; ending the turn on silence alone");
+                ctx.push_error(format!("end-of-turn detection failed, so the turn ends on silence alone: {error}"))
+                    .await;
                 self.end_turn(ctx, start, speech_end_at).await;
             }
         }
@@ -806,7 +847,7 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
     const RUNS: usize = 15;
     let path = models_dir.join(DEFAULT_MODEL);
     if !path.is_file() {
-        bail!("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", path.display());
+        anyhow::bail!("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", path.display());
     }
     let audio = bench_audio(WINDOW_SAMPLES);
     println!("smart turn v3.2 ({}), 8 s window: {RUNS} runs after {WARMUP} warm-up runs", path.display());

@@ -25,12 +25,14 @@
 mod silero;
 mod webrtc;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::audio::resample::{StreamResampler, to_i16, to_mono_f32};
+use crate::error::ErrorChain;
 use crate::frame::{AudioFrame, Direction, Frame};
 use crate::processor::{ProcessError, Processor, ProcessorContext};
 
@@ -195,6 +197,37 @@ impl SpeechTracker {
     }
 }
 
+/// Why a voice activity detector could not load or judge a window.
+#[derive(Debug, thiserror::Error)]
+pub enum VadError {
+    /// The model file is missing.
+    #[error("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", .0.display())]
+    MissingModel(PathBuf),
+    /// ONNX Runtime or the model would not load.
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
+    /// Running the model failed.
+    #[error("Silero inference failed")]
+    Inference(#[from] ort::Error),
+    /// The model's output lacks the probability.
+    #[error("Silero returned no probability")]
+    NoProbability,
+    /// The model's recurrent state has the wrong size (another model than Silero v5).
+    #[error("Silero returned a state of {got} values, expected {expected}")]
+    State {
+        /// Values returned.
+        got: usize,
+        /// Values expected.
+        expected: usize,
+    },
+    /// The blocking job running the detector panicked.
+    #[error("voice activity detection panicked")]
+    Panicked,
+    /// WebRTC VAD rejected a window (a size it does not take).
+    #[error("WebRTC VAD refused a frame of {0} samples")]
+    Refused(usize),
+}
+
 /// A speech detector over fixed windows of 16 kHz mono audio.
 pub trait Detector: Send + 'static {
     /// True for model inference, which runs on a blocking thread; false for detectors cheap
@@ -203,7 +236,7 @@ pub trait Detector: Send + 'static {
     /// Samples per window at 16 kHz.
     fn window(&self) -> usize;
     /// Speech probability of one window of `window()` samples (0 or 1 for yes/no detectors).
-    fn speech_probability(&mut self, window: &[i16]) -> anyhow::Result<f32>;
+    fn speech_probability(&mut self, window: &[i16]) -> Result<f32, VadError>;
     /// Forgets the recurrent state (after a gap in the audio).
     fn reset(&mut self);
 }
@@ -296,7 +329,7 @@ impl<D: Detector> VadCore<D> {
     }
 
     /// Feeds one audio frame; returns the boundaries found in it, in order.
-    pub fn push(&mut self, frame: &AudioFrame) -> anyhow::Result<Vec<SpeechEvent>> {
+    pub fn push(&mut self, frame: &AudioFrame) -> Result<Vec<SpeechEvent>, VadError> {
         let samples = self.convert.convert(frame);
         let expected = self.buf_pts + samples_to_duration(self.buf.len());
         // A jump in the timeline (a capture device reopened, dropped frames): realign and start
@@ -356,7 +389,7 @@ struct Shared<D> {
 }
 
 impl<D: Detector> Shared<D> {
-    fn detect(&mut self, audio: &AudioFrame) -> anyhow::Result<()> {
+    fn detect(&mut self, audio: &AudioFrame) -> Result<(), VadError> {
         let events = self.core.push(audio)?;
         self.pending.extend(events);
         Ok(())
@@ -375,15 +408,17 @@ impl<D: Detector> VadProcessor<D> {
     }
 
     /// Runs the detector on one frame, on a blocking thread when it is a model.
-    async fn detect(&self, audio: &AudioFrame) -> anyhow::Result<()> {
+    async fn detect(&self, audio: &AudioFrame) -> Result<(), VadError> {
         if !D::BLOCKING {
             return self.lock().detect(audio);
         }
         let shared = self.shared.clone();
         let audio = audio.clone();
-        tokio::task::spawn_blocking(move || shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(&audio))
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("voice activity detection panicked: {e}")))
+        tokio::task::spawn_blocking(move || {
+            shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(&audio)
+        })
+        .await
+        .unwrap_or(Err(VadError::Panicked))
     }
 }
 
@@ -432,7 +467,7 @@ impl<D: Detector> Processor for VadProcessor<D> {
             // Report once per failure streak, not 50 times a second.
             Err(e) if !self.failed => {
                 self.failed = true;
-                return Err(ProcessError::recoverable(format!("voice activity detection failed: {e:#}")));
+                return Err(ProcessError::recoverable(format!("voice activity detection failed: {}", ErrorChain(&e))));
             }
             Err(e) => tracing::debug!(processor = ctx.id(), error = %e, "voice activity detection still failing"),
         }

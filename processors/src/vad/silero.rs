@@ -3,12 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::anyhow;
 use ort::session::Session;
 use ort::value::TensorRef;
 use serde::Deserialize;
 
-use super::{Decision, Detector, VadCore, VadProcessor, check_durations};
+use super::{Decision, Detector, VadCore, VadError, VadProcessor, check_durations};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::processor::{BoxProcessor, BuildContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -86,7 +85,8 @@ impl Settings for SileroVadSettings {
     }
 
     fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
-        let detector = SileroDetector::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)?;
+        let detector = SileroDetector::load(&ctx.models_dir, &ctx.model_path(&self.model), self.threads)
+            .map_err(BuildError::other)?;
         let decision = Decision {
             on: self.confidence,
             off: (self.confidence - HYSTERESIS).max(0.01),
@@ -112,12 +112,9 @@ pub struct SileroDetector {
 
 impl SileroDetector {
     /// Loads the model with `threads` ONNX Runtime threads.
-    pub fn load(models_dir: &Path, model: &Path, threads: usize) -> anyhow::Result<Self> {
+    pub fn load(models_dir: &Path, model: &Path, threads: usize) -> Result<Self, VadError> {
         if !model.is_file() {
-            return Err(anyhow!(
-                "model file {} does not exist; fetch it with `scripts/fetch-models.sh`",
-                model.display()
-            ));
+            return Err(VadError::MissingModel(model.to_path_buf()));
         }
         let session = crate::onnx::session(models_dir, model, threads)?;
         Ok(Self { session, input: vec![0.0; CONTEXT + WINDOW], state: vec![0.0; STATE] })
@@ -129,7 +126,7 @@ impl Detector for SileroDetector {
         WINDOW
     }
 
-    fn speech_probability(&mut self, window: &[i16]) -> anyhow::Result<f32> {
+    fn speech_probability(&mut self, window: &[i16]) -> Result<f32, VadError> {
         // The last CONTEXT samples of the previous call become this call's context.
         self.input.copy_within(WINDOW.., 0);
         for (dst, &s) in self.input[CONTEXT..].iter_mut().zip(window) {
@@ -141,10 +138,10 @@ impl Detector for SileroDetector {
         let sr = TensorRef::from_array_view(((), &sr[..]))?;
         let outputs = self.session.run(ort::inputs!["input" => input, "state" => state, "sr" => sr])?;
         let (_, prob) = outputs["output"].try_extract_tensor::<f32>()?;
-        let prob = *prob.first().ok_or_else(|| anyhow!("Silero returned no probability"))?;
+        let prob = *prob.first().ok_or(VadError::NoProbability)?;
         let (_, next) = outputs["stateN"].try_extract_tensor::<f32>()?;
         if next.len() != STATE {
-            return Err(anyhow!("Silero returned a state of {} values, expected {STATE}", next.len()));
+            return Err(VadError::State { got: next.len(), expected: STATE });
         }
         self.state.copy_from_slice(next);
         Ok(prob)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use webrtc_vad::{SampleRate, Vad, VadMode};
 
-use super::{Decision, Detector, VadCore, VadProcessor, check_durations};
+use super::{Decision, Detector, VadCore, VadError, VadProcessor, check_durations};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::processor::{BoxProcessor, BuildContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -114,11 +114,11 @@ impl Detector for WebRtcDetector {
         self.window
     }
 
-    fn speech_probability(&mut self, window: &[i16]) -> anyhow::Result<f32> {
+    fn speech_probability(&mut self, window: &[i16]) -> Result<f32, VadError> {
         match self.vad.0.is_voice_segment(window) {
             Ok(true) => Ok(1.0),
             Ok(false) => Ok(0.0),
-            Err(()) => Err(anyhow::anyhow!("WebRTC VAD refused a frame of {} samples", window.len())),
+            Err(()) => Err(VadError::Refused(window.len())),
         }
     }
 
