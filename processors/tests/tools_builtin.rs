@@ -114,6 +114,8 @@ async fn the_calculator_computes_and_explains_what_it_cannot() {
     assert!(call("1,234 × 5,678").await.unwrap().ends_with("= 7006652"));
     assert!(call("2 ^ 10 + (3 - 1) / 4").await.unwrap().ends_with("= 1024.5"));
     assert!(call("sqrt(16) * 2.5").await.unwrap().ends_with("= 10"));
+    // As Qwen2.5-Coder-0.5B wrote "what's 15% of 80".
+    assert!(call("15% * 80").await.unwrap().ends_with("= 12"));
     // Extra keys copied from the schema, as Qwen does, are ignored; a stringified object works.
     let answer = tools.call("calculate", json!({"expression": "7 * 6", "required": ["expression"]})).await.unwrap();
     assert!(answer.ends_with("= 42"));
@@ -140,7 +142,8 @@ async fn a_reminder_is_announced_at_its_time_even_from_a_tool_box_rebuilt_after_
     let mut first_rx = first.take_announcements().expect("reminders give announcements");
     assert!(first.start().await.is_empty());
     let set_at = Instant::now();
-    let answer = first.call("set_reminder", json!({"text": "take the cake out", "in_seconds": 2})).await.unwrap();
+    let answer =
+        first.call("set_reminder", json!({"text": "take the cake out", "when": "in 2 seconds"})).await.unwrap();
     assert!(answer.contains("in 2 seconds") && answer.contains("take the cake out"), "{answer}");
     let list = first.call("list_reminders", json!({})).await.unwrap();
     assert!(list.contains("take the cake out"), "{list}");
@@ -192,7 +195,15 @@ async fn a_reminder_due_while_slowcat_was_stopped_is_announced_at_start_and_a_ca
 
     let err = tools.call("set_reminder", json!({"text": "nothing"})).await.unwrap_err();
     assert!(matches!(err, ToolError::BadArguments(_)), "no time given: {err:?}");
-    let answer = tools.call("set_reminder", json!({"text": "stand-up", "at": "23:59"})).await.unwrap();
+    let err = tools.call("set_reminder", json!({"text": "nothing", "when": "10"})).await.unwrap_err();
+    assert!(err.to_string().contains("in 5 minutes"), "a bare number is refused with the format: {err}");
+    // What Qwen2.5-Coder-0.5B sent: a delay and a clock time copied from elsewhere; the delay wins.
+    let answer = tools
+        .call("set_reminder", json!({"text": "check the laundry", "in_minutes": 5, "at": "2026-01-05 09:00"}))
+        .await
+        .unwrap();
+    assert!(answer.contains("in 5 minutes"), "{answer}");
+    let answer = tools.call("set_reminder", json!({"text": "stand-up", "when": "at 23:59"})).await.unwrap();
     assert!(answer.contains("23:59:00"), "{answer}");
     tools.stop().await;
 }

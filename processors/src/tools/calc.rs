@@ -17,6 +17,16 @@ fn thousands() -> &'static regex::Regex {
     RE.get_or_init(|| regex::Regex::new(r"(\d),(\d{3})\b").expect("a valid regex"))
 }
 
+fn percent_of() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"(\d+(?:\.\d+)?)\s*%\s*of\b").expect("a valid regex"))
+}
+
+fn percent() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"(\d+(?:\.\d+)?)\s*%").expect("a valid regex"))
+}
+
 /// The `calculate` tool.
 pub struct Calculator;
 
@@ -34,6 +44,9 @@ pub fn evaluate(expression: &str) -> Result<String, String> {
     // Thousands separators ("1,234 * 5,678"): exmex would read the comma as an argument separator.
     let normalized = thousands().replace_all(&normalized, "$1$2").into_owned();
     let normalized = thousands().replace_all(&normalized, "$1$2");
+    // Percentages, as people ask for them: "15% of 80", "80 * 15%".
+    let normalized = percent_of().replace_all(&normalized, "($1/100)*");
+    let normalized = percent().replace_all(&normalized, "($1/100)");
     let value = exmex::eval_str::<f64>(normalized.trim())
         .map_err(|e| format!("cannot evaluate `{expression}`: {}", e.msg()))?;
     if !value.is_finite() {
@@ -70,7 +83,7 @@ impl Tool for Calculator {
                 "properties": {
                     "expression": {
                         "type": "string",
-                        "description": "The expression, e.g. \"1234 * 5678\" or \"sqrt(2) / 3\"; operators + - * / ^ % and functions sqrt, sin, cos, tan, ln, log, exp, abs"
+                        "description": "The expression, e.g. \"(3 + 4) * 2\" or \"sqrt(2) / 3\"; operators + - * / ^, percentages, and functions sqrt, sin, cos, tan, ln, log, exp, abs"
                     }
                 },
                 "required": ["expression"]
@@ -97,5 +110,12 @@ mod tests {
         assert_eq!(format_number(0.1 + 0.2), "0.3");
         assert_eq!(format_number(2.0f64.sqrt()), "1.414213562");
         assert_eq!(format_number(-2.5), "-2.5");
+    }
+
+    #[test]
+    fn percentages_are_fractions() {
+        assert_eq!(evaluate("15% of 80").unwrap(), "12");
+        assert_eq!(evaluate("15% * 80").unwrap(), "12");
+        assert_eq!(evaluate("200 + 10%").unwrap(), "200.1");
     }
 }

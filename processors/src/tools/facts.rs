@@ -125,9 +125,8 @@ impl Tool for Remember {
     fn spec(&self) -> ToolSpec {
         ToolSpec {
             name: "remember".into(),
-            description: "Store a fact the user wants kept for later conversations, e.g. \"The user's sister is \
-                          called Ana\"."
-                .into(),
+            // No example fact: small models store the example instead of what the user said.
+            description: "Store a fact the user wants kept for later conversations.".into(),
             parameters: json!({
                 "type": "object",
                 "properties": {"fact": {"type": "string", "description": "The fact, as a full sentence"}},
@@ -171,7 +170,7 @@ impl Tool for Recall {
                 .into(),
             parameters: json!({
                 "type": "object",
-                "properties": {"query": {"type": "string", "description": "Words to look for, e.g. \"sister name\""}}
+                "properties": {"query": {"type": "string", "description": "Words to look for"}}
             }),
             source: "builtin".into(),
         }

@@ -208,9 +208,61 @@ fn number_arg(args: &serde_json::Map<String, serde_json::Value>, names: &[&str])
     Ok(None)
 }
 
-/// When `at` means: "14:30" (today, or tomorrow once passed), "2026-01-05 09:00", or RFC 3339.
+/// The delay a phrase such as "in 5 minutes", "10 seconds", "1 hour 30 minutes", "half an hour"
+/// or "five minutes" gives, in seconds.
+fn parse_delay(text: &str) -> Option<f64> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"(\d+(?:\.\d+)?|an?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|forty-five|fifty|sixty|ninety)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b",
+        )
+        .expect("a valid regex")
+    });
+    let text = text.to_lowercase();
+    if text.contains("half an hour") || text.contains("half hour") {
+        return Some(1800.0);
+    }
+    let mut total = 0.0;
+    for c in re.captures_iter(&text) {
+        let n = match &c[1] {
+            "a" | "an" | "one" => 1.0,
+            "two" => 2.0,
+            "three" => 3.0,
+            "four" => 4.0,
+            "five" => 5.0,
+            "six" => 6.0,
+            "seven" => 7.0,
+            "eight" => 8.0,
+            "nine" => 9.0,
+            "ten" => 10.0,
+            "eleven" => 11.0,
+            "twelve" => 12.0,
+            "fifteen" => 15.0,
+            "twenty" => 20.0,
+            "thirty" => 30.0,
+            "forty" => 40.0,
+            "forty-five" => 45.0,
+            "fifty" => 50.0,
+            "sixty" => 60.0,
+            "ninety" => 90.0,
+            digits => digits.parse().ok()?,
+        };
+        let unit = match c[2].chars().next()? {
+            's' => 1.0,
+            'm' => 60.0,
+            _ => 3600.0,
+        };
+        total += n * unit;
+    }
+    (total > 0.0).then_some(total)
+}
+
+/// The time a clock time means: "14:30", "6 pm", "6:30pm" (today, or tomorrow once passed),
+/// "2026-01-05 09:00", or RFC 3339.
 fn parse_at(at: &str, now: DateTime<Local>) -> Option<DateTime<Local>> {
+    static CLOCK: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let at = at.trim();
+    let at = at.strip_prefix("at ").unwrap_or(at).trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(at) {
         return Some(t.with_timezone(&Local));
     }
@@ -219,18 +271,28 @@ fn parse_at(at: &str, now: DateTime<Local>) -> Option<DateTime<Local>> {
             return Local.from_local_datetime(&t).earliest();
         }
     }
-    let upper = at.to_uppercase();
-    for format in ["%H:%M:%S", "%H:%M", "%I:%M %p", "%I:%M%p", "%I %p", "%I%p"] {
-        if let Ok(time) = NaiveTime::parse_from_str(&upper, format) {
-            let today: NaiveDate = now.date_naive();
-            let mut when = Local.from_local_datetime(&today.and_time(time)).earliest()?;
-            if when <= now {
-                when = Local.from_local_datetime(&today.succ_opt()?.and_time(time)).earliest()?;
-            }
-            return Some(when);
-        }
+    let clock = CLOCK.get_or_init(|| {
+        regex::Regex::new(r"^(\d{1,2})(?:[:.h](\d{2}))?(?::(\d{2}))?\s*([ap]\.?m\.?)?$").expect("a valid regex")
+    });
+    let lower = at.to_lowercase();
+    let c = clock.captures(&lower)?;
+    let mut hour: u32 = c[1].parse().ok()?;
+    let minute: u32 = c.get(2).map_or(Some(0), |m| m.as_str().parse().ok())?;
+    let second: u32 = c.get(3).map_or(Some(0), |m| m.as_str().parse().ok())?;
+    match c.get(4).map(|m| m.as_str().starts_with('p')) {
+        Some(pm) if (1..=12).contains(&hour) => hour = hour % 12 + if pm { 12 } else { 0 },
+        Some(_) => return None,
+        // A bare "10" is no clock time: it is more likely a delay with its unit missing.
+        None if c.get(2).is_none() => return None,
+        None => {}
     }
-    None
+    let time = NaiveTime::from_hms_opt(hour, minute, second)?;
+    let today: NaiveDate = now.date_naive();
+    let mut when = Local.from_local_datetime(&today.and_time(time)).earliest()?;
+    if when <= now {
+        when = Local.from_local_datetime(&today.succ_opt()?.and_time(time)).earliest()?;
+    }
+    Some(when)
 }
 
 /// The three reminder tools, sharing one store.
@@ -249,19 +311,16 @@ impl Tool for SetReminder {
     fn spec(&self) -> ToolSpec {
         ToolSpec {
             name: "set_reminder".into(),
-            description: "Set a reminder or timer: at the time, the assistant says the text aloud. Give either a \
-                          delay (in_seconds, in_minutes, in_hours) or a clock time (at)."
-                .into(),
+            description: "Set a reminder or timer: when it is due, the assistant says the text aloud.".into(),
+            // One phrase for the time rather than numbers per unit: small models fill it far more
+            // reliably. No concrete example times: small models copy examples into their calls.
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "text": {"type": "string", "description": "What to remind the user of, e.g. \"take the cake out of the oven\""},
-                    "in_seconds": {"type": "number", "description": "Delay in seconds"},
-                    "in_minutes": {"type": "number", "description": "Delay in minutes"},
-                    "in_hours": {"type": "number", "description": "Delay in hours"},
-                    "at": {"type": "string", "description": "Clock time, e.g. \"14:30\" or \"2026-01-05 09:00\""}
+                    "text": {"type": "string", "description": "What to remind the user of"},
+                    "when": {"type": "string", "description": "A delay such as \"in 5 minutes\" or \"in 30 seconds\", or a clock time such as \"at 14:30\""}
                 },
-                "required": ["text"]
+                "required": ["text", "when"]
             }),
             source: "builtin".into(),
         }
@@ -272,19 +331,25 @@ impl Tool for SetReminder {
         let text = text_arg(&args, &["text", "message", "reminder", "what", "task", "note"])
             .unwrap_or_else(|| "your timer is done".to_string());
         let now = Local::now();
-        let secs = number_arg(&args, &["in_seconds", "seconds", "delay_seconds"])?.unwrap_or(0.0)
+        // Numbers per unit are accepted too (models and people send them).
+        let mut secs = number_arg(&args, &["in_seconds", "seconds", "delay_seconds"])?.unwrap_or(0.0)
             + 60.0 * number_arg(&args, &["in_minutes", "minutes", "delay_minutes"])?.unwrap_or(0.0)
             + 3600.0 * number_arg(&args, &["in_hours", "hours", "delay_hours"])?.unwrap_or(0.0);
-        let due = if let Some(at) = text_arg(&args, &["at", "time", "when"]) {
-            parse_at(&at, now).ok_or_else(|| {
-                ToolError::BadArguments(format!("cannot read the time `{at}`: use \"HH:MM\" or \"YYYY-MM-DD HH:MM\""))
-            })?
-        } else if secs > 0.0 && secs < 10.0 * 365.0 * 86400.0 {
+        let when = text_arg(&args, &["when", "at", "time", "delay", "in"]);
+        if secs <= 0.0 {
+            secs = when.as_deref().and_then(parse_delay).unwrap_or(0.0);
+        }
+        // A delay wins over a clock time: a small model sends both, the time copied from somewhere.
+        let due = if secs > 0.0 && secs < 10.0 * 365.0 * 86400.0 {
             now + chrono::Duration::milliseconds((secs * 1000.0) as i64)
+        } else if let Some(when) = &when {
+            parse_at(when, now).ok_or_else(|| {
+                ToolError::BadArguments(format!(
+                    "cannot read the time `{when}`: say \"in 5 minutes\", \"in 30 seconds\" or \"at 14:30\""
+                ))
+            })?
         } else {
-            return Err(ToolError::BadArguments(
-                "say when: a positive in_seconds, in_minutes or in_hours, or a clock time in `at`".into(),
-            ));
+            return Err(ToolError::BadArguments("say when, e.g. `when`: \"in 5 minutes\" or \"at 14:30\"".into()));
         };
         let id = self.0.add(text.clone(), due).await?;
         let r = Reminder { id, text, due_ms: due.timestamp_millis() };
@@ -384,5 +449,20 @@ mod tests {
         assert_eq!(at.format("%Y-%m-%d %H:%M").to_string(), "2025-03-04 14:30");
         let at = parse_at("4:15 pm", now).unwrap();
         assert_eq!(at.format("%Y-%m-%d %H:%M").to_string(), "2025-03-03 16:15");
+        let at = parse_at("at 6 pm", now).unwrap();
+        assert_eq!(at.format("%Y-%m-%d %H:%M").to_string(), "2025-03-03 18:00");
+        assert!(parse_at("10", now).is_none() && parse_at("25:00", now).is_none() && parse_at("13 pm", now).is_none());
+    }
+
+    #[test]
+    fn delays_are_read_from_phrases() {
+        assert_eq!(parse_delay("in 5 minutes"), Some(300.0));
+        assert_eq!(parse_delay("five minutes"), Some(300.0));
+        assert_eq!(parse_delay("10 seconds"), Some(10.0));
+        assert_eq!(parse_delay("in 1 hour 30 minutes"), Some(5400.0));
+        assert_eq!(parse_delay("in half an hour"), Some(1800.0));
+        assert_eq!(parse_delay("2h"), Some(7200.0));
+        assert_eq!(parse_delay("at 14:30"), None);
+        assert_eq!(parse_delay("soon"), None);
     }
 }

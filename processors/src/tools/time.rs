@@ -116,7 +116,7 @@ impl Tool for CurrentTime {
                 "properties": {
                     "timezone": {
                         "type": "string",
-                        "description": "An IANA time zone such as \"Asia/Tokyo\", or a city such as \"Tokyo\"; omit for the user's own time zone"
+                        "description": "An IANA time zone such as \"Europe/Paris\", or a city such as \"Paris\"; omit for the user's own time zone"
                     }
                 }
             }),

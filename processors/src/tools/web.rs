@@ -256,7 +256,7 @@ impl Tool for FetchPage {
             description: "Get the readable text of a web page (http or https URL), to read or summarise it.".into(),
             parameters: json!({
                 "type": "object",
-                "properties": {"url": {"type": "string", "description": "The page's address, e.g. \"https://example.org/\""}},
+                "properties": {"url": {"type": "string", "description": "The page's address"}},
                 "required": ["url"]
             }),
             source: "builtin".into(),
