@@ -6,13 +6,14 @@
 //!   by default, or `scripts/llm-server.sh`): `LlmResponseStart { turn }`, one `LlmText` per
 //!   streamed piece, `LlmResponseEnd`. On a fault: `Error`, `LlmResponseEnd`, then `Speak` with a
 //!   short apology, and the next turn is served as usual.
-//! - [`probe`] lists the models a server serves, for `slowcat check`; [`bench::bench`] measures
-//!   the client's own share of the time to first token.
+//! - [`probe`] lists the models a server serves, for `slowcat check` (the benchmarks in
+//!   slowcat-bench measure the client's own share of the time to first token).
 
 mod aggregator;
-pub mod bench;
 mod client;
 mod wire;
 
 pub use aggregator::{DEFAULT_SYSTEM_PROMPT, UserTurn, UserTurnSettings};
 pub use client::{DEFAULT_BASE_URL, LlmError, OpenAiLlm, OpenAiLlmSettings, probe};
+/// The streamed reply's events as the client reads them (public for the time-to-first-token benchmark).
+pub use wire::{Chunk, ChunkError, parse_chunk};

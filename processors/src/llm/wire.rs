@@ -24,7 +24,7 @@ pub(crate) struct ChatRequest<'a> {
 
 /// What one server-sent event of a streamed reply means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Chunk {
+pub enum Chunk {
     /// `data: [DONE]`: the reply is complete.
     Done,
     /// A piece of the reply; `content` is empty for role-only and bookkeeping chunks.
@@ -38,7 +38,7 @@ pub(crate) enum Chunk {
 
 /// Why an event could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ChunkError {
+pub enum ChunkError {
     /// The data is not the JSON of a completion chunk.
     #[error("event data is not a chat completion chunk ({reason}): {snippet}")]
     Malformed { reason: String, snippet: String },
@@ -72,7 +72,7 @@ struct Delta {
 }
 
 /// Interprets the data of one event of a streamed reply.
-pub(crate) fn parse_chunk(data: &str) -> Result<Chunk, ChunkError> {
+pub fn parse_chunk(data: &str) -> Result<Chunk, ChunkError> {
     let data = data.trim();
     if data == "[DONE]" {
         return Ok(Chunk::Done);

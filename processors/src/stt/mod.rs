@@ -1,9 +1,7 @@
 //! Speech to text: `whisper_stt` (whisper.cpp through whisper-rs).
 
-mod bench;
 pub mod engine;
 mod whisper;
 
-pub use bench::bench;
 pub use engine::{AUDIO_CTX_FLOOR, AudioCtx, Guards, Recognized, WhisperEngine, clean_transcript, repeats_itself};
 pub use whisper::{EndTurnOn, STT_TIME_METRIC, WhisperStt, WhisperSttSettings};
