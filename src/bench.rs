@@ -1,93 +1,99 @@
-//! `slowcat bench pipeline`: the cost of the runtime itself, with pass-through processors.
+//! The assistant `slowcat bench conversation` and `soak` measure: config.toml as the runtime
+//! loads it, its microphone and speaker swapped for the benchmark's WAV files. The benchmarks
+//! themselves are in slowcat-bench, which asks for the assistant through
+//! [`Assistant`](slowcat_bench::conversation::Assistant) since it cannot read config.toml itself.
 
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
 
-use slowcat_processors::basic::Passthrough;
-use slowcat_processors::thread_cpu_time;
-use slowcat_processors::{BoxProcessor, Direction, Frame, Pipeline, PipelineOptions};
+use anyhow::{Context as _, anyhow};
+use slowcat_bench::conversation::{Assistant, Prepared, Rewiring};
+use slowcat_processors::Settings as _;
+use slowcat_processors::audio::{WavInputSettings, WavOutputSettings};
 
-fn chain(n: usize) -> Pipeline {
-    let procs: Vec<(String, BoxProcessor)> =
-        (0..n).map(|i| (format!("pass{i}"), Box::new(Passthrough) as BoxProcessor)).collect();
-    Pipeline::spawn(procs, PipelineOptions::default())
+use crate::config::{self, Override, Rewire};
+
+/// The assistant to measure: a config file, changes to it, and optionally another LLM server.
+#[derive(Debug, Clone)]
+pub struct AssistantConfig {
+    /// config.toml.
+    pub config: PathBuf,
+    /// `--set` changes.
+    pub overrides: Vec<Override>,
+    /// Base URL for every `openai_llm` processor.
+    pub llm_url: Option<String>,
 }
 
-/// Percentile of sorted durations.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+impl AssistantConfig {
+    /// The config with its microphone and speaker replaced as `run` says, its data in
+    /// `run.data_dir`, plus `extra` changes (before the user's own).
+    fn load(&self, run: &Rewiring, extra: &[Override]) -> anyhow::Result<config::Config> {
+        let mut overrides: Vec<Override> =
+            vec![format!("data_dir={:?}", run.data_dir.to_string_lossy()).parse().map_err(anyhow::Error::msg)?];
+        overrides.extend_from_slice(extra);
+        overrides.extend_from_slice(&self.overrides);
+        let rewire = Rewire {
+            input: Some(run.input.paths.first().cloned().context("no spoken question to play")?),
+            output: Some(run.output.path.clone()),
+            llm_url: self.llm_url.clone(),
+        };
+        let mut cfg = config::load(&self.config, &overrides, &rewire).map_err(|e| anyhow!("{e}"))?;
+        let name = self.config.display();
+        let input_at = cfg
+            .processors
+            .iter()
+            .position(|p| p.kind.name == WavInputSettings::TYPE)
+            .with_context(|| format!("{name} has no `mic` (or `wav_input`) for the spoken questions to replace"))?;
+        let output_at = cfg
+            .processors
+            .iter()
+            .rposition(|p| p.kind.name == WavOutputSettings::TYPE)
+            .with_context(|| format!("{name} has no `speaker` (or `wav_output`) for a WAV file to replace"))?;
+        // Rewire gives one input file and an output that reports "stopped speaking" as soon as the
+        // reply is written; the benchmarks need the scripted list and, in real time, a
+        // loudspeaker's timing.
+        let checked = |s: Box<dyn slowcat_processors::registry::AnySettings>,
+                       build: &slowcat_processors::BuildContext| {
+            slowcat_processors::CheckedSettings::check(s, build).map_err(|problems| {
+                let lines: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+                anyhow!("{}", lines.join("; "))
+            })
+        };
+        cfg.processors[input_at].settings = checked(Box::new(run.input.clone()), &cfg.build)?;
+        cfg.processors[output_at].settings = checked(Box::new(run.output.clone()), &cfg.build)?;
+        Ok(cfg)
     }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx]
 }
 
-/// Frames per second through `n` processors, of wall-clock time and of on-CPU time: a producer
-/// task sends `frames` data frames while the output is drained.
-async fn throughput(n: usize, frames: usize) -> (f64, Option<f64>) {
-    let mut p = chain(n);
-    p.start().await;
-    let _ = p.recv().await; // Start
-    let started = Instant::now();
-    let cpu_started = thread_cpu_time();
-    let head = p.sender_for_bench();
-    let producer = tokio::spawn(async move {
-        let text: std::sync::Arc<str> = "x".into();
-        for _ in 0..frames {
-            head.downstream(Frame::LlmText(text.to_string())).await;
-        }
-    });
-    let mut got = 0;
-    while got < frames {
-        match p.recv().await {
-            Some((Frame::LlmText(_), Direction::Downstream)) => got += 1,
-            Some(_) => {}
-            None => break,
-        }
+impl Assistant for AssistantConfig {
+    fn config_path(&self) -> &Path {
+        &self.config
     }
-    let elapsed = started.elapsed();
-    let cpu = thread_cpu_time().zip(cpu_started).map(|(end, start)| end.saturating_sub(start));
-    let _ = producer.await;
-    let _ = p.cancel().await;
-    (got as f64 / elapsed.as_secs_f64(), cpu.map(|c| got as f64 / c.as_secs_f64()))
-}
 
-/// One frame at a time through `n` processors: p50 and p99 of the round trip.
-async fn latency(n: usize, samples: usize) -> (Duration, Duration) {
-    let mut p = chain(n);
-    p.start().await;
-    let _ = p.recv().await;
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..samples + samples / 10 {
-        let t = Instant::now();
-        p.send(Frame::LlmText(String::new())).await;
-        while !matches!(p.recv().await, Some((Frame::LlmText(_), _)) | None) {}
-        if i >= samples / 10 {
-            times.push(t.elapsed());
-        }
+    fn llm_url(&self) -> Option<&str> {
+        self.llm_url.as_deref()
     }
-    let _ = p.cancel().await;
-    times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99))
-}
 
-/// Prints throughput and latency for chains of 1, 6 and 20 pass-through processors.
-pub async fn pipeline(frames: usize, samples: usize) {
-    println!("slowcat bench pipeline: {frames} frames per throughput run, {samples} latency samples");
-    if let Some(load) = slowcat_processors::load_average() {
-        println!("load average at start: {load} (on-CPU: frames per second the routing thread ran)");
+    /// The models directory the config names (loaded with its devices as they are).
+    fn models_dir(&self) -> anyhow::Result<PathBuf> {
+        let cfg = config::load(&self.config, &self.overrides, &Rewire::default()).map_err(|e| anyhow!("{e}"))?;
+        Ok(cfg.build.models_dir)
     }
-    println!("{:>10} {:>14} {:>16} {:>12} {:>12}", "processors", "frames/s", "on-CPU frames/s", "p50 µs", "p99 µs");
-    for n in [1, 6, 20] {
-        let (fps, cpu_fps) = throughput(n, frames).await;
-        let (p50, p99) = latency(n, samples).await;
-        let cpu_fps = cpu_fps.map_or_else(|| "-".to_string(), |f| format!("{f:.0}"));
-        println!(
-            "{:>10} {:>14.0} {:>16} {:>12.1} {:>12.1}",
-            n,
-            fps,
-            cpu_fps,
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6
-        );
+
+    fn prepare(&self, run: &Rewiring) -> anyhow::Result<Prepared> {
+        let extra: Vec<Override> = match run.max_tokens {
+            None => Vec::new(),
+            // The LLM processors' ids are the config's: load it once to learn them.
+            Some(max_tokens) => self
+                .load(run, &[])?
+                .llm_endpoints()
+                .iter()
+                .map(|(id, _, _)| {
+                    format!("processors.{id}.max_tokens={max_tokens}").parse().map_err(anyhow::Error::msg)
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let cfg = self.load(run, &extra)?;
+        let ids: Vec<String> = cfg.processors.iter().map(|p| format!("{}({})", p.id, p.kind.name)).collect();
+        Ok(Prepared { description: ids.join(" → "), build: Box::pin(crate::app::build_processors(cfg)) })
     }
 }

@@ -276,7 +276,7 @@ pub enum BenchCommand {
         /// `human`, recordings of real people (tests/speech, fetched by scripts/fetch-speech.sh:
         /// commands with pauses between words, numbers, sentences), with what each really says.
         #[arg(long, value_enum, default_value = "piper")]
-        speech: crate::bench_conversation::Speech,
+        speech: slowcat_bench::conversation::Speech,
     },
     /// Many turns through the assistant as fast as it goes (audio not paced, short replies):
     /// resident memory and per-turn latency as the turns pile up.
@@ -345,32 +345,32 @@ fn load_config(args: &RunArgs) -> Result<config::Config, ExitCode> {
     })
 }
 
-fn assistant(config: ConfigArgs, llm_url: Option<String>) -> crate::bench_conversation::AssistantConfig {
-    crate::bench_conversation::AssistantConfig { config: config.config, overrides: config.overrides, llm_url }
+fn assistant(config: ConfigArgs, llm_url: Option<String>) -> crate::bench::AssistantConfig {
+    crate::bench::AssistantConfig { config: config.config, overrides: config.overrides, llm_url }
 }
 
 fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Result<()> {
-    use slowcat_processors::{llm, memory, stt, tts, turn};
+    use slowcat_bench::{conversation, llm, memory, pipeline, stt, tts, turn};
     match bench {
-        BenchCommand::Pipeline { frames, samples } => rt.block_on(crate::bench::pipeline(frames, samples)),
+        BenchCommand::Pipeline { frames, samples } => rt.block_on(pipeline::pipeline(frames, samples)),
         BenchCommand::Memory { sizes, runs, injections, dir } => {
-            let opts = memory::bench::BenchOptions { sizes, runs, injections, dir, ..Default::default() };
-            memory::bench::run(&opts, &mut std::io::stdout())?;
+            let opts = memory::BenchOptions { sizes, runs, injections, dir, ..Default::default() };
+            memory::run(&opts, &mut std::io::stdout())?;
         }
-        BenchCommand::Llm { url, requests } => rt.block_on(llm::bench::bench(&url, requests))?,
+        BenchCommand::Llm { url, requests } => rt.block_on(llm::bench(&url, requests))?,
         BenchCommand::Tts(m) => tts::bench(&m.models_dir)?,
         BenchCommand::Turn(m) => turn::bench(&m.models_dir)?,
         BenchCommand::Stt(m) => stt::bench(&m.models_dir)?,
         BenchCommand::Conversation { config, turns, runs, llm_url, speech } => {
             let base = assistant(config, llm_url);
-            rt.block_on(crate::bench_conversation::conversation(&base, turns, runs, speech))?
+            rt.block_on(conversation::conversation(&base, turns, runs, speech))?
         }
         BenchCommand::Soak { config, turns, max_tokens, at, llm_url } => {
             let base = assistant(config, llm_url);
-            rt.block_on(crate::bench_conversation::soak(&base, turns, max_tokens, &at))?
+            rt.block_on(conversation::soak(&base, turns, max_tokens, &at))?
         }
         BenchCommand::History { llm_url, turns, max_tokens, at } => {
-            rt.block_on(crate::bench_conversation::history(&llm_url, turns, max_tokens, &at))?
+            rt.block_on(conversation::history(&llm_url, turns, max_tokens, &at))?
         }
     }
     Ok(())

@@ -3,7 +3,6 @@
 
 pub mod app;
 pub mod bench;
-pub mod bench_conversation;
 pub mod cli;
 pub mod config;
 pub mod metrics;

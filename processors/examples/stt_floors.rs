@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let mut engine = WhisperEngine::load(&model, threads, "en", AudioCtx::Auto)?;
     engine.set_guards(guards);
     println!("{} on {threads} threads, {guards:?}, median of {runs} runs", model.display());
-    println!("load average {}", slowcat_processors::load_average().unwrap_or_default());
+    println!("load average {}", slowcat_bench::host::load_average().unwrap_or_default());
     let mut summary = Vec::new();
     for floor in &floors {
         let label = floor.map_or("auto".to_string(), |f| if f == 0 { "full".into() } else { f.to_string() });
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
                 first.get_or_insert(r);
             }
             let r = first.expect("at least one run");
-            let median = slowcat_processors::median_duration(times);
+            let median = slowcat_bench::stats::median(times).unwrap_or_default();
             let looped = repeats_itself(&r.raw);
             // Whole sentences said again (kept once by the cleaning, so not counted as errors).
             let again = !looped && words(&r.raw).len() > words(&r.text).len();

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use llm_support::{assert_reply, llm, real_server_turn, real_server_url, request, texts, turn};
+use slowcat_bench::llm::{TapKind, TapProxy};
 use slowcat_processors::harness::Harness;
-use slowcat_processors::llm::bench::{TapKind, TapProxy};
 use slowcat_processors::llm::{OpenAiLlmSettings, UserTurn, UserTurnSettings, probe};
 use slowcat_processors::{Direction, Frame, Transcription};
 

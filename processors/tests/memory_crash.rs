@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slowcat_processors::memory::bench::Generator;
+use slowcat_bench::memory::Generator;
 use slowcat_processors::memory::{MemoryDb, MemoryStore, StoreOptions};
 
 const SEED: u64 = 99;

@@ -7,8 +7,8 @@ mod memory_util;
 use std::time::Duration;
 
 use memory_util::*;
+use slowcat_bench::memory::Generator;
 use slowcat_processors::harness::Harness;
-use slowcat_processors::memory::bench::Generator;
 use slowcat_processors::memory::{MemoryDb, NewExchange, StatelessMemorySettings, StoreOptions, estimate_tokens};
 use slowcat_processors::{ChatMessage, Direction, Frame, LlmRequest, Role};
 

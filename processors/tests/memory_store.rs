@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memory_util::*;
-use slowcat_processors::memory::bench::Generator;
+use slowcat_bench::memory::Generator;
 use slowcat_processors::memory::cli::{self, MemoryCommand};
 use slowcat_processors::memory::{
     MemoryDb, MemoryStore, NewExchange, Retention, StatelessMemorySettings, StoreOptions,
@@ -225,7 +225,7 @@ async fn full_disk_child() {
     let dir = std::path::PathBuf::from(std::env::var("SLOWCAT_MEMORY_FULL_DIR").expect("run by the parent test"));
     let mut h = start(&dir, settings(&dir)).await;
     // Random letters: lz4 cannot shrink them, so the file grows by about 20 kB per turn.
-    let mut rng = slowcat_processors::memory::bench::Rng::new(1);
+    let mut rng = slowcat_bench::memory::Rng::new(1);
     let mut noise = || -> String {
         (0..2000).map(|i| if i % 6 == 5 { ' ' } else { char::from(b'a' + rng.below(26) as u8) }).collect()
     };

@@ -477,15 +477,6 @@ fn the_kind_is_registered() {
     assert!(kind.about.contains("Smart Turn"));
 }
 
-/// The benchmark (`slowcat bench turn` in the binary), runnable without it:
-/// `cargo test --release -p slowcat-processors --test turn_smart_turn bench -- --ignored --nocapture`.
-#[test]
-#[ignore = "a benchmark: prints figures, asserts nothing"]
-fn bench() {
-    model_path();
-    slowcat_processors::turn::bench(&models_dir()).unwrap();
-}
-
 /// The first part of a command said with a pause, as Smart Turn may hear it: complete.
 const FIRST_PART: &str = "Turn left.";
 const SECOND_PART: &str = "at the next corner.";

@@ -6,8 +6,8 @@
 //!   by default, or `scripts/llm-server.sh`): `LlmResponseStart { turn }`, one `LlmText` per
 //!   streamed piece, `LlmResponseEnd`. On a fault: `Error`, `LlmResponseEnd`, then `Speak` with a
 //!   short apology, and the next turn is served as usual.
-//! - [`probe`] lists the models a server serves, for `slowcat check`; [`bench::bench`] measures
-//!   the client's own share of the time to first token.
+//! - [`probe`] lists the models a server serves, for `slowcat check` (the benchmarks in
+//!   slowcat-bench measure the client's own share of the time to first token).
 
 //!
 //! The client is split by concern: [`settings`](OpenAiLlmSettings), `error` ([`LlmError`]),
@@ -15,7 +15,6 @@
 //! chunks), `priming` (warm-up and read-ahead requests) and `openai_llm` (the processor).
 
 mod aggregator;
-pub mod bench;
 mod calls;
 mod error;
 mod http;
@@ -30,3 +29,5 @@ pub use error::{LlmError, SetupError};
 pub use http::probe;
 pub use openai_llm::{OpenAiLlm, metrics};
 pub use settings::{DEFAULT_BASE_URL, OpenAiLlmSettings};
+/// The streamed reply's events as the client reads them (public for the time-to-first-token benchmark).
+pub use wire::{CallDelta, Chunk, ChunkError, parse_chunk};

@@ -112,16 +112,20 @@ pub(crate) struct ToolCall {
 
 /// A piece of a streamed tool call: the call at `index` gets these pieces appended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct CallDelta {
+pub struct CallDelta {
+    /// Which call of the reply the pieces belong to.
     pub index: usize,
+    /// The call's id, in its first piece.
     pub id: Option<String>,
+    /// The function's name, in its first piece.
     pub name: Option<String>,
+    /// A piece of the arguments' JSON text.
     pub arguments: Option<String>,
 }
 
 /// What one server-sent event of a streamed reply means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Chunk {
+pub enum Chunk {
     /// `data: [DONE]`: the reply is complete.
     Done,
     /// A piece of the reply; `content` is empty for role-only and bookkeeping chunks.
@@ -144,7 +148,7 @@ pub(crate) enum Chunk {
 
 /// Why an event could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ChunkError {
+pub enum ChunkError {
     /// The data is not the JSON of a completion chunk.
     #[error("event data is not a chat completion chunk ({reason}): {snippet}")]
     Malformed { reason: String, snippet: String },
@@ -220,7 +224,7 @@ fn call_deltas(raw: Option<Vec<RawCallDelta>>) -> Vec<CallDelta> {
 }
 
 /// Interprets the data of one event of a streamed reply.
-pub(crate) fn parse_chunk(data: &str) -> Result<Chunk, ChunkError> {
+pub fn parse_chunk(data: &str) -> Result<Chunk, ChunkError> {
     let data = data.trim();
     if data == "[DONE]" {
         return Ok(Chunk::Done);

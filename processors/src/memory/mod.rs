@@ -15,7 +15,6 @@
 //! the exchange before it. Reads run on `spawn_blocking`. See [`store`] for the layout and
 //! [`index`] for relevance.
 
-pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod index;

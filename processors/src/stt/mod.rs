@@ -1,10 +1,8 @@
 //! Speech to text: `whisper_stt` (whisper.cpp through whisper-rs).
 
-mod bench;
 pub mod engine;
 mod whisper;
 
-pub use bench::bench;
 pub use engine::{
     AUDIO_CTX_FLOOR, AudioCtx, Guards, Recognized, SttError, WhisperEngine, clean_transcript, repeats_itself,
 };

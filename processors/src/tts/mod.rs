@@ -1,7 +1,6 @@
 //! Speech out: LLM text gathered into sentences and synthesized one by one as soon as each is
 //! complete, with Piper, espeak-ng or an OpenAI-compatible server.
 
-mod bench;
 pub mod espeak;
 mod espeak_tts;
 mod openai_tts;
@@ -10,7 +9,6 @@ mod piper;
 mod stream;
 pub mod text;
 
-pub use bench::bench;
 pub use espeak_tts::{Espeak, EspeakTtsSettings};
 pub use openai_tts::{OpenAiSpeech, OpenAiTtsSettings, ResponseFormat};
 pub use piper::{Overrides, Piper, PiperSettings, PiperVoice};

@@ -4,4 +4,4 @@
 pub mod mel;
 mod smart_turn;
 
-pub use smart_turn::{SmartTurn, SmartTurnModel, SmartTurnSettings, TurnError, bench};
+pub use smart_turn::{SmartTurn, SmartTurnModel, SmartTurnSettings, TurnError, WINDOW_SAMPLES};

@@ -96,8 +96,8 @@ pub enum TurnError {
 
 /// The model file `scripts/fetch-models.sh` puts in the models directory.
 pub const DEFAULT_MODEL: &str = "smart-turn-v3.2-cpu.onnx";
-/// The model hears at most 8 s (800 feature frames).
-const WINDOW_SAMPLES: usize = 8 * mel::SAMPLE_RATE as usize;
+/// The model hears at most 8 s (800 feature frames): the samples of one full window.
+pub const WINDOW_SAMPLES: usize = 8 * mel::SAMPLE_RATE as usize;
 const N_FRAMES: usize = WINDOW_SAMPLES / mel::HOP_LENGTH;
 /// Metric: where the user's speech ended on the pipeline timeline. The VADs measure it from the
 /// audio; smart_turn pushes it only when no VAD did.
@@ -838,78 +838,6 @@ impl Processor for SmartTurn {
         }
         Ok(())
     }
-}
-
-/// `slowcat bench turn`: times Smart Turn on a full 8 s window, feature extraction and model
-/// separately, with one intra-op thread (the default) and with two, and prints the medians.
-pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
-    const WARMUP: usize = 2;
-    const RUNS: usize = 15;
-    let path = models_dir.join(DEFAULT_MODEL);
-    if !path.is_file() {
-        anyhow::bail!("model file {} does not exist; fetch it with `scripts/fetch-models.sh`", path.display());
-    }
-    let audio = bench_audio(WINDOW_SAMPLES);
-    println!("smart turn v3.2 ({}), 8 s window: {RUNS} runs after {WARMUP} warm-up runs", path.display());
-    for threads in [1, 2] {
-        let began = Instant::now();
-        let mut model = SmartTurnModel::load(models_dir, &path, threads)?;
-        let load = began.elapsed();
-        for _ in 0..WARMUP {
-            model.predict(&audio)?;
-        }
-        let (mut features_ms, mut model_ms, mut total_ms, mut cpu_ms) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..RUNS {
-            let cpu0 = crate::thread_cpu_time();
-            let t0 = Instant::now();
-            let features = model.features(&audio);
-            let t1 = Instant::now();
-            model.infer(features)?;
-            let t2 = Instant::now();
-            features_ms.push((t1 - t0).as_secs_f64() * 1000.0);
-            model_ms.push((t2 - t1).as_secs_f64() * 1000.0);
-            total_ms.push((t2 - t0).as_secs_f64() * 1000.0);
-            if let (Some(a), Some(b)) = (cpu0, crate::thread_cpu_time()) {
-                cpu_ms.push((b - a).as_secs_f64() * 1000.0);
-            }
-        }
-        println!("{threads} thread(s), model load {:.0} ms:", load.as_secs_f64() * 1000.0);
-        for (name, values) in [("log-mel features", features_ms), ("model", model_ms), ("mel + model", total_ms)] {
-            let (median, min, max) = summary(values);
-            println!("  {name:<17} median {median:7.2} ms   min {min:7.2} ms   max {max:7.2} ms");
-        }
-        // With one intra-op thread ONNX Runtime computes on the calling thread, so its CPU time is
-        // what the run costs on an idle core, even when other processes share the machine.
-        if threads == 1 && !cpu_ms.is_empty() {
-            let (median, min, max) = summary(cpu_ms);
-            println!("  {:<17} median {median:7.2} ms   min {min:7.2} ms   max {max:7.2} ms", "CPU time");
-        }
-    }
-    Ok(())
-}
-
-fn summary(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let median = values[values.len() / 2];
-    (median, values[0], values[values.len() - 1])
-}
-
-/// Speech-like test audio: a voiced tone with harmonics, modulated at syllable rate, plus noise.
-/// Inference time does not depend on what is said.
-fn bench_audio(n: usize) -> Vec<i16> {
-    let mut seed = 0x2545_f491_u32;
-    (0..n)
-        .map(|i| {
-            let t = i as f32 / PIPELINE_SAMPLE_RATE as f32;
-            let tau = std::f32::consts::TAU;
-            let voiced: f32 = (1..6).map(|h| (tau * 140.0 * h as f32 * t).sin() / h as f32).sum();
-            let envelope = 0.5 + 0.5 * (tau * 4.0 * t).sin();
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            let noise = (seed >> 16) as f32 / 65536.0 - 0.5;
-            ((0.2 * voiced * envelope + 0.02 * noise) * 32767.0) as i16
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! Drives the memory benchmark until `slowcat bench memory` exists:
-//! `cargo run --release -p slowcat-processors --example memory_bench -- [sizes...] [--runs N] [--dir PATH]`
+//! The memory benchmark without building the binary, and with the number of timed stores
+//! (`slowcat bench memory` has the rest):
+//! `cargo run --release -p slowcat-bench --example memory_bench -- [sizes...] [--runs N] [--injections N] [--stores N] [--dir PATH]`
 
-use slowcat_processors::memory::bench::{BenchOptions, run};
+use slowcat_bench::memory::{BenchOptions, run};
 
 fn main() -> anyhow::Result<()> {
     let mut opts = BenchOptions::default();

@@ -22,12 +22,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
+use slowcat_processors::PIPELINE_SAMPLE_RATE;
+use slowcat_processors::audio::read_wav_mono;
+use slowcat_processors::frame::AudioFrame;
+use slowcat_processors::stt::{AudioCtx, WhisperEngine};
+use slowcat_processors::vad::{Decision, Detector, SileroDetector, VadCore, WebRtcDetector};
 
-use super::engine::{AudioCtx, WhisperEngine};
-use crate::PIPELINE_SAMPLE_RATE;
-use crate::audio::read_wav_mono;
-use crate::frame::AudioFrame;
-use crate::vad::{Decision, Detector, SileroDetector, VadCore, WebRtcDetector};
+use crate::host::load_average_or_unknown as load_average;
+use crate::stats::{median, summary};
 
 /// Runs per measurement; the median is reported.
 const RUNS: usize = 5;
@@ -79,10 +81,6 @@ pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
     result
 }
 
-fn load_average() -> String {
-    crate::load_average().unwrap_or_else(|| "unknown".into())
-}
-
 fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
     let models: Vec<(&str, PathBuf)> = MODELS.iter().map(|&(label, file)| (label, models_dir.join(file))).collect();
     let mut utterances = Vec::new();
@@ -122,6 +120,7 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
                 }
             }
             for (((label, _), first), times) in engines.iter().zip(&firsts).zip(times) {
+                let s = summary(times).unwrap_or_default();
                 let window = match ctx {
                     AudioCtx::Auto => format!("auto {}", first.audio_ctx),
                     AudioCtx::Fixed(_) => "full 1500".to_string(),
@@ -133,9 +132,9 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
                     threads,
                     window,
                     runs,
-                    ms(crate::median_duration(times.clone())),
-                    ms(*times.iter().min().unwrap()),
-                    ms(*times.iter().max().unwrap()),
+                    ms(s.median),
+                    ms(s.min),
+                    ms(s.max),
                     first.text
                 );
             }
@@ -164,7 +163,7 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
     time_vad("webrtc", &frames, yes_no, || Ok(WebRtcDetector::new(2, 20)))?;
 
     // What moving each frame's detection to a blocking thread would cost instead.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = slowcat_processors::runtime::build()?;
     let hop = rt.block_on(async {
         let mut times = Vec::with_capacity(200);
         for _ in 0..200 {
@@ -172,7 +171,7 @@ fn run(models_dir: &Path, dir: &Path) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(|| ()).await;
             times.push(t.elapsed());
         }
-        crate::median_duration(times)
+        median(times).unwrap_or_default()
     });
     println!("{:>10}  {:>14.1}  {:>12}", "(spawn_blocking hop, no work)", hop.as_secs_f64() * 1e6, "");
     Ok(())
@@ -206,7 +205,7 @@ fn time_vad<D: Detector>(
     println!(
         "{:>10}  {:>14.1}  {:>12.1}",
         name,
-        crate::median_duration(per_frame).as_secs_f64() * 1e6,
+        median(per_frame).unwrap_or_default().as_secs_f64() * 1e6,
         worst.as_secs_f64() * 1e6
     );
     Ok(())

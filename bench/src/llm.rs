@@ -12,10 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::wire::{Chunk, parse_chunk};
-use super::{OpenAiLlm, OpenAiLlmSettings, probe};
-use crate::frame::{ChatMessage, DEFAULT_SPEAKER, Frame, LlmRequest, Role};
-use crate::pipeline::{Pipeline, PipelineOptions};
+use slowcat_processors::frame::{ChatMessage, DEFAULT_SPEAKER, Frame, LlmRequest, Role};
+use slowcat_processors::llm::{Chunk, OpenAiLlm, OpenAiLlmSettings, parse_chunk, probe};
+use slowcat_processors::pipeline::{Pipeline, PipelineOptions};
+
+use crate::stats::percentile;
 
 /// At most this many events are kept; more are counted in [`TapProxy::dropped`] instead, so a
 /// forgotten proxy cannot fill memory.
@@ -182,14 +183,14 @@ async fn relay(conn: u64, client: TcpStream, upstream: SocketAddr, log: Arc<Mute
 /// When one request left the client and when its first piece of text left the server, as seen
 /// by the proxy.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ServerTiming {
-    pub request_at: Instant,
-    pub first_token_at: Instant,
+struct ServerTiming {
+    request_at: Instant,
+    first_token_at: Instant,
 }
 
 /// Finds, in the proxy's log of one request, when the request arrived and when the bytes that
 /// complete the first server-sent event with text arrived.
-pub(crate) fn server_timing(events: &[TapEvent]) -> Option<ServerTiming> {
+fn server_timing(events: &[TapEvent]) -> Option<ServerTiming> {
     let (conn, request_at) = events.iter().find_map(|e| match e.kind {
         TapKind::FromClient(_) => Some((e.conn, e.at)),
         _ => None,
@@ -369,7 +370,8 @@ pub async fn bench(base_url: &str, n: usize) -> anyhow::Result<()> {
     let row = |name: &str, v: &mut Vec<Duration>| {
         v.sort();
         let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
-        println!("{name:<44} {:>10} {:>10} {:>10}", ms(pct(v, 0.50)), ms(pct(v, 0.99)), ms(*v.last().unwrap()));
+        let pct = |p| percentile(v, p).unwrap_or_default();
+        println!("{name:<44} {:>10} {:>10} {:>10}", ms(pct(0.50)), ms(pct(0.99)), ms(pct(1.0)));
     };
     row("time to first token, request frame → LlmText", &mut client_ttfb);
     row("server's own (request bytes → token bytes)", &mut server_ttfb);
@@ -379,14 +381,6 @@ pub async fn bench(base_url: &str, n: usize) -> anyhow::Result<()> {
     println!("(the overhead includes the proxy's own forwarding, one hop each way)");
     println!("new connections during the {n} measured requests: {connections}");
     Ok(())
-}
-
-/// Nearest-rank percentile of sorted durations.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[cfg(test)]

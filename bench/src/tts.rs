@@ -11,16 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-
 use ort::session::RunOptions;
+use slowcat_processors::frame::Frame;
+use slowcat_processors::harness::Harness;
+use slowcat_processors::onnx::{SessionOptions, Spin};
+use slowcat_processors::tts::{Overrides, Piper, PiperSettings, PiperVoice, StreamingTts};
+use slowcat_processors::{BoxProcessor, BuildContext, Settings as _};
 
-use super::piper::{Overrides, Piper, PiperSettings, PiperVoice};
-use super::stream::StreamingTts;
-use crate::frame::Frame;
-use crate::harness::Harness;
-use crate::onnx::{SessionOptions, Spin};
-use crate::processor::{BoxProcessor, BuildContext};
-use crate::registry::Settings as _;
+use crate::host::{load_average_or_unknown as load_average, logical_cpus, thread_cpu_time};
+use crate::stats::{median, summary};
 
 /// Runs per figure; the median is printed.
 const RUNS: usize = 7;
@@ -57,7 +56,7 @@ fn ms(d: Duration) -> String {
 
 /// Runs the TTS benchmark with the voice in `models_dir` and prints a table.
 pub fn bench(models_dir: &Path) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = slowcat_processors::runtime::build()?;
     rt.block_on(run(models_dir))
 }
 
@@ -85,7 +84,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
         voice.model.display()
     );
     println!("slowcat bench tts: Piper {} , median of {RUNS} runs", defaults.model.display());
-    println!("machine: {} logical CPUs; load average {}", num_cpus(), load_average());
+    println!("machine: {} logical CPUs; load average {}", logical_cpus(), load_average());
 
     println!("\nphonemization (espeak-ng, before inference), median:");
     let v = voice.load(models_dir, 1, Spin::Never)?;
@@ -96,7 +95,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
             v.phoneme_ids(text)?;
             times.push(t.elapsed());
         }
-        println!("  {:>8}  {text:?}", format!("{:.2} ms", crate::median_duration(times).as_secs_f64() * 1000.0));
+        println!("  {:>8}  {text:?}", format!("{:.2} ms", median(times).unwrap_or_default().as_secs_f64() * 1000.0));
     }
     drop(v);
 
@@ -118,17 +117,17 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
             let mut cpu = Vec::new();
             let mut audio = Duration::ZERO;
             for _ in 0..RUNS {
-                let (t, c) = (Instant::now(), crate::thread_cpu_time());
+                let (t, c) = (Instant::now(), thread_cpu_time());
                 let clip = v.synthesize(text, &options)?;
                 times.push(t.elapsed());
-                if let (Some(before), Some(after)) = (c, crate::thread_cpu_time()) {
+                if let (Some(before), Some(after)) = (c, thread_cpu_time()) {
                     cpu.push(after.saturating_sub(before));
                 }
                 audio = Duration::from_secs_f64(clip.len() as f64 / rate);
             }
-            let synth = crate::median_duration(times);
+            let synth = median(times).unwrap_or_default();
             let (cpu_s, cpu_rtf) = if threads == 1 && cpu.len() == RUNS {
-                let c = crate::median_duration(cpu);
+                let c = median(cpu).unwrap_or_default();
                 cpu_cost.insert(*text, c);
                 (ms(c), format!("{:.3}", c.as_secs_f64() / audio.as_secs_f64()))
             } else {
@@ -188,7 +187,7 @@ async fn run(models_dir: &Path) -> anyhow::Result<()> {
          average {})",
         defaults.threads,
         defaults.first_max_words,
-        ms(crate::median_duration(default_times)),
+        ms(median(default_times).unwrap_or_default()),
         load_average()
     );
     println!("target: at most 150 ms from a complete 10-word sentence to its first audio on 2 cores");
@@ -202,14 +201,14 @@ fn print_first_audio(
     times: Vec<Duration>,
     cpu_cost: &std::collections::HashMap<&str, Duration>,
 ) {
-    let (min, max) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let s = summary(times).unwrap_or_default();
     let cpu = cpu_cost.get(first_text).map_or("-".to_string(), |c| ms(*c));
     println!(
         "{:<72} {:>8} {:>8} {:>8} {cpu:>8}",
         format!("{name}: {first_text:?}"),
-        ms(crate::median_duration(times)),
-        ms(min),
-        ms(max)
+        ms(s.median),
+        ms(s.min),
+        ms(s.max)
     );
 }
 
@@ -332,19 +331,11 @@ async fn contention(models_dir: &Path, voice: &Voice, url: &str) -> anyhow::Resu
         let rate_busy = meter.finish().await?;
         println!(
             "{name:<24} {:>14} {rate_first:>12.1} {:>16.3} {rate_busy:>12.1}",
-            ms(crate::median_duration(times)),
+            ms(median(times).unwrap_or_default()),
             synth / audio
         );
     }
     println!("(first audio: `phrase ≤5` cut, median; LLM tok/s beside it: during those runs, 200 ms pauses included;");
     println!(" Piper RTF busy: synthesizing sentences back to back for 6 s, the LLM's speed beside it)");
     Ok(())
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn load_average() -> String {
-    crate::load_average().unwrap_or_else(|| "unknown".into())
 }

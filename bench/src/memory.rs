@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use slowcat_processors::frame::{ChatMessage, LlmRequest, Role};
+use slowcat_processors::memory::inject::{self, InjectOptions};
+use slowcat_processors::memory::store::{MemoryDb, MemoryStore, NewExchange, Retention, StoreOptions};
+use slowcat_processors::memory::unix_now_ms;
 
-use crate::frame::{ChatMessage, LlmRequest, Role};
-
-use super::inject::{self, InjectOptions};
-use super::store::{MemoryDb, MemoryStore, NewExchange, Retention, StoreOptions};
+use crate::host::load_average;
+use crate::stats::{median, percentile};
 
 /// A small, fast, seeded PRNG (SplitMix64): the same seed gives the same conversations.
 #[derive(Debug, Clone)]
@@ -528,14 +530,6 @@ impl Default for BenchOptions {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
 fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
@@ -554,7 +548,7 @@ fn time_injections(
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
     let questions: Vec<String> = (0..opts.injections).map(|_| conv.user_text()).collect();
-    let now = super::unix_now_ms();
+    let now = unix_now_ms();
     for _ in 0..opts.runs.max(1) {
         let mut times = Vec::with_capacity(questions.len());
         for q in &questions {
@@ -570,10 +564,10 @@ fn time_injections(
             std::hint::black_box(&request);
         }
         times.sort_unstable();
-        p50s.push(percentile(&times, 0.5));
-        p99s.push(percentile(&times, 0.99));
+        p50s.push(percentile(&times, 0.5).unwrap_or_default());
+        p99s.push(percentile(&times, 0.99).unwrap_or_default());
     }
-    Ok((crate::median_duration(p50s), crate::median_duration(p99s)))
+    Ok((median(p50s).unwrap_or_default(), median(p99s).unwrap_or_default()))
 }
 
 /// Runs the benchmark and prints a table to `out`.
@@ -597,7 +591,7 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     );
     let mut conv = Generator::new(opts.seed);
     let mut queries = Generator::new(opts.seed ^ 0x5eed);
-    let start_ms = super::unix_now_ms() - 400 * 86_400_000;
+    let start_ms = unix_now_ms() - 400 * 86_400_000;
     let mut at = start_ms;
     let mut stored = 0u64;
     let recency = InjectOptions { max_context_tokens: 1024, recent_exchanges: 6, relevant_exchanges: 0 };
@@ -619,7 +613,7 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
         "injection = read + rewrite of one request (6 recent; relevance adds up to 4 older, BM25); store = queued to \
          the writer thread until its durable commit (fsync); B/exch = data file and live pages per exchange"
     )?;
-    if let Some(load) = crate::load_average() {
+    if let Some(load) = load_average() {
         writeln!(out, "load average at start: {load} (figures are wall-clock)")?;
     }
     writeln!(out)?;
@@ -682,8 +676,8 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
             us(r99),
             us(q50),
             us(q99),
-            us(percentile(&times, 0.5)),
-            us(percentile(&times, 0.99)),
+            us(percentile(&times, 0.5).unwrap_or_default()),
+            us(percentile(&times, 0.99).unwrap_or_default()),
             usage.file_bytes as f64 / size as f64,
             usage.used_bytes as f64 / size as f64,
             load.as_secs_f64()
@@ -708,7 +702,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> anyhow::Result<Self> {
         let base = std::env::temp_dir();
-        let dir = base.join(format!("slowcat-memory-bench-{}-{}", std::process::id(), super::unix_now_ms()));
+        let dir = base.join(format!("slowcat-memory-bench-{}-{}", std::process::id(), unix_now_ms()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
     }

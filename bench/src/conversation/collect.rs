@@ -1,0 +1,239 @@
+//! Collecting: the frames leaving the pipeline joined into one record per turn.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use slowcat_processors::frame::Metric;
+use slowcat_processors::{Direction, Frame};
+
+use crate::host::proc_status_kib;
+
+/// Milliseconds, the unit every table of these benchmarks shows.
+pub(super) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One turn as measured: instants on the pipeline's timeline and stage durations.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TurnRecord {
+    pub(super) turn: u64,
+    pub(super) heard: String,
+    pub(super) speech_end: Option<Duration>,
+    pub(super) smart_turn: Option<Duration>,
+    pub(super) smart_wait: Option<Duration>,
+    pub(super) turn_end: Option<Duration>,
+    pub(super) stt: Option<Duration>,
+    pub(super) memory: Option<Duration>,
+    pub(super) llm_ttfb: Option<Duration>,
+    pub(super) first_sentence: Option<Duration>,
+    pub(super) tts_ttfb: Option<Duration>,
+    /// `first_audio_at` from the output.
+    pub(super) first_audio_at: Option<Duration>,
+    /// When the turn's first `OutputAudio` left the pipeline.
+    pub(super) first_audio_out: Option<Duration>,
+    /// Resident memory then.
+    pub(super) rss_kib: Option<u64>,
+}
+
+impl TurnRecord {
+    pub(super) fn end_of_turn_ms(&self) -> Option<f64> {
+        Some(ms(self.turn_end?) - ms(self.speech_end?))
+    }
+
+    pub(super) fn voice_to_voice_ms(&self) -> Option<f64> {
+        Some(ms(self.first_audio_at?) - ms(self.speech_end?))
+    }
+
+    /// The six stages, in order, when all were measured.
+    pub(super) fn stages_ms(&self) -> Option<[f64; 6]> {
+        Some([
+            self.end_of_turn_ms()?,
+            ms(self.stt?),
+            ms(self.memory?),
+            ms(self.llm_ttfb?),
+            ms(self.first_sentence?),
+            ms(self.tts_ttfb?),
+        ])
+    }
+
+    pub(super) fn overhead_ms(&self) -> Option<f64> {
+        Some(self.voice_to_voice_ms()? - self.stages_ms()?.iter().sum::<f64>())
+    }
+
+    /// End of turn → first reply audio out of the pipeline (the soak's latency: its audio is not
+    /// paced, so the end of speech is not on the wall clock).
+    pub(super) fn processing_ms(&self) -> Option<f64> {
+        Some(ms(self.first_audio_out?) - ms(self.turn_end?))
+    }
+}
+
+/// The measurements that come before the turn has its number (the VAD and Smart Turn do not
+/// know turn numbers; whisper_stt assigns them).
+#[derive(Debug, Default, Clone, Copy)]
+struct EndOfTurn {
+    speech_end: Option<Duration>,
+    smart_turn: Option<Duration>,
+    smart_wait: Option<Duration>,
+    turn_end: Option<Duration>,
+}
+
+/// Joins the frames leaving the pipeline into turn records.
+pub(super) struct Collector {
+    pub(super) epoch: Instant,
+    pub(super) turns: BTreeMap<u64, TurnRecord>,
+    /// The user turn being measured.
+    open: EndOfTurn,
+    /// The last user turn that ended, until its number is known.
+    ended: Option<EndOfTurn>,
+    /// The turn whose audio is being played.
+    audio_turn: u64,
+    /// The highest turn whose reply was reported as spoken.
+    pub(super) spoken: u64,
+    pub(super) errors: Vec<String>,
+    pub(super) interruptions: usize,
+    /// Print a progress line every this many turns.
+    progress_every: Option<u64>,
+    pub(super) started: Instant,
+}
+
+impl Collector {
+    pub(super) fn new(progress_every: Option<u64>) -> Self {
+        Self {
+            epoch: Instant::now(),
+            turns: BTreeMap::new(),
+            open: EndOfTurn::default(),
+            ended: None,
+            audio_turn: 0,
+            spoken: 0,
+            errors: Vec::new(),
+            interruptions: 0,
+            progress_every,
+            started: Instant::now(),
+        }
+    }
+
+    fn turn(&mut self, n: u64) -> &mut TurnRecord {
+        let ended = &mut self.ended;
+        self.turns.entry(n).or_insert_with(|| {
+            let e = ended.take().unwrap_or_default();
+            TurnRecord {
+                turn: n,
+                speech_end: e.speech_end,
+                smart_turn: e.smart_turn,
+                smart_wait: e.smart_wait,
+                turn_end: e.turn_end,
+                ..TurnRecord::default()
+            }
+        })
+    }
+
+    pub(super) fn on_frame(&mut self, frame: &Frame, dir: Direction) {
+        match frame {
+            Frame::Metrics(m) => self.on_metric(m),
+            Frame::Transcription(t) if dir == Direction::Downstream => self.turn(t.turn).heard = t.text.clone(),
+            Frame::TtsStarted { turn, .. } => self.audio_turn = *turn,
+            Frame::OutputAudio(_) if self.audio_turn > 0 => {
+                let now = self.epoch.elapsed();
+                let t = self.turn(self.audio_turn);
+                if t.first_audio_out.is_none() {
+                    t.first_audio_out = Some(now);
+                    t.rss_kib = proc_status_kib("VmRSS:");
+                }
+            }
+            Frame::SpokenReply(r) if dir == Direction::Upstream && r.turn > self.spoken => {
+                self.spoken = r.turn;
+                if let Some(every) = self.progress_every
+                    && r.turn % every == 0
+                {
+                    let rss = self.turns.get(&r.turn).and_then(|t| t.rss_kib).unwrap_or(0);
+                    eprintln!(
+                        "… turn {}: {:.0} s, RSS {:.1} MiB, {} errors",
+                        r.turn,
+                        self.started.elapsed().as_secs_f64(),
+                        rss as f64 / 1024.0,
+                        self.errors.len()
+                    );
+                }
+            }
+            Frame::Error(e) => self.errors.push(format!("{}: {}", e.source, e.message)),
+            Frame::Interruption => self.interruptions += 1,
+            _ => {}
+        }
+    }
+
+    fn on_metric(&mut self, m: &Metric) {
+        let v = Some(m.value);
+        match (m.name, m.turn) {
+            ("user_speech_end_at", _) => self.open.speech_end = v,
+            ("smart_turn_time", _) => self.open.smart_turn = v,
+            ("smart_turn_wait", _) => self.open.smart_wait = v,
+            ("user_turn_end_at", _) => {
+                self.open.turn_end = v;
+                self.ended = Some(std::mem::take(&mut self.open));
+            }
+            (name, Some(n)) => {
+                let t = self.turn(n);
+                let slot = match name {
+                    "stt_time" => &mut t.stt,
+                    "memory_time" => &mut t.memory,
+                    "llm_ttfb" => &mut t.llm_ttfb,
+                    "llm_first_sentence" => &mut t.first_sentence,
+                    "tts_ttfb" => &mut t.tts_ttfb,
+                    "first_audio_at" => &mut t.first_audio_at,
+                    _ => return,
+                };
+                // The first of a turn counts: TTS measures every segment, the first is heard first.
+                slot.get_or_insert(m.value);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_tile_voice_to_voice_and_the_rest_is_overhead() {
+        let d = Duration::from_millis;
+        let t = TurnRecord {
+            speech_end: Some(d(1000)),
+            turn_end: Some(d(1450)),
+            stt: Some(d(150)),
+            memory: Some(d(1)),
+            llm_ttfb: Some(d(100)),
+            first_sentence: Some(d(90)),
+            tts_ttfb: Some(d(80)),
+            first_audio_at: Some(d(1874)),
+            ..TurnRecord::default()
+        };
+        assert_eq!(t.voice_to_voice_ms(), Some(874.0));
+        assert!((t.overhead_ms().unwrap() - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn turn_less_measurements_join_the_next_numbered_turn() {
+        let mut c = Collector::new(None);
+        let m = |name, turn, ms| {
+            Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
+        };
+        for f in [
+            m("user_speech_end_at", None, 500),
+            m("user_speech_end_at", None, 1000),
+            m("smart_turn_time", None, 200),
+            m("smart_turn_wait", None, 20),
+            m("user_turn_end_at", None, 1400),
+            m("stt_time", Some(1), 150),
+            m("tts_ttfb", Some(1), 80),
+            m("tts_ttfb", Some(1), 300),
+        ] {
+            c.on_frame(&f, Direction::Downstream);
+        }
+        let t = &c.turns[&1];
+        assert_eq!(t.end_of_turn_ms(), Some(400.0));
+        assert_eq!(t.smart_turn, Some(Duration::from_millis(200)));
+        assert_eq!(t.smart_wait, Some(Duration::from_millis(20)));
+        assert_eq!(t.tts_ttfb, Some(Duration::from_millis(80)), "the first segment's counts");
+    }
+}

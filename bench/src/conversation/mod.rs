@@ -1,0 +1,160 @@
+//! `slowcat bench conversation`, `soak` and `history`: the whole assistant, measured turn by turn.
+//!
+//! - `conversation`: short spoken questions (made once with Piper and cached) play in real time
+//!   through the pipeline of config.toml, its microphone and speaker swapped for WAV files, each
+//!   question once the previous answer has played out. Prints p50/p95 of every stage of a turn,
+//!   of voice-to-voice, and of the pipeline's own overhead.
+//! - `soak`: the same pipeline for many turns, as fast as it goes (audio is not paced); resident
+//!   memory and per-turn latency as the turns pile up.
+//! - `history`: text turns against an LLM server, once with stateless memory and once with the
+//!   whole conversation sent every turn (the traditional way); time to first token as the
+//!   conversation grows.
+//!
+//! # How a turn's time is accounted
+//! Voice-to-voice runs from the end of the user's speech (`user_speech_end_at`: where the VAD
+//! found it in the audio) to the first reply sample handed to the output (`first_audio_at`). Six
+//! stages, each measured by the processor doing the work, follow each other in that interval:
+//!
+//! 1. end of turn = `user_turn_end_at − user_speech_end_at`: the VAD's stop wait (`stop_ms` of
+//!    silence, heard in real time) and what is left of Smart Turn's inference after it
+//!    (`smart_turn_wait`; the inference, `smart_turn_time`, starts at the VAD's pause);
+//! 2. `stt_time`: `UserTurnEnded` reaching whisper_stt → transcript ready;
+//! 3. `memory_time`: memory injected into the request;
+//! 4. `llm_ttfb`: request reaching openai_llm → first token;
+//! 5. `llm_first_sentence`: first token reaching the TTS → first complete segment;
+//! 6. `tts_ttfb`: segment complete → its first audio.
+//!
+//! Voice-to-voice minus the six is the pipeline's overhead: frames hopping between processors,
+//! wake-ups after blocking work, and any wait no stage owns (memory waiting for an earlier store,
+//! audio queued behind a reply still playing).
+
+mod collect;
+mod drive;
+mod history;
+mod report;
+mod script;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use slowcat_processors::audio::{NextFile, WavInputSettings, WavOutputSettings};
+
+pub use drive::{Assistant, BuildProcessors, Prepared, Rewiring};
+pub use history::history;
+pub use script::{QUESTIONS, Speech, cache_dir, history_message, human_utterances, spoken_questions};
+
+use crate::host::proc_status_kib;
+use collect::{Collector, TurnRecord};
+use drive::drive;
+
+/// The rewiring of one run in `dir`: its data in `data/`, the replies written to `answers.wav`
+/// with a loudspeaker's timing when `realtime_output` (the next question waits for the answer to
+/// have played, as it would in a room).
+fn rewiring(dir: &Path, input: WavInputSettings, realtime_output: bool, max_tokens: Option<u32>) -> Rewiring {
+    let output = WavOutputSettings {
+        path: dir.join("answers.wav"),
+        record_input: false,
+        realtime: realtime_output,
+        ..WavOutputSettings::default()
+    };
+    Rewiring { data_dir: dir.join("data"), input, output, max_tokens }
+}
+
+/// `slowcat bench conversation`: `turns` spoken questions through the assistant in real time,
+/// `runs` times (fresh memory each run); prints every turn, then p50/p95 per stage.
+pub async fn conversation(assistant: &dyn Assistant, turns: usize, runs: usize, speech: Speech) -> anyhow::Result<()> {
+    if turns == 0 || runs == 0 {
+        bail!("--turns and --runs must be at least 1");
+    }
+    let (questions, said): (Vec<PathBuf>, Vec<String>) = match speech {
+        Speech::Piper => {
+            let paths = spoken_questions(&assistant.models_dir()?).await?;
+            (paths, QUESTIONS.iter().map(|q| q.to_string()).collect())
+        }
+        Speech::Human => human_utterances()?.into_iter().unzip(),
+    };
+    let n = turns.min(questions.len());
+    let input = WavInputSettings {
+        paths: questions[..n].to_vec(),
+        repeat: turns.div_ceil(n) as u32,
+        next: NextFile::AfterReply,
+        realtime: true,
+        // A reply of 256 tokens plays for a minute or more: the next question must not talk over it.
+        reply_timeout_ms: 300_000,
+        ..WavInputSettings::default()
+    };
+    let mut all: Vec<(usize, TurnRecord)> = Vec::new();
+    let mut errors = Vec::new();
+    let mut interruptions = 0;
+    let mut pipeline_desc = String::new();
+    for run in 1..=runs {
+        let dir = tempfile::tempdir()?;
+        let prepared = assistant.prepare(&rewiring(dir.path(), input.clone(), true, None))?;
+        pipeline_desc = prepared.description;
+        eprintln!("run {run}/{runs}: {turns} turns in real time through {pipeline_desc}");
+        let limit = Duration::from_secs(120 + 400 * turns as u64);
+        let c = drive(prepared.build, turns as u64, limit, Collector::new(None)).await?;
+        errors.extend(c.errors);
+        interruptions += c.interruptions;
+        all.extend(c.turns.into_values().filter(|t| t.turn <= turns as u64).map(|t| (run, t)));
+    }
+    report::conversation(&report::Conversation {
+        assistant,
+        speech,
+        turns,
+        runs,
+        pipeline: &pipeline_desc,
+        said: &said,
+        utterances: n,
+        all: &all,
+        errors: &errors,
+        interruptions,
+    });
+    Ok(())
+}
+
+/// `slowcat bench soak`: `turns` spoken turns through the assistant as fast as it goes, replies
+/// cut to `max_tokens`; resident memory and latency at the turns in `at`.
+pub async fn soak(assistant: &dyn Assistant, turns: usize, max_tokens: u32, at: &[usize]) -> anyhow::Result<()> {
+    if turns == 0 {
+        bail!("--turns must be at least 1");
+    }
+    let questions = spoken_questions(&assistant.models_dir()?).await?;
+    let n = turns.min(questions.len());
+    let input = WavInputSettings {
+        paths: questions[..n].to_vec(),
+        repeat: turns.div_ceil(n) as u32,
+        next: NextFile::AfterReply,
+        realtime: false,
+        // A turn that gets no reply (the LLM failed, or the transcript was empty) must not stall
+        // the run: the next file comes after this bounded wait. (Smart Turn's fallback timeout
+        // fires on its own now, also while this unpaced input sends no audio.)
+        reply_timeout_ms: 20_000,
+        ..WavInputSettings::default()
+    };
+    let dir = tempfile::tempdir()?;
+    let run = rewiring(dir.path(), input, false, Some(max_tokens));
+    let prepared = assistant.prepare(&run)?;
+    let desc = prepared.description;
+    eprintln!("soak: {turns} turns, not paced, through {desc}");
+    let rss_before = proc_status_kib("VmRSS:");
+    let started = Instant::now();
+    let limit = Duration::from_secs(600 + 60 * turns as u64);
+    let c = drive(prepared.build, turns as u64, limit, Collector::new(Some(50))).await?;
+    let wall = started.elapsed();
+    report::soak(&report::Soak {
+        assistant,
+        turns,
+        max_tokens,
+        at,
+        pipeline: &desc,
+        measured: &c.turns,
+        wall,
+        rss_before,
+        data_dir: &run.data_dir,
+        errors: &c.errors,
+        interruptions: c.interruptions,
+    });
+    Ok(())
+}
