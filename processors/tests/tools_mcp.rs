@@ -199,3 +199,67 @@ fn an_mcp_json_that_does_not_parse_is_reported_with_its_path() {
     assert!(message.contains("cannot read") && message.contains("mcp.json"), "{message}");
     assert!(settings.build(&ctx).is_err());
 }
+
+/// The real `@modelcontextprotocol/server-everything` serving streamable HTTP on `port`, in a
+/// process group of its own so the test can end it (npx, npm and node) at once.
+struct HttpServer {
+    child: std::process::Child,
+}
+
+impl HttpServer {
+    fn start(npx: &str, port: u16) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new(npx)
+            .args(["-y", "@modelcontextprotocol/server-everything", "streamableHttp"])
+            .env("PORT", port.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("npx starts");
+        // Ready once it accepts connections (after a download on the first run).
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "server-everything ended before it listened");
+            assert!(Instant::now() < deadline, "server-everything did not listen within 180 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child }
+    }
+
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamable_http_server_is_reached_by_its_url_and_its_death_is_unavailable() {
+    let Some(npx) = npx() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = HttpServer::start(npx, port);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut tools, warnings) =
+        tool_box(dir.path(), json!({"mcpServers": {"everything": {"url": format!("http://127.0.0.1:{port}/mcp")}}}))
+            .await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(source_of(&tools, "echo").as_deref(), Some("mcp:everything"));
+    let echoed = tools.call("echo", json!({"message": "hello from slowcat"})).await.unwrap();
+    assert!(echoed.contains("hello from slowcat"), "{echoed}");
+
+    server.kill();
+    let err = tools.call("echo", json!({"message": "anyone there?"})).await.unwrap_err();
+    assert!(matches!(err, ToolError::Unavailable(_)), "{err:?}");
+    assert!(tools.call("calculate", json!({"expression": "2*21"})).await.unwrap().ends_with("= 42"));
+    tools.stop().await;
+}
