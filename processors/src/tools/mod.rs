@@ -7,6 +7,10 @@
 //!   makes (streamed `tool_calls`, or JSON written in the text) and runs each with
 //!   [`ToolBox::call`] under its own timeout; dropping that future cancels the call (barge-in).
 //! - A tool never blocks the async threads: blocking work goes on `spawn_blocking`.
+//! - [`ToolBox::specs`] keeps one order (built-ins, then each MCP server's tools), so the tools
+//!   part of the prompt stays the same from turn to turn and the server's prompt cache holds it.
+//! - Due reminders arrive on [`ToolBox::take_announcements`] as `Reminder: <text>`, at their time
+//!   whether a turn runs or not, once [`ToolBox::start`] has run (overdue ones right then).
 
 pub mod calc;
 pub mod facts;
