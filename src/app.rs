@@ -175,11 +175,8 @@ pub async fn run_processors(
     Ok(report)
 }
 
-/// The binary's runtime: one thread routes every frame. Frame handling is light (microseconds),
-/// and a single thread makes each hop a local wake instead of a cross-thread one: through 6
-/// processors, p99 one-frame latency fell from ~45 µs on the 2-worker runtime to ~6 µs, and
-/// throughput doubled (`slowcat bench pipeline`). Heavy work — Whisper, ONNX models, LMDB —
-/// runs on tokio's blocking pool, never on this thread.
+/// The binary's runtime: the one all of slowcat runs on (see `slowcat_core::runtime` for why one
+/// thread routes every frame; `slowcat bench pipeline` measures it).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     slowcat_processors::runtime::build().context("cannot start the async runtime")
 }

@@ -3,9 +3,9 @@
 //! Each processor task owns one receiver per lane and is the only one reading it; its neighbours
 //! (and tasks it spawned) send. That shape allows a cheaper channel than a general one: a short
 //! mutex around a queue, and a receiver that takes everything queued in one go, so a task woken
-//! once handles a whole batch with one lock instead of one per frame. On this 2-core machine it
-//! carried frames through 6 pass-through processors about twice as fast as tokio's bounded mpsc,
-//! whose every receive returns a permit to a semaphore under a lock (`slowcat bench pipeline`).
+//! once handles a whole batch with one lock instead of one per frame, where tokio's bounded mpsc
+//! returns a permit to a semaphore under a lock on every receive (`slowcat bench pipeline`
+//! compares the throughput of a chain of pass-through processors).
 //!
 //! Capacity: a sender waits while `capacity` items are queued. The receiver's current batch is
 //! not counted, so at most twice the capacity is in flight per lane.

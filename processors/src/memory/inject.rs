@@ -218,8 +218,8 @@ fn day_age(now_ms: u64, at_ms: u64) -> String {
 /// Like [`apply`], but lays memory out so that consecutive requests of a speaker begin the same
 /// way: LLM servers (llama.cpp, LM Studio) keep the previous request's work and only compute
 /// what follows the part both share, so a request whose beginning is unchanged costs only its
-/// new messages. Measured on this machine's llama.cpp server with SmolLM2-135M, re-reading a
-/// 400-token prompt took seconds per turn, the new ~60 tokens a fraction of that.
+/// new messages: re-reading a long prompt costs each turn far more than its few new tokens
+/// (`slowcat bench history` measures both).
 ///
 /// - The recent window advances `recent_exchanges` at a time ([`window_start`]): within a
 ///   block, each request is the previous one plus its exchange and the new question.

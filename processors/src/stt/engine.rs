@@ -72,8 +72,8 @@ const AUDIO_CTX_MARGIN: u32 = 64;
 /// | 768   | 0     | 0          | 94.8 %           |  641 / 669                 |
 /// | full  | 0     | 0          | 94.8 %           | 2474 / 2373                |
 ///
-/// 512 is the smallest without loops, but on every short turn it costs about 280 ms of one core
-/// (a 1 s turn 94 → 375 ms), which the reply would wait for. So the first pass keeps the window
+/// 512 is the smallest without loops, but on every short turn it costs several times the
+/// turn-sized window's encoder time (the table's last column), which the reply would wait for. So the first pass keeps the window
 /// sized to the turn, and only a transcript that loops, or comes back empty although the VAD
 /// heard speech ("go" and "eight" alone did), is decoded again with at least this window (and,
 /// should it still loop, with the full one): 3 + 2 of the 32 clips, about 0.4 s each.
@@ -82,8 +82,7 @@ pub const AUDIO_CTX_FLOOR: u32 = 512;
 const AUDIO_CTX_MAX: u32 = 1500;
 /// `auto` windows are rounded up to a multiple of this. The encoder's attention products have the
 /// window as a dimension, and llamafile's tinyBLAS (on in .cargo/config.toml) only takes sizes
-/// divisible by 8; any other size falls back to ggml's dot-product loop. tiny.en, 3 s utterance,
-/// 1 thread: 214 frames 555 ms of CPU, 216 frames 495 ms (load 3.3).
+/// divisible by 8; any other size falls back to ggml's slower dot-product loop.
 const AUDIO_CTX_ALIGN: u32 = 8;
 /// Token budget per second of audio.
 const MAX_TOKENS_PER_SEC: f32 = 10.0;
@@ -237,11 +236,10 @@ impl WhisperEngine {
         }
         let mut params = WhisperContextParameters::default();
         params.use_gpu(false);
-        // whisper.cpp's own default turns flash attention on; on this CPU it is slower (ggml's
+        // whisper.cpp's own default turns flash attention on; on CPUs it is slower (ggml's
         // flash-attention kernel runs dot products one row at a time, while plain attention goes
-        // through tinyBLAS): tiny.en on 2 threads, 3 s utterance 326 vs 303 ms, full window
-        // 3.3–3.9 vs 2.2–2.6 s. (whisper-rs's `openmp` feature, ggml's threads on libgomp instead
-        // of its own pool, measured the same, 305 vs 303 ms, so it stays off.)
+        // through tinyBLAS; `slowcat bench stt` shows it). whisper-rs's `openmp` feature (ggml's
+        // threads on libgomp instead of its own pool) measured no better, so it stays off.
         params.flash_attn(false);
         let ctx = WhisperContext::new_with_params(model, params)
             .map_err(|source| SttError::Load { model: model.to_path_buf(), source })?;

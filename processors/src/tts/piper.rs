@@ -260,8 +260,8 @@ impl PiperVoice {
 
     /// The session options Piper runs with: `threads` intra-op threads that spin-wait during a
     /// synthesis and sleep between syntheses. Sleeping threads are woken for every operator, and
-    /// with the LLM server generating on the cores meanwhile each wake-up waits for it: on 2
-    /// cores the first audio then took ~220 ms instead of ~120 ms. Spinning threads keep their
+    /// with the LLM server generating on the cores meanwhile each wake-up waits for it, and on a
+    /// small CPU the first audio comes much later (`slowcat bench tts`). Spinning threads keep their
     /// cores against a server running at a lower priority (`scripts/llm-server.sh` runs it at nice 10).
     pub fn session_options(threads: usize) -> onnx::SessionOptions {
         onnx::SessionOptions { threads, spin: onnx::Spin::DuringRuns }

@@ -12,7 +12,7 @@
 //! uses it when it reports the same end of speech; after more speech it is thrown away. An early
 //! "incomplete" is checked again on the audio the stop gives: the model's verdict swings with
 //! a few tens of milliseconds more or less of trailing silence, and a wrong "incomplete" costs
-//! the whole timeout, where a second inference costs ~200 ms.
+//! the whole timeout, where a second inference costs a fraction of it.
 //!
 //! One utterance stays one turn: people leave pauses between words, and a pause of a few tenths
 //! of a second can look like the end of a complete utterance ("turn" … "left"). When the user
