@@ -82,6 +82,8 @@ pub async fn conversation(assistant: &dyn Assistant, turns: usize, runs: usize, 
         realtime: true,
         // A reply of 256 tokens plays for a minute or more: the next question must not talk over it.
         reply_timeout_ms: 300_000,
+        // A recording heard as no turn (too quiet) moves on instead of waiting out the above.
+        reply_start_timeout_ms: 20_000,
         ..WavInputSettings::default()
     };
     let mut all: Vec<(usize, TurnRecord)> = Vec::new();

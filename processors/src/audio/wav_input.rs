@@ -43,6 +43,9 @@ pub struct WavInputSettings {
     pub next_delay_ms: u32,
     /// Longest wait for the assistant before playing the next file anyway, in milliseconds.
     pub reply_timeout_ms: u32,
+    /// Longest wait for the reply to begin, in milliseconds; 0: `reply_timeout_ms`. A file the
+    /// assistant heard no turn in (too quiet) then costs this, not the wait a long reply needs.
+    pub reply_start_timeout_ms: u32,
     /// Play the list this many times (for soak tests).
     pub repeat: u32,
     /// Pace frames in real time, like a microphone; false sends them as fast as possible.
@@ -64,6 +67,7 @@ impl Default for WavInputSettings {
             next: NextFile::AfterReply,
             next_delay_ms: 0,
             reply_timeout_ms: 60_000,
+            reply_start_timeout_ms: 0,
             repeat: 1,
             realtime: true,
             frame_ms: 20,
@@ -208,15 +212,25 @@ impl Producer {
     /// false when the pipeline is gone.
     async fn wait_for_bot(&mut self, events: &mut tokio::sync::watch::Receiver<BotState>, since: BotState) -> bool {
         let want_stop = self.settings.next == NextFile::AfterReply;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(self.settings.reply_timeout_ms));
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_millis(u64::from(self.settings.reply_timeout_ms));
+        let start_deadline = match self.settings.reply_start_timeout_ms {
+            0 => deadline,
+            ms => deadline.min(now + Duration::from_millis(u64::from(ms))),
+        };
         loop {
             let s = *events.borrow();
-            let done =
-                if want_stop { s.stopped > since.stopped && s.stopped >= s.started } else { s.started > since.started };
+            let started = s.started > since.started;
+            let done = if want_stop { s.stopped > since.stopped && s.stopped >= s.started } else { started };
             if done {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if !started && now >= start_deadline {
+                tracing::warn!("the assistant did not begin a reply in time; playing the next file");
+                return true;
+            }
+            if now >= deadline {
                 tracing::warn!("no reply from the assistant in time; playing the next file anyway");
                 return true;
             }
@@ -228,7 +242,7 @@ impl Producer {
                 tokio::select! {
                     _ = self.cancel.cancelled() => return false,
                     _ = events.changed() => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = tokio::time::sleep_until(if started { deadline } else { start_deadline }) => {}
                 }
             }
         }
