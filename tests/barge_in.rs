@@ -256,6 +256,10 @@ struct Capture(Arc<Mutex<Vec<LlmRequest>>>);
 
 #[async_trait::async_trait]
 impl Processor for Capture {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
+        |frame, _| matches!(frame, Frame::LlmRequest(_))
+    }
+
     async fn process(&mut self, frame: Frame, dir: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         if let Frame::LlmRequest(r) = &frame {
             self.0.lock().unwrap().push(*r.clone());

@@ -162,6 +162,10 @@ struct Capture(std::sync::Arc<std::sync::Mutex<Vec<slowcat_processors::LlmReques
 
 #[async_trait::async_trait]
 impl slowcat_processors::Processor for Capture {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
+        |frame, _| matches!(frame, Frame::LlmRequest(_))
+    }
+
     async fn process(
         &mut self,
         frame: Frame,

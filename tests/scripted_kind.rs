@@ -34,6 +34,10 @@ struct Shout(String);
 
 #[async_trait]
 impl Processor for Shout {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
+        |frame, _| matches!(frame, Frame::Speak(_))
+    }
+
     async fn process(&mut self, frame: Frame, dir: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         let frame = match frame {
             Frame::Speak(text) => Frame::Speak(format!("{}{}", text.to_uppercase(), self.0)),

@@ -18,7 +18,9 @@ pub mod settings;
 
 pub use frame::{AudioFrame, ChatMessage, Direction, Frame, FrameClass, LlmRequest, Role, Transcription};
 pub use pipeline::{Pipeline, PipelineOptions, Shutdown};
-pub use processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext, Waker};
+pub use processor::{
+    Accepts, BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext, Waker,
+};
 pub use settings::{BuildError, CheckedSettings, Kind, Passed, Problem, Registry, Requirement, Settings};
 
 /// The sample rate every processor after the input works at.

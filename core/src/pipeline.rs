@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::frame::{Direction, ErrorFrame, Frame, FrameClass};
 use crate::lane;
-use crate::processor::{self, BoxProcessor, Bypass, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext};
+use crate::processor::{self, Accepts, BoxProcessor, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext};
 
 /// Channel sizes and shutdown bounds.
 ///
@@ -101,10 +101,10 @@ impl Pipeline {
             let up = lanes_at(i.checked_sub(1));
             let down = lanes_at(Some(i + 1));
             let ctx = ProcessorContext::new(id.clone(), processor::sender(down, up), cancel.clone(), epoch);
-            let bypass = processor.bypass();
+            let accepts = processor.accepts();
             let task = Task {
                 processor,
-                bypass,
+                accepts,
                 ctx,
                 sys_rx,
                 data_rx,
@@ -260,8 +260,8 @@ enum Outcome<T> {
 
 struct Task {
     processor: BoxProcessor,
-    /// Frames the processor never sees: forwarded by the task itself.
-    bypass: Bypass,
+    /// The frames the processor handles; the task forwards the others itself.
+    accepts: Accepts,
     ctx: ProcessorContext,
     sys_rx: lane::Receiver<Envelope>,
     data_rx: lane::Receiver<Envelope>,
@@ -364,7 +364,7 @@ impl Task {
                 self.ctx.push(Frame::End, dir).await;
                 false
             }
-            frame if (self.bypass)(&frame, dir) => {
+            frame if !(self.accepts)(&frame, dir) => {
                 self.ctx.push(frame, dir).await;
                 true
             }
@@ -379,8 +379,8 @@ impl Task {
     }
 
     /// Runs one call into the processor while watching the system lane: an `Interruption` or
-    /// `Cancel` drops the call; system frames the processor bypasses travel on at once; the others
-    /// wait in `deferred` until it returns.
+    /// `Cancel` drops the call; system frames the processor does not accept travel on at once; the
+    /// others wait in `deferred` until it returns.
     /// A panic inside the processor becomes an error instead of killing the pipeline.
     async fn call<F>(&mut self, f: F) -> Outcome<Result<(), ProcessError>>
     where
@@ -389,7 +389,7 @@ impl Task {
             &'a ProcessorContext,
         ) -> futures::future::BoxFuture<'a, Result<(), ProcessError>>,
     {
-        let Task { processor, ctx, sys_rx, deferred, bypass, .. } = self;
+        let Task { processor, ctx, sys_rx, deferred, accepts, .. } = self;
         let ctx: &ProcessorContext = ctx;
         let fut = AssertUnwindSafe(f(processor, ctx)).catch_unwind();
         tokio::pin!(fut);
@@ -413,7 +413,9 @@ impl Task {
                 res = &mut fut => return done(res),
                 Some(env) = sys_rx.recv() => {
                     // Never past a deferred frame going the same way: order per direction holds.
-                    if bypass(&env.0, env.1) && !deferred.iter().any(|(_, d)| *d == env.1) {
+                    // Lifecycle frames are never the processor's to accept or not.
+                    let lifecycle = matches!(env.0, Frame::Start | Frame::Cancel | Frame::Interruption);
+                    if !lifecycle && !accepts(&env.0, env.1) && !deferred.iter().any(|(_, d)| *d == env.1) {
                         ctx.push(env.0, env.1).await;
                         continue;
                     }

@@ -39,14 +39,17 @@ impl ProcessError {
 
 /// One stage of the pipeline.
 ///
-/// The runtime delivers every frame except the lifecycle ones (`Start`, `End`, `Cancel`,
-/// `Interruption`) to [`Processor::process`]; those have their own hooks and the runtime forwards
-/// them itself. A processor must push on (with [`ProcessorContext::push`]) every frame it does
-/// not consume.
+/// A processor declares the frames it handles with [`Processor::accepts`]; the runtime delivers
+/// those to [`Processor::process`] and forwards every other frame itself, in order, without a
+/// line of the processor's code. Lifecycle frames (`Start`, `End`, `Cancel`, `Interruption`)
+/// have their own hooks and are forwarded by the runtime too. `process` pushes on (with
+/// [`ProcessorContext::push`]) whatever should travel further: an accepted frame it does not push
+/// is consumed.
 ///
 /// `process` may run for a long time (streaming an LLM reply, playing audio): an `Interruption`
 /// or `Cancel` arriving meanwhile drops that future at its next `.await`, so in-flight work is
-/// cancelled instead of awaited. Blocking work (inference, disk) belongs on
+/// cancelled instead of awaited, and system frames the processor does not accept travel on at
+/// once instead of waiting for it. Blocking work (inference, disk) belongs on
 /// `tokio::task::spawn_blocking`.
 #[async_trait]
 pub trait Processor: Send + 'static {
@@ -55,9 +58,18 @@ pub trait Processor: Send + 'static {
         Ok(())
     }
 
-    /// Handles one frame travelling in `direction`.
-    async fn process(&mut self, frame: Frame, direction: Direction, ctx: &ProcessorContext)
-    -> Result<(), ProcessError>;
+    /// Handles one frame travelling in `direction`: only frames [`Processor::accepts`] lets
+    /// through reach it. The default forwards the frame unchanged, for a processor that only
+    /// uses the hooks (a source that pushes from a task of its own).
+    async fn process(
+        &mut self,
+        frame: Frame,
+        direction: Direction,
+        ctx: &ProcessorContext,
+    ) -> Result<(), ProcessError> {
+        ctx.push(frame, direction).await;
+        Ok(())
+    }
 
     /// An interruption arrived: queued data has been dropped and in-flight work cancelled.
     /// Reset per-reply state here; the runtime forwards the interruption afterwards.
@@ -79,38 +91,37 @@ pub trait Processor: Send + 'static {
         Ok(())
     }
 
-    /// Frames this processor never looks at. The runtime forwards them itself, without a call
-    /// into [`Processor::process`], and system frames among them overtake a call in flight: a
-    /// speaking event travelling upstream does not wait until the TTS has synthesized its
-    /// sentence or the LLM has streamed its reply. Asked once, when the pipeline is spawned.
-    fn bypass(&self) -> Bypass {
-        bypass::nothing
+    /// The frames this processor handles; the runtime forwards the others itself, without a
+    /// call into [`Processor::process`], and system frames among them overtake a call in
+    /// flight: a speaking event travelling upstream does not wait until the TTS has synthesized
+    /// its sentence or the LLM has streamed its reply. Asked once, when the pipeline is spawned.
+    /// The default accepts nothing: the processor only forwards.
+    fn accepts(&self) -> Accepts {
+        accepts::nothing
     }
 }
 
-/// Which frames a processor lets the runtime forward without seeing them (see
-/// [`Processor::bypass`]). A plain function, so the runtime can ask it while the processor is
-/// busy in a call.
-pub type Bypass = fn(&Frame, Direction) -> bool;
+/// Which frames a processor handles (see [`Processor::accepts`]). A plain function, so the
+/// runtime can ask it while the processor is busy in a call. Never asked about lifecycle frames.
+pub type Accepts = fn(&Frame, Direction) -> bool;
 
-/// Common [`Bypass`] choices.
-pub mod bypass {
+/// Common [`Accepts`] choices.
+pub mod accepts {
     use crate::frame::{Direction, Frame};
 
-    /// The processor sees every frame.
+    /// The processor handles no frame: everything passes it.
     pub fn nothing(_: &Frame, _: Direction) -> bool {
         false
     }
 
-    /// Every frame travelling upstream: for processors that pass all of them on untouched.
-    pub fn upstream(_: &Frame, direction: Direction) -> bool {
-        direction == Direction::Upstream
+    /// The processor sees every frame.
+    pub fn everything(_: &Frame, _: Direction) -> bool {
+        true
     }
 
-    /// System frames travelling upstream (speaking events, metrics, errors on their way back):
-    /// for processors that only transform what flows downstream.
-    pub fn upstream_system(frame: &Frame, direction: Direction) -> bool {
-        direction == Direction::Upstream && frame.is_system()
+    /// Every frame travelling downstream; upstream frames pass untouched.
+    pub fn downstream(_: &Frame, direction: Direction) -> bool {
+        direction == Direction::Downstream
     }
 }
 

@@ -3,8 +3,7 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::frame::{Direction, Frame};
-use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
+use crate::processor::{BoxProcessor, BuildContext, Processor};
 use crate::registry::{BuildError, Settings};
 
 /// Settings of `passthrough`: none.
@@ -21,19 +20,9 @@ impl Settings for PassthroughSettings {
     }
 }
 
-/// Forwards every frame unchanged.
+/// Forwards every frame unchanged: it accepts none, so the runtime forwards them all.
 #[derive(Debug, Default)]
 pub struct Passthrough;
 
 #[async_trait]
-impl Processor for Passthrough {
-    async fn process(
-        &mut self,
-        frame: Frame,
-        direction: Direction,
-        ctx: &ProcessorContext,
-    ) -> Result<(), ProcessError> {
-        ctx.push(frame, direction).await;
-        Ok(())
-    }
-}
+impl Processor for Passthrough {}

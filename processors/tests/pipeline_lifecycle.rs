@@ -78,11 +78,11 @@ impl Processor for Probe {
         }
     }
 
-    fn bypass(&self) -> slowcat_processors::processor::Bypass {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
         if self.bypass_upstream {
-            slowcat_processors::processor::bypass::upstream
+            slowcat_processors::processor::accepts::downstream
         } else {
-            slowcat_processors::processor::bypass::nothing
+            slowcat_processors::processor::accepts::everything
         }
     }
 }

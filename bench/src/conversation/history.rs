@@ -30,6 +30,13 @@ struct FullHistory {
 
 #[async_trait]
 impl Processor for FullHistory {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
+        |frame, direction| match direction {
+            Direction::Downstream => matches!(frame, Frame::LlmRequest(_)),
+            Direction::Upstream => matches!(frame, Frame::SpokenReply(_)),
+        }
+    }
+
     async fn process(&mut self, frame: Frame, dir: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         match (frame, dir) {
             (Frame::LlmRequest(mut r), Direction::Downstream) => {
@@ -66,6 +73,10 @@ struct RequestProbe(RequestSizes);
 
 #[async_trait]
 impl Processor for RequestProbe {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
+        |frame, _| matches!(frame, Frame::LlmRequest(_))
+    }
+
     async fn process(&mut self, frame: Frame, dir: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         if let Frame::LlmRequest(r) = &frame {
             let chars = r.messages.iter().map(|m| m.content.chars().count()).sum();
@@ -86,6 +97,13 @@ struct ReplyAsSpoken {
 
 #[async_trait]
 impl Processor for ReplyAsSpoken {
+    fn accepts(&self) -> slowcat_processors::processor::Accepts {
+        |frame, direction| {
+            direction == Direction::Downstream
+                && matches!(frame, Frame::LlmResponseStart { .. } | Frame::LlmText(_) | Frame::LlmResponseEnd)
+        }
+    }
+
     async fn process(&mut self, frame: Frame, dir: Direction, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         match &frame {
             Frame::LlmResponseStart { turn } => {

@@ -23,7 +23,7 @@ use super::devices::{self, DeviceKind};
 use super::resample::{StreamResampler, to_i16};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::error::ErrorChain;
-use crate::frame::{AudioFrame, Direction, ErrorFrame, Frame};
+use crate::frame::{AudioFrame, ErrorFrame, Frame};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
 
@@ -198,16 +198,6 @@ impl Processor for Mic {
             }
         });
         self.capture = Some(Capture { stop, forward });
-        Ok(())
-    }
-
-    async fn process(
-        &mut self,
-        frame: Frame,
-        direction: Direction,
-        ctx: &ProcessorContext,
-    ) -> Result<(), ProcessError> {
-        ctx.push(frame, direction).await;
         Ok(())
     }
 

@@ -634,6 +634,22 @@ impl Monitor {
 
 #[async_trait]
 impl Processor for Speaker {
+    /// The reply's audio and the frames that place its sentences on the timeline, on their way
+    /// down.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| {
+            direction == Direction::Downstream
+                && matches!(
+                    frame,
+                    Frame::OutputAudio(_)
+                        | Frame::LlmResponseStart { .. }
+                        | Frame::LlmResponseEnd
+                        | Frame::TtsStarted { .. }
+                        | Frame::TtsStopped
+                )
+        }
+    }
+
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         let Some(errors) = self.errors.take() else { return Ok(()) };
         let monitor = Monitor {
@@ -657,10 +673,6 @@ impl Processor for Speaker {
         direction: Direction,
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
-        if direction == Direction::Upstream {
-            ctx.push(frame, direction).await;
-            return Ok(());
-        }
         match frame {
             Frame::OutputAudio(audio) => {
                 // Consumed: the speaker is where the assistant's audio ends.

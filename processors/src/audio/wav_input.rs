@@ -251,6 +251,11 @@ impl Producer {
 
 #[async_trait]
 impl Processor for WavInput {
+    /// The speaking events that pace the next file (`next = "after_reply"`).
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, _| matches!(frame, Frame::BotStartedSpeaking | Frame::BotStoppedSpeaking)
+    }
+
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         let mut producer = Producer {
             settings: self.settings.clone(),

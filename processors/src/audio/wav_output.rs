@@ -213,6 +213,21 @@ fn samples_len(audio: &AudioFrame, rate: u32) -> u64 {
 
 #[async_trait]
 impl Processor for WavOutput {
+    /// The audio it records and the frames that place the reply's sentences on the timeline.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, _| {
+            matches!(
+                frame,
+                Frame::OutputAudio(_)
+                    | Frame::InputAudio(_)
+                    | Frame::LlmResponseStart { .. }
+                    | Frame::LlmResponseEnd
+                    | Frame::TtsStarted { .. }
+                    | Frame::TtsStopped
+            )
+        }
+    }
+
     async fn process(
         &mut self,
         frame: Frame,

@@ -76,8 +76,11 @@ impl UserTurn {
 
 #[async_trait]
 impl Processor for UserTurn {
-    fn bypass(&self) -> crate::processor::Bypass {
-        crate::processor::bypass::upstream
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| {
+            direction == Direction::Downstream
+                && matches!(frame, Frame::Transcription(_) | Frame::InterimTranscription(_))
+        }
     }
 
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {

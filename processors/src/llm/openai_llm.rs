@@ -531,10 +531,12 @@ impl OpenAiLlm {
 
 #[async_trait]
 impl Processor for OpenAiLlm {
-    /// Nothing upstream concerns the LLM: speaking events from the speaker pass it at once,
-    /// even while a reply streams.
-    fn bypass(&self) -> crate::processor::Bypass {
-        crate::processor::bypass::upstream
+    /// Requests only: everything else, speaking events from the speaker among them, passes it
+    /// at once, even while a reply streams.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| {
+            direction == Direction::Downstream && matches!(frame, Frame::LlmRequest(_) | Frame::LlmReadAhead(_))
+        }
     }
 
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {

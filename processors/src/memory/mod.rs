@@ -498,10 +498,16 @@ impl StatelessMemory {
 
 #[async_trait]
 impl Processor for StatelessMemory {
-    /// Memory reads spoken replies (data) on their way upstream; speaking events and other system
-    /// frames pass it at once, even while it stores or injects.
-    fn bypass(&self) -> crate::processor::Bypass {
-        crate::processor::bypass::upstream_system
+    /// The turn's words and requests on their way down, the spoken reply on its way back;
+    /// speaking events and everything else pass it at once, even while it stores or injects.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| match direction {
+            Direction::Downstream => matches!(
+                frame,
+                Frame::Transcription(_) | Frame::LlmRequest(_) | Frame::LlmReadAhead(_) | Frame::UserTurnResumed
+            ),
+            Direction::Upstream => matches!(frame, Frame::SpokenReply(_)),
+        }
     }
 
     async fn process(
@@ -535,6 +541,7 @@ impl Processor for StatelessMemory {
                 }
                 ctx.push(Frame::UserTurnResumed, direction).await;
             }
+            // Not accepted; a safety net, as `Frame` may grow.
             (frame, direction) => {
                 ctx.push(frame, direction).await;
             }

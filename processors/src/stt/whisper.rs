@@ -471,9 +471,22 @@ impl WhisperStt {
 
 #[async_trait]
 impl Processor for WhisperStt {
-    /// Upstream frames pass untouched, even while a transcription is handed over.
-    fn bypass(&self) -> crate::processor::Bypass {
-        crate::processor::bypass::upstream
+    /// Audio and the turn's events on their way down. Upstream frames pass untouched, even
+    /// while a transcription is handed over.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| {
+            direction == Direction::Downstream
+                && matches!(
+                    frame,
+                    Frame::InputAudio(_)
+                        | Frame::Metrics(_)
+                        | Frame::UserStartedSpeaking
+                        | Frame::UserTurnResumed
+                        | Frame::UserSpeechPaused { .. }
+                        | Frame::UserStoppedSpeaking
+                        | Frame::UserTurnEnded
+                )
+        }
     }
 
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
@@ -500,10 +513,6 @@ impl Processor for WhisperStt {
         direction: Direction,
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
-        if direction == Direction::Upstream {
-            ctx.push(frame, direction).await;
-            return Ok(());
-        }
         match &frame {
             Frame::InputAudio(audio) => {
                 let samples = self.convert.convert(audio).into_owned();

@@ -136,10 +136,16 @@ impl<S: Synthesizer> StreamingTts<S> {
 
 #[async_trait]
 impl<S: Synthesizer> Processor for StreamingTts<S> {
-    /// Upstream frames pass untouched; the speaker's speaking events must not wait while a
-    /// sentence is being synthesized (barge-in needs them at once).
-    fn bypass(&self) -> crate::processor::Bypass {
-        crate::processor::bypass::upstream
+    /// The reply's text on its way down. Everything else passes untouched; the speaker's speaking
+    /// events must not wait while a sentence is being synthesized (barge-in needs them at once).
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| {
+            direction == Direction::Downstream
+                && matches!(
+                    frame,
+                    Frame::LlmResponseStart { .. } | Frame::LlmText(_) | Frame::LlmResponseEnd | Frame::Speak(_)
+                )
+        }
     }
 
     async fn process(
@@ -148,10 +154,6 @@ impl<S: Synthesizer> Processor for StreamingTts<S> {
         direction: Direction,
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
-        if direction == Direction::Upstream {
-            ctx.push(frame, direction).await;
-            return Ok(());
-        }
         match frame {
             Frame::LlmResponseStart { turn } => {
                 self.turn = turn;
@@ -176,6 +178,7 @@ impl<S: Synthesizer> Processor for StreamingTts<S> {
                 let segments = SentenceSplitter::split_all(&text, self.opts.split.clone());
                 self.speak_all(segments, ctx).await;
             }
+            // Not accepted; a safety net, as `Frame` may grow.
             frame => {
                 ctx.push(frame, direction).await;
             }

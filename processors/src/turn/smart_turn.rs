@@ -747,6 +747,24 @@ impl SmartTurn {
 
 #[async_trait]
 impl Processor for SmartTurn {
+    /// Audio and the speaking events it times the turn by, and the interim transcripts coming
+    /// back from speech-to-text.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, direction| match frame {
+            Frame::InterimTranscription(_) => direction == Direction::Upstream,
+            _ => matches!(
+                frame,
+                Frame::InputAudio(_)
+                    | Frame::UserStartedSpeaking
+                    | Frame::UserSpeechPaused { .. }
+                    | Frame::UserStoppedSpeaking
+                    | Frame::Metrics(_)
+                    | Frame::BotStartedSpeaking
+                    | Frame::BotStoppedSpeaking
+            ),
+        }
+    }
+
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         self.waker = Some(ctx.waker());
         Ok(())

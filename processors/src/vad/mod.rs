@@ -443,6 +443,11 @@ async fn emit(event: SpeechEvent, stop_after: Duration, ctx: &ProcessorContext) 
 
 #[async_trait]
 impl<D: Detector> Processor for VadProcessor<D> {
+    /// Audio only: speaking events and the rest pass it even while a window is analysed.
+    fn accepts(&self) -> crate::processor::Accepts {
+        |frame, _| matches!(frame, Frame::InputAudio(_))
+    }
+
     async fn process(
         &mut self,
         frame: Frame,
