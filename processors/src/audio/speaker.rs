@@ -663,7 +663,7 @@ impl Processor for Speaker {
             last_error: None,
             unreported_errors: 0,
         };
-        self.monitor = Some(tokio::spawn(monitor.run(ctx.cancellation())));
+        self.monitor = Some(ctx.spawn(monitor.run(ctx.cancellation())));
         Ok(())
     }
 
