@@ -1,6 +1,8 @@
 //! Tasks a processor spawns are tracked: joined at shutdown, and reported like a hung processor
 //! when they do not stop.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
