@@ -7,6 +7,8 @@
 //! audio handed to the device. The sink is one of the test's own, so that other tests playing
 //! on `slowcat_null` at the same time (a shared machine) neither disturb it nor are disturbed.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod common;
 
 use std::io::Read as _;

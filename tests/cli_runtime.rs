@@ -1,6 +1,8 @@
 //! End-to-end tests of the `slowcat` binary's runtime: WAV in/out through a pipeline, config
 //! errors, and Ctrl-C.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The whole assistant end to end, with every real part: Silero VAD, Smart Turn, Whisper
 //! tiny.en, stateless memory, the local llama.cpp server, Piper, WAV files.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! A kind registered by a test drives a pipeline built from config text, the way config.toml
 //! drives the assistant: the registry is a value, not a fixed list.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use async_trait::async_trait;
 use serde::Deserialize;
 use slowcat::config::{self, Rewire};

@@ -3,6 +3,8 @@
 //! when the server dies, and `scripts/run.sh` answering a spoken question when nothing answers at
 //! the configured LLM address.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod common;
 
 use std::path::{Path, PathBuf};

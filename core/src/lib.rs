@@ -19,7 +19,7 @@ pub mod settings;
 pub use frame::{AudioFrame, ChatMessage, Direction, Frame, FrameClass, LlmRequest, Role, Transcription};
 pub use pipeline::{Pipeline, PipelineOptions, Shutdown};
 pub use processor::{
-    Accepts, BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext, Waker,
+    Accepts, BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext, Spawner, Waker,
 };
 pub use settings::{BuildError, CheckedSettings, Kind, Passed, Problem, Registry, Requirement, Settings};
 

@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 
 use crate::frame::{Direction, ErrorFrame, Frame, FrameClass};
 use crate::lane;
-use crate::processor::{self, Accepts, BoxProcessor, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext};
+use crate::processor::{
+    self, Accepts, BoxProcessor, Envelope, FrameSender, Lanes, ProcessError, ProcessorContext, Spawner,
+};
 
 /// Channel sizes and shutdown bounds.
 ///
@@ -31,7 +33,7 @@ pub struct PipelineOptions {
     pub system_capacity: usize,
     /// How long `Cancel` may take to travel the pipeline before tasks are stopped regardless.
     pub cancel_timeout: Duration,
-    /// How long tasks may take to stop once told to.
+    /// How long tasks (the processors' and those they spawned) may take to stop once told to.
     pub join_timeout: Duration,
     /// How long the final `End` may take to travel back upstream.
     pub drain_timeout: Duration,
@@ -52,7 +54,8 @@ impl Default for PipelineOptions {
 /// How a pipeline stopped.
 #[derive(Debug, Default)]
 pub struct Shutdown {
-    /// Ids of processors that did not stop within the bounds and were abandoned.
+    /// Ids of processors that did not stop within the bounds, or whose spawned tasks did not:
+    /// they were abandoned.
     pub hung: Vec<String>,
     /// Frames that came out of the pipeline while it stopped.
     pub frames: Vec<(Frame, Direction)>,
@@ -64,6 +67,8 @@ pub struct Pipeline {
     tail: FrameSender,
     out_rx: lane::Receiver<Envelope>,
     tasks: Vec<(Arc<str>, JoinHandle<()>)>,
+    /// The tasks each processor spawned ([`ProcessorContext::spawn`]).
+    spawned: Vec<(Arc<str>, Spawner)>,
     cancel: CancellationToken,
     /// Set with `cancel`: the tasks' fast path reads it per frame, which is cheaper than asking
     /// the token (a lock shared by every task).
@@ -96,11 +101,13 @@ impl Pipeline {
         };
 
         let mut tasks = Vec::with_capacity(processors.len());
+        let mut spawned = Vec::with_capacity(processors.len());
         for (i, ((id, processor), (sys_rx, data_rx))) in processors.into_iter().zip(receivers).enumerate() {
             let id: Arc<str> = id.into();
             let up = lanes_at(i.checked_sub(1));
             let down = lanes_at(Some(i + 1));
             let ctx = ProcessorContext::new(id.clone(), processor::sender(down, up), cancel.clone(), epoch);
+            spawned.push((id.clone(), ctx.spawner()));
             let accepts = processor.accepts();
             let task = Task {
                 processor,
@@ -116,7 +123,7 @@ impl Pipeline {
         }
         let head = processor::sender(lanes_at(Some(0)), sink.clone());
         let tail = processor::sender(sink.clone(), lanes_at(inputs.len().checked_sub(1)));
-        Self { head, tail, out_rx, tasks, cancel, stopping, epoch, options }
+        Self { head, tail, out_rx, tasks, spawned, cancel, stopping, epoch, options }
     }
 
     /// Sends `Start` through the pipeline.
@@ -234,6 +241,30 @@ impl Pipeline {
                 }
             }
         }
+        // Then what they spawned, within the same bound: the processors' `stop` has run, which
+        // aborts the tasks some of them keep.
+        for (id, spawner) in std::mem::take(&mut self.spawned) {
+            spawner.close();
+            // As above: tasks told to stop get a chance to, even past the deadline.
+            tokio::task::yield_now().await;
+            let waited = spawner.wait();
+            tokio::pin!(waited);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut waited => break,
+                    Some(f) = self.out_rx.recv() => frames.push(f),
+                    _ = tokio::time::sleep_until(deadline) => {
+                        warn!(processor = %id, "a task the processor spawned did not stop in time; abandoning it");
+                        spawner.abort();
+                        if !hung.iter().any(|h| **h == *id) {
+                            hung.push(id.to_string());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
         while let Ok(f) = self.out_rx.try_recv() {
             frames.push(f);
         }
@@ -247,6 +278,9 @@ impl Drop for Pipeline {
         self.cancel.cancel();
         for (_, handle) in &self.tasks {
             handle.abort();
+        }
+        for (_, spawner) in &self.spawned {
+            spawner.abort();
         }
     }
 }

@@ -3,13 +3,15 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::frame::{Direction, ErrorFrame, Frame, Metric};
 
@@ -196,11 +198,63 @@ impl FrameSender {
     }
 }
 
+/// Spawns the tasks of one processor, tracked by the pipeline: at shutdown it cancels their token
+/// ([`ProcessorContext::cancellation`]) and waits for them as long as for the processors; a task
+/// still running then is aborted and its processor reported in
+/// [`Shutdown::hung`](crate::Shutdown::hung). Cloneable, for state that spawns outside a call.
+#[derive(Clone, Default)]
+pub struct Spawner {
+    tracker: TaskTracker,
+    /// To abort what is left once the wait is over (a tracker can only wait).
+    running: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Spawner {
+    /// Spawns `task` on the runtime, tracked. It should stop when the pipeline's cancellation
+    /// token fires.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = self.tracker.spawn(task);
+        // Nothing panics while the lock is held; a poisoned list is still a list.
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.retain(|h| !h.is_finished());
+        running.push(handle.abort_handle());
+        handle
+    }
+
+    /// No more tasks count from now on: [`Spawner::wait`] resolves once the running ones end.
+    pub(crate) fn close(&self) {
+        self.tracker.close();
+    }
+
+    /// Resolves when every task has ended (after [`Spawner::close`]).
+    pub(crate) async fn wait(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// Aborts every task still running.
+    pub(crate) fn abort(&self) {
+        for h in self.running.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawner").field("tasks", &self.tracker.len()).finish()
+    }
+}
+
 /// What a running processor can reach of the runtime.
 pub struct ProcessorContext {
     id: Arc<str>,
     sender: FrameSender,
     cancel: CancellationToken,
+    spawner: Spawner,
     epoch: Instant,
     /// When [`Processor::wake`] is due, in nanoseconds since `timer_epoch`; `NO_WAKE` when not
     /// asked. On tokio's clock, which tests may pause.
@@ -240,6 +294,7 @@ impl ProcessorContext {
             id,
             sender,
             cancel,
+            spawner: Spawner::default(),
             epoch,
             wake_at: Arc::new(AtomicU64::new(NO_WAKE)),
             notify: Arc::new(tokio::sync::Notify::new()),
@@ -322,6 +377,24 @@ impl ProcessorContext {
     /// Cancelled when the pipeline shuts down; spawned tasks should stop when it fires.
     pub fn cancellation(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// Spawns a task for this processor, tracked by the pipeline (see [`Spawner`]): a reader
+    /// pacing frames, a monitor, a background request. It should stop when
+    /// [`ProcessorContext::cancellation`] fires; at shutdown it is waited for, within the
+    /// pipeline's bound.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawner.spawn(task)
+    }
+
+    /// A handle that spawns tracked tasks like [`ProcessorContext::spawn`], for state that
+    /// spawns outside a call into the processor.
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
     }
 
     /// The instant the pipeline started: the zero of every timeline.

@@ -1,6 +1,8 @@
 //! Forward by default: a processor sees only the frames it accepts, and every other frame goes
 //! on without it, in order.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -6,6 +6,8 @@
 //! full window; `--fallback` and `--retry` turn on those guards of [`Guards`], off by default here
 //! so the floors are measured alone; `--noise` adds the non-speech clips).
 
+#![allow(clippy::unwrap_used)] // a measuring tool built on the tests' helpers, which unwrap
+
 #[path = "../tests/speech_in_util/mod.rs"]
 mod speech_in_util;
 

@@ -1,6 +1,8 @@
 //! `openai_llm` against a server that misbehaves on purpose (the real server cannot be made to):
 //! each fault gives an error frame, a closed reply, a spoken apology, and the next turn works.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod llm_support;
 
 use std::time::Duration;

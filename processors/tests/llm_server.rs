@@ -2,6 +2,8 @@
 //! the one `SLOWCAT_LLM_URL` names). What the 135M model says is never asserted, only how it
 //! arrives.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod llm_support;
 
 use std::net::SocketAddr;

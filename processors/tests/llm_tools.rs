@@ -2,6 +2,8 @@
 //! a call at every byte, loop for ever or call a tool that does not exist on cue), with tools of
 //! the test's own that record when they run and when their future is dropped.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod llm_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,8 @@
 //! kill -9 while storing: every exchange acknowledged as stored is there afterwards, and the
 //! database opens. The child is this test binary itself, run with `--ignored crash_child`.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;

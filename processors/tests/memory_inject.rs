@@ -2,6 +2,8 @@
 //! duplicates, one system message, no double injection, speaker isolation, rare-word recall,
 //! interrupted replies, and every frame forwarded.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod memory_util;
 
 use std::time::Duration;

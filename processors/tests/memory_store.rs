@@ -1,6 +1,8 @@
 //! The memory database on disk: persistence across restarts, tier moves, retention, map growth,
 //! file modes, damaged and unusable paths, a full disk, and the `memory` commands.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod memory_util;
 
 use std::os::unix::fs::PermissionsExt;

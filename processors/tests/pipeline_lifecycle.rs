@@ -1,5 +1,7 @@
 //! The runtime's lifecycle: start, end of stream, cancel, interruption, bounded shutdown.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,8 @@
 //! default settings: tiny.en Q8_0, the `auto` window, 2 threads. Short real commands made
 //! tiny.en loop ("W, W, W, W, ...") with a window sized to a sub-second segment (#15).
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_in_util;
 
 use slowcat_processors::stt::{AudioCtx, WhisperEngine, WhisperSttSettings, repeats_itself};

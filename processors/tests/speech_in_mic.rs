@@ -5,6 +5,8 @@
 //! selected through `PULSE_SOURCE`, so sounds other tests play into the default sink do not
 //! reach it. One test function only: it sets environment variables for this process.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_in_util;
 
 use std::path::Path;

@@ -5,6 +5,8 @@
 //! this test runs a private daemon of its own on its own socket, and kills and restarts that.
 //! One test function only: it sets `PULSE_SERVER` for this process.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_in_util;
 
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! Both VADs on generated speech padded with known silence: the boundaries they report.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_in_util;
 
 use std::time::Duration;

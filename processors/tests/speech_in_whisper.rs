@@ -1,6 +1,8 @@
 //! `whisper_stt` with the real models on generated speech (espeak-ng): what it transcribes,
 //! when, and what it refuses to turn into a user turn.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_in_util;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! `espeak_tts`: the espeak-ng fallback voice, read back by Whisper.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_out_util;
 
 use slowcat_processors::harness::Harness;

@@ -3,6 +3,8 @@
 //! the server here is a small stand-in that speaks the protocol and answers with real Piper
 //! speech — and fails on purpose where the test needs it.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_out_util;
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! Piper TTS with the real voice and the real espeak-ng: LLM text streamed in, sentences
 //! synthesized as they complete, and the audio read back by Whisper.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_out_util;
 
 use std::time::Duration;

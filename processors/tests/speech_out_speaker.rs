@@ -1,6 +1,8 @@
 //! The `speaker` on real devices: ALSA's default device routed to a PulseAudio null sink, whose
 //! monitor is recorded back (`scripts/pulse.sh start` sets this up).
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod speech_out_util;
 
 use std::io::Read as _;

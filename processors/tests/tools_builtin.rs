@@ -1,6 +1,8 @@
 //! The built-in tools through `ToolBox::call`, as the LLM processor runs them: real clocks, real
 //! files under a data dir, a real HTTP server on this machine.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::time::{Duration, Instant};
 
 use chrono::{Duration as ChronoDuration, Utc};

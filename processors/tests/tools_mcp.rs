@@ -2,6 +2,8 @@
 //! `server-filesystem` from npm (started with `npx -y`), a server command that does not exist,
 //! and a scripted server that dies in the middle of a call (no real server does that on demand).
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

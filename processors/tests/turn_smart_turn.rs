@@ -1,6 +1,8 @@
 //! `smart_turn` with the real Smart Turn v3.2 model and real (Piper) speech: scores of
 //! complete vs cut-off sentences, end-of-turn timing on a paused clock, and barge-in decisions.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;

@@ -180,7 +180,7 @@ impl Processor for Mic {
         let sender = ctx.sender();
         let cancel = ctx.cancellation();
         let id = ctx.id().to_string();
-        let forward = tokio::spawn(async move {
+        let forward = ctx.spawn(async move {
             loop {
                 let event = tokio::select! {
                     _ = cancel.cancelled() => return,

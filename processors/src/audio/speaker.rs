@@ -6,6 +6,9 @@
 //! and plays silence when the ring is empty. `process` waits for room in the ring, so the
 //! device's pace holds back the TTS (backpressure). An interruption asks the callback to empty
 //! the ring, so the speaker falls silent once the device has played what it already holds.
+//! Nothing polls: the callback wakes whoever waits on it (`process` for room, `interrupted` for
+//! the ring emptied, the monitor for audio taken) when it has taken audio, and the monitor sleeps
+//! until the next moment its bookkeeping is due (the reply played out).
 //!
 //! The device buffer is not left at the device's default: through ALSA's PulseAudio plugin
 //! (ALSA's `default` on most desktops) that is three 512-frame periods, 32 ms at 48 kHz, and
@@ -27,6 +30,7 @@ use async_trait::async_trait;
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
 use serde::Deserialize;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::devices;
@@ -103,7 +107,7 @@ impl Settings for SpeakerSettings {
     }
 }
 
-/// Counters shared with the device callback (atomics only: the callback never locks).
+/// Counters shared with the device callback (atomics, and wake-ups: the callback never waits).
 struct Shared {
     /// The zero of `started_ns`.
     base: Instant,
@@ -120,6 +124,13 @@ struct Shared {
     latency_ns: AtomicU64,
     /// Callbacks so far, to tell a running device from a stalled one.
     callbacks: AtomicU64,
+    /// Notified by the callback when it took audio or emptied the ring: room for `write`, a
+    /// clear carried out for `interrupted`. A `Notify` keeps one wake-up for a waiter that comes
+    /// later, and waking never waits (the waiter list's lock is only held to unlink a waiter).
+    taken: Notify,
+    /// Notified by the callback (audio taken, a device error) and by the processor (the reply's
+    /// bookkeeping changed): the monitor looks again.
+    changed: Notify,
     sample_rate: u32,
     chunk_frames: usize,
 }
@@ -181,6 +192,8 @@ pub struct Speaker {
     resampler: Option<StreamResampler>,
     errors: Option<Receiver<String>>,
     monitor: Option<JoinHandle<()>>,
+    /// Counts the monitor's looks at the counters; closed when it stops.
+    ticks: Option<watch::Receiver<u64>>,
 }
 
 /// The device period asked for when `buffer_frames` is 0, in milliseconds. Through PulseAudio's
@@ -193,8 +206,6 @@ const AUTO_PERIOD_MS: u32 = 50;
 const CLEAR_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long `process` waits for room in the ring before deciding the device has stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often the monitor looks at the counters.
-const MONITOR_PERIOD: Duration = Duration::from_millis(10);
 /// At most one device error frame this often: after an underrun, ALSA's PulseAudio plugin can
 /// fail the same call hundreds of times a second until it recovers.
 const ERROR_EVERY: Duration = Duration::from_secs(5);
@@ -255,6 +266,8 @@ impl Speaker {
             started_ns: AtomicU64::new(0),
             latency_ns: AtomicU64::new(0),
             callbacks: AtomicU64::new(0),
+            taken: Notify::new(),
+            changed: Notify::new(),
             sample_rate: rate,
             chunk_frames,
         });
@@ -296,6 +309,7 @@ impl Speaker {
             resampler: None,
             errors: Some(err_rx),
             monitor: None,
+            ticks: None,
         })
     }
 
@@ -322,22 +336,16 @@ impl Speaker {
     }
 
     async fn write(&mut self, samples: &[f32]) -> Result<(), ProcessError> {
-        let poll = Duration::from_millis(u64::from(self.settings.chunk_ms / 4).clamp(2, 10));
         for piece in samples.chunks(self.shared.chunk_frames) {
-            let mut waited_since: Option<(Instant, u64)> = None;
             while self.producer.slots() < piece.len() {
-                let callbacks = self.shared.callbacks.load(Ordering::Acquire);
-                match waited_since {
-                    Some((since, seen)) if seen == callbacks && since.elapsed() > STALL_TIMEOUT => {
-                        return Err(ProcessError::recoverable(format!(
-                            "output device {} stopped taking audio; the rest of this reply is not played",
-                            self.device_name
-                        )));
-                    }
-                    Some((_, seen)) if seen == callbacks => {}
-                    _ => waited_since = Some((Instant::now(), callbacks)),
+                // Every callback takes audio from the full ring and wakes this: none for so long
+                // means the device stopped.
+                if tokio::time::timeout(STALL_TIMEOUT, self.shared.taken.notified()).await.is_err() {
+                    return Err(ProcessError::recoverable(format!(
+                        "output device {} stopped taking audio; the rest of this reply is not played",
+                        self.device_name
+                    )));
                 }
-                tokio::time::sleep(poll).await;
             }
             lock(&self.state).text.on_audio(piece.len() as u64);
             // Cannot fail: the room was checked above and only this task writes.
@@ -457,12 +465,14 @@ where
 {
     let channels = usize::from(config.channels.max(1));
     let mut idle = true;
+    let on_error = shared.clone();
     device.build_output_stream::<T, _, _>(
         config,
         move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
             shared.callbacks.fetch_add(1, Ordering::AcqRel);
             let requested = shared.clear_requested.load(Ordering::Acquire);
-            if requested != shared.clear_done.load(Ordering::Relaxed) {
+            let cleared = requested != shared.clear_done.load(Ordering::Relaxed);
+            if cleared {
                 let n = ring.slots();
                 if let Ok(chunk) = ring.read_chunk(n) {
                     chunk.commit_all();
@@ -496,10 +506,16 @@ where
             if let Some(latency) = ts.playback.checked_duration_since(ts.callback) {
                 shared.latency_ns.store(u64::try_from(latency.as_nanos()).unwrap_or(0), Ordering::Relaxed);
             }
+            // Only when something changed: a device playing silence wakes nobody.
+            if filled > 0 || cleared {
+                shared.taken.notify_one();
+                shared.changed.notify_one();
+            }
         },
         move |err: cpal::Error| {
             // Full: the monitor has not caught up; one message of the burst is enough.
             let _ = errors.try_send(err.to_string());
+            on_error.changed.notify_one();
             // After any error but an xrun, cpal's ALSA thread tries again at once. ALSA's
             // PulseAudio plugin fails snd_pcm_avail_delay with EIO until PulseAudio's first
             // timing report for a (re)connected stream has come, so that is a busy loop, hundreds
@@ -534,18 +550,31 @@ struct Monitor {
 }
 
 impl Monitor {
-    async fn run(mut self, cancel: tokio_util::sync::CancellationToken) {
+    /// Looks at the counters whenever the callback or the processor says they changed, and when
+    /// the bookkeeping is due (`tick` says when); counts its looks in `ticks`.
+    async fn run(mut self, cancel: tokio_util::sync::CancellationToken, ticks: watch::Sender<u64>) {
+        let shared = self.shared.clone();
+        let mut due: Option<Instant> = None;
         loop {
+            let sleep = async move {
+                match due {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(MONITOR_PERIOD) => {}
+                _ = shared.changed.notified() => {}
+                _ = sleep => {}
             }
             while let Ok(message) = self.errors.try_recv() {
                 if let Some(frame) = self.error_frame(message) {
                     self.sender.push(frame, Direction::Downstream).await;
                 }
             }
-            for (frame, both) in self.tick() {
+            let (frames, next) = self.tick();
+            due = next;
+            for (frame, both) in frames {
                 if both {
                     push_both(&self.sender, frame).await;
                 } else {
@@ -557,6 +586,7 @@ impl Monitor {
                     self.sender.push(frame, dir).await;
                 }
             }
+            ticks.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -577,8 +607,9 @@ impl Monitor {
         Some(Frame::Error(Box::new(ErrorFrame { source: self.id.clone(), message, recoverable: true })))
     }
 
-    /// One look at the counters; returns the frames to send (and whether both ways).
-    fn tick(&self) -> Vec<(Frame, bool)> {
+    /// One look at the counters; returns the frames to send (and whether both ways), and when to
+    /// look again if nothing wakes the monitor before.
+    fn tick(&self) -> (Vec<(Frame, bool)>, Option<Instant>) {
         let mut st = lock(&self.state);
         let mut out: Vec<(Frame, bool)> =
             st.reports.drain(..).map(|r| (Frame::SpokenReply(Box::new(r)), false)).collect();
@@ -607,8 +638,9 @@ impl Monitor {
             }
         }
         if !drained {
+            // The callback wakes the monitor as it takes the rest.
             st.drained_since = None;
-            return out;
+            return (out, None);
         }
         let since = *st.drained_since.get_or_insert(now);
         let latency = Duration::from_nanos(self.shared.latency_ns.load(Ordering::Relaxed));
@@ -628,7 +660,14 @@ impl Monitor {
             }
             st.first_reported = false;
         }
-        out
+        let due = if st.speaking {
+            Some(since + hold)
+        } else if st.text.is_complete() {
+            Some(since + latency)
+        } else {
+            None
+        };
+        (out, due)
     }
 }
 
@@ -663,7 +702,9 @@ impl Processor for Speaker {
             last_error: None,
             unreported_errors: 0,
         };
-        self.monitor = Some(tokio::spawn(monitor.run(ctx.cancellation())));
+        let (ticks, ticked) = watch::channel(0);
+        self.ticks = Some(ticked);
+        self.monitor = Some(ctx.spawn(monitor.run(ctx.cancellation(), ticks)));
         Ok(())
     }
 
@@ -673,6 +714,9 @@ impl Processor for Speaker {
         direction: Direction,
         ctx: &ProcessorContext,
     ) -> Result<(), ProcessError> {
+        // Whatever this frame changes in the reply's bookkeeping, the monitor looks at it.
+        let shared = self.shared.clone();
+        let _changed = NotifyOnDrop(&shared.changed);
         match frame {
             Frame::OutputAudio(audio) => {
                 // Consumed: the speaker is where the assistant's audio ends.
@@ -704,9 +748,12 @@ impl Processor for Speaker {
     async fn interrupted(&mut self, ctx: &ProcessorContext) {
         let discarded_before = self.shared.discarded.load(Ordering::Acquire);
         let request = self.shared.clear_requested.fetch_add(1, Ordering::AcqRel) + 1;
-        let deadline = Instant::now() + CLEAR_TIMEOUT;
-        while self.shared.clear_done.load(Ordering::Acquire) < request && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        let deadline = tokio::time::Instant::now() + CLEAR_TIMEOUT;
+        while self.shared.clear_done.load(Ordering::Acquire) < request {
+            // The callback wakes this once it has emptied the ring.
+            if tokio::time::timeout_at(deadline, self.shared.taken.notified()).await.is_err() {
+                break;
+            }
         }
         if let Some(r) = self.resampler.as_mut() {
             r.reset();
@@ -723,6 +770,7 @@ impl Processor for Speaker {
             st.drained_since = None;
             (reports, reply, was_speaking)
         };
+        self.shared.changed.notify_one();
         tracing::debug!(processor = %ctx.id(), ?reply, "interrupted");
         if was_speaking {
             push_both(&ctx.sender(), Frame::BotStoppedSpeaking).await;
@@ -736,18 +784,20 @@ impl Processor for Speaker {
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
         // Let the queued audio play out (bounded) so the last reply is heard and reported
         // before End travels on.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && self.monitor.as_ref().is_some_and(|m| !m.is_finished()) {
-            let busy = {
-                let st = lock(&self.state);
-                let consumed =
-                    self.shared.played.load(Ordering::Acquire) + self.shared.discarded.load(Ordering::Acquire);
-                consumed < st.text.written() || st.speaking || st.text.is_complete()
-            };
-            if !busy {
-                break;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        if let Some(ticks) = self.ticks.as_mut() {
+            loop {
+                let busy = {
+                    let st = lock(&self.state);
+                    let consumed =
+                        self.shared.played.load(Ordering::Acquire) + self.shared.discarded.load(Ordering::Acquire);
+                    consumed < st.text.written() || st.speaking || st.text.is_complete()
+                };
+                // Look again after the monitor's next look; done when it has stopped.
+                if !busy || !matches!(tokio::time::timeout_at(deadline, ticks.changed()).await, Ok(Ok(()))) {
+                    break;
+                }
             }
-            tokio::time::sleep(MONITOR_PERIOD).await;
         }
         // A reply the stream ended in the middle of is reported as far as it got.
         let (reports, reply) = {
@@ -768,5 +818,14 @@ impl Processor for Speaker {
         if let Some(stream) = self.stream.take() {
             let _ = stream.pause();
         }
+    }
+}
+
+/// Notifies on drop, so every way out of a call (early returns, `?`) tells the monitor.
+struct NotifyOnDrop<'a>(&'a Notify);
+
+impl Drop for NotifyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }

@@ -267,7 +267,7 @@ impl Processor for WavInput {
         };
         let clips = self.clips.clone();
         let mut events = self.events.subscribe();
-        self.task = Some(tokio::spawn(async move {
+        self.task = Some(ctx.spawn(async move {
             let s = producer.settings.clone();
             let total = clips.len() * s.repeat as usize;
             for (i, clip) in clips.iter().cycle().take(total).enumerate() {

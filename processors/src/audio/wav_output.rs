@@ -167,7 +167,7 @@ impl WavOutput {
         let played_out = Duration::from_secs_f64(self.cursor as f64 / f64::from(self.settings.sample_rate));
         if self.settings.realtime && !interrupted && played_out > ctx.now() {
             let (sender, at) = (ctx.sender(), tokio::time::Instant::from_std(ctx.epoch()) + played_out);
-            self.stop_timer = Some(tokio::spawn(async move {
+            self.stop_timer = Some(ctx.spawn(async move {
                 tokio::time::sleep_until(at).await;
                 sender.upstream(Frame::BotStoppedSpeaking).await;
                 sender.downstream(Frame::BotStoppedSpeaking).await;

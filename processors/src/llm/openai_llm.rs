@@ -540,12 +540,13 @@ impl Processor for OpenAiLlm {
     }
 
     async fn start(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.priming.spawn_on(ctx.spawner());
         for warning in self.tools.start().await {
             warn!(%warning, "tools");
         }
         if let Some(announcements) = self.tools.take_announcements() {
             let task = announce(announcements, ctx, self.speaking.clone());
-            self.announcer = Some(tokio::spawn(task.instrument(info_span!("llm_announcements"))));
+            self.announcer = Some(ctx.spawn(task.instrument(info_span!("llm_announcements"))));
         }
         if self.settings.warmup {
             // In the background: a server that is down or still loading its model must not hold

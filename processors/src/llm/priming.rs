@@ -22,7 +22,7 @@ use super::error::LlmError;
 use super::http::{Call, Server, pick_model};
 use super::wire::ChatRequest;
 use crate::frame::{ChatMessage, ErrorFrame, Frame, Role};
-use crate::processor::FrameSender;
+use crate::processor::{FrameSender, Spawner};
 
 /// What a priming request needs: the server, the model (shared with the replies, which may have
 /// looked it up first) and the bounds.
@@ -79,12 +79,27 @@ impl Primer {
 /// The one priming request that may be in flight.
 #[derive(Default)]
 pub(super) struct Background {
+    /// The processor's tracked tasks, once it has started.
+    spawner: Option<Spawner>,
     task: Option<JoinHandle<()>>,
     /// Set once the read-ahead in `task` has gone out; until then a turn's request may drop it.
     read_ahead_sent: Option<Arc<AtomicBool>>,
 }
 
 impl Background {
+    /// Spawns the requests as the processor's tracked tasks from now on.
+    pub(super) fn spawn_on(&mut self, spawner: Spawner) {
+        self.spawner = Some(spawner);
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        match &self.spawner {
+            Some(spawner) => spawner.spawn(task),
+            // Not started in a pipeline (a unit test): nothing tracks it, `abort` still stops it.
+            None => tokio::spawn(task),
+        }
+    }
+
     /// Starts the warm-up. A failure is a warning and a recoverable error frame from `source`:
     /// the next turns try again. `cancel` (the pipeline's shutdown) stops it.
     pub(super) fn warm_up(&mut self, primer: Primer, sender: FrameSender, source: String, cancel: CancellationToken) {
@@ -103,7 +118,7 @@ impl Background {
                 }
             }
         };
-        self.task = Some(tokio::spawn(task.instrument(info_span!("llm_warmup"))));
+        self.task = Some(self.spawn(task.instrument(info_span!("llm_warmup"))));
     }
 
     /// Sends `chat` for one token in the background after `delay` (and after the request ahead
@@ -126,7 +141,7 @@ impl Background {
                 Err(e) => debug!(what, error = %e, "reading the prompt ahead failed"),
             }
         };
-        self.task = Some(tokio::spawn(task.instrument(info_span!("llm_read_ahead"))));
+        self.task = Some(self.spawn(task.instrument(info_span!("llm_read_ahead"))));
     }
 
     /// Drops a read-ahead whose request has not gone out yet: what comes now supersedes it.

@@ -503,7 +503,7 @@ impl Processor for WhisperStt {
             resumed: self.resumed.clone(),
             last_pushed: None,
         };
-        self.worker = Some((tx, tokio::spawn(worker.run(engine, rx))));
+        self.worker = Some((tx, ctx.spawn(worker.run(engine, rx))));
         Ok(())
     }
 
