@@ -2,6 +2,8 @@
 //! before; a file the assistant heard no turn in must not hold the next one for the whole wait a
 //! long reply needs.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::time::Duration;
 
 use slowcat_processors::audio::{NextFile, WavInputSettings};
