@@ -50,7 +50,7 @@ pub async fn build_processors(config: Config) -> anyhow::Result<Vec<(String, Box
 }
 
 /// Resolves when the user asks the program to stop (Ctrl-C, or SIGTERM on Unix).
-async fn stop_requested() {
+pub(crate) async fn stop_requested() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

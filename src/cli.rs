@@ -42,6 +42,45 @@ pub enum Command {
     Devices,
     /// See and delete what the assistant remembers (the `stateless_memory` database).
     Memory(MemoryArgs),
+    /// The tools the assistant's LLM can call.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+    /// One text turn: TEXT goes through the config's processors from `user_turn` on (memory and
+    /// tools included) and the reply is printed. The tools called are logged on stderr. Exit
+    /// status 1 when the reply failed (the apology is printed).
+    Ask(AskArgs),
+}
+
+/// The `slowcat tools` commands.
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// Every tool of the config's `openai_llm` processor(s), with its source (`builtin` or
+    /// `mcp:<server>`) and description. MCP servers are started for the listing and stopped
+    /// after; name clashes and servers that fail are printed as warnings.
+    List(ConfigArgs),
+}
+
+/// Options of `slowcat ask`.
+#[derive(Debug, Clone, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// What the user says.
+    #[arg(required = true, value_name = "TEXT")]
+    pub text: Vec<String>,
+
+    /// Also speak the reply through the config's TTS and output device (the speaker).
+    #[arg(long)]
+    pub speak: bool,
+
+    /// Use this OpenAI-compatible server for every `openai_llm` processor, e.g. http://127.0.0.1:8089/v1.
+    #[arg(long, value_name = "URL")]
+    pub llm_url: Option<String>,
+
+    /// Log what the processors do (info level) on stderr, not only the tool calls and warnings.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 /// Options of `slowcat memory`.
@@ -135,7 +174,7 @@ fn memory_db_path(args: &MemoryArgs) -> anyhow::Result<PathBuf> {
     }
     // Only the sections are read: the memory database is reachable when a model the rest of the
     // pipeline needs is missing.
-    let sections = config::load_sections(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sections = config::load_sections(&args.config, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let paths: Vec<(String, PathBuf)> = sections
         .settings_of::<slowcat_processors::memory::StatelessMemorySettings>()
         .map(|(id, s)| (id.to_string(), s.db_path(&sections.build)))
@@ -323,13 +362,21 @@ pub struct ModelsArgs {
     pub models_dir: PathBuf,
 }
 
-fn init_logging(filter: Option<&str>) {
-    let filter = filter
-        .map(str::to_string)
-        .or_else(|| std::env::var("RUST_LOG").ok())
+/// The log filter when neither --log nor RUST_LOG says otherwise.
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        // stdout is the reply; stderr shows the tool calls (logged by the LLM client) and problems.
+        Command::Ask(args) if !args.verbose => "warn,slowcat_processors::llm::openai_llm=info,whisper_rs=off",
+        Command::Tools(_) => "warn,whisper_rs=off",
         // whisper.cpp logs an error for every early transcription given up because the user spoke
         // on; slowcat reports real Whisper failures itself, with what to do.
-        .unwrap_or_else(|| "info,whisper_rs=off,ort=warn".to_string());
+        _ => "info,whisper_rs=off,ort=warn",
+    }
+}
+
+fn init_logging(filter: Option<&str>, default: &str) {
+    let filter =
+        filter.map(str::to_string).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -378,7 +425,7 @@ fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Resul
 
 /// Runs the command line; returns the process exit status.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(cli.log.as_deref());
+    init_logging(cli.log.as_deref(), default_log_filter(&cli.command));
     let rt = match crate::app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -429,6 +476,32 @@ pub fn main(cli: Cli) -> ExitCode {
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Tools(ToolsCommand::List(args)) => {
+            match rt.block_on(crate::ask::tools_list(&args.config, &args.overrides, &mut std::io::stdout())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ask(args) => {
+            let opts = crate::ask::AskOptions {
+                config: args.config.config,
+                overrides: args.config.overrides,
+                llm_url: args.llm_url,
+                speak: args.speak,
+                text: args.text.join(" "),
+            };
+            match rt.block_on(crate::ask::ask(&opts)) {
+                Ok(outcome) if outcome.errors.is_empty() => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

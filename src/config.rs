@@ -165,14 +165,14 @@ pub fn load(path: &Path, overrides: &[Override], rewire: &Rewire) -> Result<Conf
     parse(path, &read(path)?, overrides, rewire)
 }
 
-/// Reads a config file's sections without checking them (see [`Sections`]); syntax, keys and
-/// types are still validated.
-pub fn load_sections(path: &Path) -> Result<Sections, ConfigErrors> {
+/// Reads a config file's sections without checking them (see [`Sections`]), with `--set`
+/// changes applied; syntax, keys and types are still validated.
+pub fn load_sections(path: &Path, overrides: &[Override]) -> Result<Sections, ConfigErrors> {
     let source = read(path)?;
     let registry = slowcat_processors::registry::registry();
     let mut v = Validator { file: path.to_path_buf(), source: &source, diags: Vec::new() };
     let rewire = Rewire::default();
-    let Some(doc) = v.document(&[], &rewire) else { return Err(ConfigErrors(v.diags)) };
+    let Some(doc) = v.document(overrides, &rewire) else { return Err(ConfigErrors(v.diags)) };
     let mut processors = Vec::new();
     for id in &doc.pipeline {
         if let Some(table) = doc.processors.get(id.get_ref().as_str())

@@ -2,6 +2,7 @@
 //! processor graph and running it on tokio, shutdown, per-turn metrics and benchmarks.
 
 pub mod app;
+pub mod ask;
 pub mod bench;
 pub mod cli;
 pub mod config;

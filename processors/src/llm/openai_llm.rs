@@ -88,6 +88,8 @@ struct Generation {
     text: String,
     /// The calls it made, when it finished.
     calls: Vec<ToolCall>,
+    /// The model wrote its calls as JSON in its text instead of the API's `tool_calls`.
+    calls_as_text: bool,
 }
 
 /// One attempt's state: text held back while it may be a call, and the streamed calls.
@@ -170,10 +172,12 @@ impl OpenAiLlm {
         let mut chat: Vec<Message> = Vec::new();
         let mut progress = Progress { received, turn, chunks: 0, text: String::new(), pass_sent: None };
         let mut round = 0u32;
+        // Set once the model wrote its calls as text: it is then offered no more tools.
+        let mut text_caller = false;
         // When the last generation that asked for tools ended, and how long its tools took.
         let mut round_trip: Option<(Instant, Duration)> = None;
         let gave_up = loop {
-            let offer = !specs.is_empty() && round < self.settings.max_tool_rounds;
+            let offer = !specs.is_empty() && round < self.settings.max_tool_rounds && !text_caller;
             let tools = offer.then(|| specs.iter().map(ToolDef::new).collect());
             let seed = self.settings.seed.map(|seed| seed.wrapping_add(turn));
             let (temperature, max_tokens) = (self.settings.temperature, self.settings.max_tokens);
@@ -245,9 +249,28 @@ impl OpenAiLlm {
             if chat.is_empty() {
                 chat = messages.iter().cloned().map(Message::Chat).collect();
             }
-            chat.push(Message::calls(generation.text, &generation.calls));
-            for (call, result) in generation.calls.iter().zip(results) {
-                chat.push(Message::result(&call.id, result));
+            if generation.calls_as_text {
+                // A model that writes its calls as text does not read `tool` messages either:
+                // Qwen2.5-Coder-0.5B, given its call and the result that way (or offered the
+                // tools again), only repeats the call. Told the results in a user message and
+                // offered no tools, it answers with them.
+                text_caller = true;
+                if !generation.text.trim().is_empty() {
+                    chat.push(Message::Chat(ChatMessage::new(Role::Assistant, generation.text)));
+                }
+                let mut told: Vec<String> = generation
+                    .calls
+                    .iter()
+                    .zip(results)
+                    .map(|(call, result)| format!("The {} tool says: {result}", call.name))
+                    .collect();
+                told.push("Use this to answer my question.".into());
+                chat.push(Message::Chat(ChatMessage::new(Role::User, told.join("\n"))));
+            } else {
+                chat.push(Message::calls(generation.text, &generation.calls));
+                for (call, result) in generation.calls.iter().zip(results) {
+                    chat.push(Message::result(&call.id, result));
+                }
             }
             round_trip = Some((ended, tool_time));
             round += 1;
@@ -303,8 +326,9 @@ impl OpenAiLlm {
                     if !text_calls.is_empty() {
                         debug!(turn, calls = text_calls.len(), "the model wrote its tool calls as text");
                     }
+                    let calls_as_text = calls.is_empty() && !text_calls.is_empty();
                     calls.extend(text_calls);
-                    return Ok(Generation { text: pass.text, calls });
+                    return Ok(Generation { text: pass.text, calls, calls_as_text });
                 }
                 Err(e) if pass.pushed == 0 && e.retryable() && attempt < self.settings.retries => {
                     let backoff = backoff(self.settings.retry_backoff_ms, attempt);
@@ -358,13 +382,16 @@ impl OpenAiLlm {
             Err(e) => Err(e),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        // The arguments and the start of the result are logged: `slowcat ask` shows these lines,
+        // and they are how one sees what the model asked for and what it was told.
+        let args = call.arguments.trim();
         match outcome {
             Ok(result) => {
-                info!(turn, tool = %call.name, elapsed_ms, "tool call done");
+                info!(turn, tool = %call.name, args, result = %abridged(&result), elapsed_ms, "tool call done");
                 result
             }
             Err(e) => {
-                warn!(turn, tool = %call.name, elapsed_ms, error = %e, "tool call failed");
+                warn!(turn, tool = %call.name, args, elapsed_ms, error = %e, "tool call failed");
                 format!("Error: {e}")
             }
         }
@@ -680,6 +707,16 @@ fn arguments(text: &str) -> Result<serde_json::Value, ToolError> {
         Ok(value @ serde_json::Value::Object(_)) => Ok(value),
         Ok(_) => Err(ToolError::BadArguments("the arguments must be a JSON object".into())),
         Err(e) => Err(ToolError::BadArguments(format!("the arguments are not valid JSON ({e})"))),
+    }
+}
+
+/// At most the first 160 characters of a tool's result, for the log (a fetched page is long).
+fn abridged(text: &str) -> String {
+    const LOGGED_CHARS: usize = 160;
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(LOGGED_CHARS) {
+        Some((end, _)) => format!("{}…", &flat[..end]),
+        None => flat,
     }
 }
 
