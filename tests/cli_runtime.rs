@@ -131,6 +131,35 @@ fn any_rate_and_channel_count_is_converted_to_16khz_mono() {
 }
 
 #[test]
+fn check_refuses_a_processor_without_what_it_needs_before_it_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("needs.toml");
+    std::fs::write(
+        &cfg,
+        r#"pipeline = ["input", "llm", "output"]
+
+[processors.input]
+type = "passthrough"
+
+[processors.llm]
+type = "openai_llm"
+
+[processors.output]
+type = "wav_output"
+path = "out.wav"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("needs.toml:1:") && stderr.contains("`llm` (openai_llm)") && stderr.contains("user_turn"),
+        "the processor and what it needs: {stderr}"
+    );
+}
+
+#[test]
 fn a_config_with_three_problems_reports_all_of_them_with_lines_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
