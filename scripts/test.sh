@@ -16,7 +16,7 @@ e.g. `scripts/test.sh memory` runs only tests whose name contains "memory"). The
 
 Environment:
   SLOWCAT_CACHE         cache directory (default ~/.cache/slowcat): models, LLM server, build directory
-  SLOWCAT_TEST_PORT     port of the test LLM server (default 18089)
+  SLOWCAT_TEST_PORT     port of the test LLM server (default 18089); the tool tests serve Qwen on the next one
   SLOWCAT_SKIP_LINT=1   skip the fmt/clippy checks (they are also skipped when test arguments are given)
 USAGE
     exit 0
@@ -61,7 +61,8 @@ if [ "${SLOWCAT_SKIP_LINT:-0}" != 1 ] && [ $# -eq 0 ]; then
 fi
 
 step "models"
-# whisper-base too: the tests check the multilingual model detects the language.
+# whisper-base too: the tests check the multilingual model detects the language. --all also fetches
+# Qwen2.5-Coder-0.5B, the model that calls tools: tests/tools_qwen.rs serves it on its own port (below).
 scripts/fetch-models.sh --all
 
 step "local LLM server (llama.cpp + SmolLM2-135M) on port $port"
@@ -73,6 +74,8 @@ if ! scripts/llm-server.sh status --port "$port" >/dev/null 2>&1; then
 fi
 export SLOWCAT_LLM_URL
 SLOWCAT_LLM_URL="$(scripts/llm-server.sh url --port "$port")"
+# The tool tests start and stop their own Qwen server, on the next port.
+export SLOWCAT_QWEN_TEST_PORT="${SLOWCAT_QWEN_TEST_PORT:-$((port + 1))}"
 
 step "audio devices (PulseAudio null sink)"
 eval "$(scripts/pulse.sh start)"

@@ -317,6 +317,21 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value = "piper")]
         speech: slowcat_bench::conversation::Speech,
     },
+    /// A tool turn against a model that calls tools: spoken questions (what is 1234 times 5678, the
+    /// time in Tokyo…) through the whole assistant in real time; end of speech → first audio split
+    /// into end of turn, STT, memory, the LLM's first pass, the tool, the client's own time per
+    /// round trip, the LLM's second pass and TTS; medians. Serve Qwen2.5-Coder-0.5B with
+    /// `scripts/llm-server.sh start --model qwen2.5-coder-0.5b --port 8090` and pass --llm-url.
+    Tools {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Runs (each with an empty memory); the figures pool every turn.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Use this OpenAI-compatible server for every `openai_llm` processor.
+        #[arg(long, env = "SLOWCAT_LLM_URL", value_name = "URL")]
+        llm_url: Option<String>,
+    },
     /// Many turns through the assistant as fast as it goes (audio not paced, short replies):
     /// resident memory and per-turn latency as the turns pile up.
     Soak {
@@ -411,6 +426,10 @@ fn run_bench(rt: &tokio::runtime::Runtime, bench: BenchCommand) -> anyhow::Resul
         BenchCommand::Conversation { config, turns, runs, llm_url, speech } => {
             let base = assistant(config, llm_url);
             rt.block_on(conversation::conversation(&base, turns, runs, speech))?
+        }
+        BenchCommand::Tools { config, runs, llm_url } => {
+            let base = assistant(config, llm_url);
+            rt.block_on(conversation::tools(&base, runs))?
         }
         BenchCommand::Soak { config, turns, max_tokens, at, llm_url } => {
             let base = assistant(config, llm_url);

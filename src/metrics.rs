@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use slowcat_processors::frame::{Metric, SpokenReply};
+use slowcat_processors::llm::metrics::{
+    FIRST_PASS as LLM_TOOL_FIRST_PASS, OVERHEAD as LLM_TOOL_OVERHEAD, SECOND_PASS_TTFT as LLM_TOOL_SECOND_PASS_TTFT,
+    TOOL_TIME as LLM_TOOL_TIME,
+};
 use tracing::{info, warn};
 
 /// The stages of one turn, in milliseconds.
@@ -26,6 +30,15 @@ pub struct TurnMetrics {
     pub llm_ttfb_ms: Option<f64>,
     /// Complete first sentence to first synthesized audio.
     pub tts_ttfb_ms: Option<f64>,
+    /// A turn that called tools: the LLM's first pass, request to the end of the generation that
+    /// asked for them.
+    pub llm_tool_first_pass_ms: Option<f64>,
+    /// A turn that called tools: the tools' time, every round.
+    pub tool_ms: Option<f64>,
+    /// A turn that called tools: the LLM's second pass, follow-up request to its first text.
+    pub llm_tool_second_pass_ttft_ms: Option<f64>,
+    /// A turn that called tools: the client's own time per round trip (the largest of its rounds).
+    pub tool_overhead_ms: Option<f64>,
     /// First reply sample handed to the output device, on the pipeline timeline.
     pub first_audio_ms: Option<f64>,
     /// End of user speech → first reply sample handed to the output device.
@@ -86,6 +99,10 @@ impl TurnTracker {
             "memory_time" => t.memory_ms = v,
             "llm_ttfb" => t.llm_ttfb_ms = v,
             "tts_ttfb" => t.tts_ttfb_ms = v,
+            LLM_TOOL_FIRST_PASS => t.llm_tool_first_pass_ms = v,
+            LLM_TOOL_TIME => t.tool_ms = Some(t.tool_ms.unwrap_or(0.0) + ms(m.value)),
+            LLM_TOOL_SECOND_PASS_TTFT => t.llm_tool_second_pass_ttft_ms = t.llm_tool_second_pass_ttft_ms.or(v),
+            LLM_TOOL_OVERHEAD => t.tool_overhead_ms = Some(t.tool_overhead_ms.unwrap_or(0.0).max(ms(m.value))),
             "first_audio_at" => {
                 t.first_audio_ms = v;
                 t.voice_to_voice_ms = t.user_speech_end_ms.map(|end| ms(m.value) - end);

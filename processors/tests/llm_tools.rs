@@ -448,3 +448,53 @@ async fn an_interruption_while_a_tool_runs_drops_it_and_the_next_request_carries
     assert_eq!(log.runs().len(), 1);
     h.finish(LIMIT).await;
 }
+
+/// The filler said while a slow tool runs reaches the TTS in the middle of the reply (between
+/// `LlmResponseStart` and `LlmResponseEnd`): it is spoken at once, as part of the turn, and the
+/// answer is spoken after it.
+#[tokio::test]
+async fn the_filler_said_while_a_slow_tool_runs_is_spoken_in_the_turn_before_the_answer() {
+    use slowcat_processors::audio::WavOutputSettings;
+    use slowcat_processors::tts::EspeakTtsSettings;
+    use slowcat_processors::{BuildContext, Settings as _};
+
+    let server =
+        FakeServer::start(vec![calls_reply(&[("c1", "lookup", "{}")]), Reply::Stream(vec!["It is", " noon."])]).await;
+    let log = Arc::new(Log::default());
+    let mut tool_box = ToolBox::new();
+    tool_box.add(Arc::new(tool("lookup", Act::Slow(Duration::from_millis(800)), &log))).unwrap();
+    let llm_settings = OpenAiLlmSettings {
+        tool_filler_after_ms: 100,
+        tool_filler: "One moment.".into(),
+        ..settings(server.base_url())
+    };
+    let llm = OpenAiLlm::new(llm_settings).unwrap().with_tools(tool_box);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = BuildContext::for_dir(dir.path());
+    let tts = EspeakTtsSettings::default().check_and_build(&ctx).expect("espeak-ng");
+    let out = WavOutputSettings { path: dir.path().join("said.wav"), ..WavOutputSettings::default() }
+        .check_and_build(&ctx)
+        .unwrap();
+    let mut h = Harness::start(vec![Box::new(llm), tts, out]).await;
+    h.send(request(1, "Look it up.")).await;
+    let spoken =
+        h.wait_for(LIMIT, |f, d| d == Direction::Upstream && matches!(f, Frame::SpokenReply(r) if r.turn == 1)).await;
+    assert!(spoken.is_some(), "the reply is spoken");
+    let started: Vec<(String, u64)> = h
+        .output()
+        .downstream
+        .iter()
+        .filter_map(|f| match f {
+            Frame::TtsStarted { text, turn } => Some((text.clone(), *turn)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [("One moment.".to_string(), 1), ("It is noon.".to_string(), 1)]);
+    let reply = h.output().upstream.iter().find_map(|f| match f {
+        Frame::SpokenReply(r) => Some(r.text.clone()),
+        _ => None,
+    });
+    // The filler was heard, so the reply as heard (what memory stores) holds it.
+    assert_eq!(reply.as_deref(), Some("One moment. It is noon."));
+    h.finish(LIMIT).await;
+}

@@ -33,6 +33,15 @@ pub(super) struct TurnRecord {
     pub(super) first_audio_out: Option<Duration>,
     /// Resident memory then.
     pub(super) rss_kib: Option<u64>,
+    /// A turn that called tools: the LLM's first pass (request → end of the generation that
+    /// asked for them).
+    pub(super) tool_first_pass: Option<Duration>,
+    /// The tools' time, every round.
+    pub(super) tool_time: Option<Duration>,
+    /// The client's own time per tool round trip, the largest of the turn's rounds.
+    pub(super) tool_overhead: Option<Duration>,
+    /// Follow-up request with the results → its first text.
+    pub(super) tool_second_pass_ttft: Option<Duration>,
 }
 
 impl TurnRecord {
@@ -172,7 +181,16 @@ impl Collector {
                 self.ended = Some(std::mem::take(&mut self.open));
             }
             (name, Some(n)) => {
+                use slowcat_processors::llm::metrics as tool;
                 let t = self.turn(n);
+                if name == tool::TOOL_TIME {
+                    t.tool_time = Some(t.tool_time.unwrap_or_default() + m.value);
+                    return;
+                }
+                if name == tool::OVERHEAD {
+                    t.tool_overhead = Some(t.tool_overhead.unwrap_or_default().max(m.value));
+                    return;
+                }
                 let slot = match name {
                     "stt_time" => &mut t.stt,
                     "memory_time" => &mut t.memory,
@@ -180,6 +198,8 @@ impl Collector {
                     "llm_first_sentence" => &mut t.first_sentence,
                     "tts_ttfb" => &mut t.tts_ttfb,
                     "first_audio_at" => &mut t.first_audio_at,
+                    tool::FIRST_PASS => &mut t.tool_first_pass,
+                    tool::SECOND_PASS_TTFT => &mut t.tool_second_pass_ttft,
                     _ => return,
                 };
                 // The first of a turn counts: TTS measures every segment, the first is heard first.

@@ -42,7 +42,9 @@ use slowcat_processors::audio::{NextFile, WavInputSettings, WavOutputSettings};
 
 pub use drive::{Assistant, BuildProcessors, Prepared, Rewiring};
 pub use history::history;
-pub use script::{QUESTIONS, Speech, cache_dir, history_message, human_utterances, spoken_questions};
+pub use script::{
+    QUESTIONS, Speech, TOOL_QUESTIONS, cache_dir, history_message, human_utterances, spoken, spoken_questions,
+};
 
 use crate::host::proc_status_kib;
 use collect::{Collector, TurnRecord};
@@ -113,6 +115,41 @@ pub async fn conversation(assistant: &dyn Assistant, turns: usize, runs: usize, 
         errors: &errors,
         interruptions,
     });
+    Ok(())
+}
+
+/// `slowcat bench tools`: [`TOOL_QUESTIONS`] spoken through the assistant in real time, `runs`
+/// times (fresh memory each run), against a model that calls tools; prints each tool turn's
+/// end of speech → first audio split into end of turn, STT, memory, the LLM's first pass, the
+/// tools, the client's own round trip, the LLM's second pass to its first token, the rest of the
+/// first sentence and TTS, then the medians.
+pub async fn tools(assistant: &dyn Assistant, runs: usize) -> anyhow::Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let questions = spoken(&assistant.models_dir()?, TOOL_QUESTIONS).await?;
+    let turns = questions.len();
+    let input = WavInputSettings {
+        paths: questions,
+        next: NextFile::AfterReply,
+        realtime: true,
+        reply_timeout_ms: 300_000,
+        ..WavInputSettings::default()
+    };
+    let mut all: Vec<(usize, TurnRecord)> = Vec::new();
+    let mut errors = Vec::new();
+    let mut pipeline_desc = String::new();
+    for run in 1..=runs {
+        let dir = tempfile::tempdir()?;
+        let prepared = assistant.prepare(&rewiring(dir.path(), input.clone(), true, None))?;
+        pipeline_desc = prepared.description;
+        eprintln!("run {run}/{runs}: {turns} tool questions in real time through {pipeline_desc}");
+        let limit = Duration::from_secs(120 + 400 * turns as u64);
+        let c = drive(prepared.build, turns as u64, limit, Collector::new(None)).await?;
+        errors.extend(c.errors);
+        all.extend(c.turns.into_values().filter(|t| t.turn <= turns as u64).map(|t| (run, t)));
+    }
+    report::tools(assistant, runs, &pipeline_desc, &all, &errors);
     Ok(())
 }
 

@@ -232,3 +232,75 @@ pub(super) fn soak(r: &Soak<'_>) {
     println!("memory database on disk: {:.1} MiB", disk_usage(r.data_dir) as f64 / (1024.0 * 1024.0));
     report_problems(r.errors, r.interruptions);
 }
+
+/// Prints `slowcat bench tools`: each turn's split, then the medians of the turns that called a
+/// tool.
+pub(super) fn tools(
+    assistant: &dyn Assistant,
+    runs: usize,
+    pipeline: &str,
+    all: &[(usize, TurnRecord)],
+    errors: &[String],
+) {
+    println!(
+        "slowcat bench tools: {} spoken tool questions × {runs} run(s), config {}, LLM {}",
+        super::TOOL_QUESTIONS.len(),
+        assistant.config_path().display(),
+        assistant.llm_url().unwrap_or("(from the config)")
+    );
+    println!("pipeline: {pipeline}");
+    println!(
+        "end of speech → first audio = eot + stt + memory + LLM (pass 1 + tool + client + pass 2) + first sentence + TTS + hops"
+    );
+    println!();
+    println!(
+        "{:>3} {:>4} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6} {:>7}  heard",
+        "run", "turn", "eot", "stt", "memory", "pass1", "tool", "client", "pass2", "sent", "tts", "v2v"
+    );
+    let fine = |d: Option<Duration>| d.map(|d| format!("{:.2}", ms(d))).unwrap_or_else(|| "-".into());
+    for (run, t) in all {
+        println!(
+            "{:>3} {:>4} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6} {:>6} {:>7}  {}",
+            run,
+            t.turn,
+            cell(t.end_of_turn_ms()),
+            cell(t.stt.map(ms)),
+            fine(t.memory),
+            cell(t.tool_first_pass.map(ms)),
+            fine(t.tool_time),
+            fine(t.tool_overhead),
+            cell(t.tool_second_pass_ttft.map(ms)),
+            cell(t.first_sentence.map(ms)),
+            cell(t.tts_ttfb.map(ms)),
+            cell(t.voice_to_voice_ms()),
+            t.heard
+        );
+    }
+    let called: Vec<&TurnRecord> = all.iter().map(|(_, t)| t).filter(|t| t.tool_first_pass.is_some()).collect();
+    type Stage = fn(&TurnRecord) -> Option<f64>;
+    let rows: [(&str, Stage); 10] = [
+        ("end of turn", |t| t.end_of_turn_ms()),
+        ("speech to text", |t| t.stt.map(ms)),
+        ("memory", |t| t.memory.map(ms)),
+        ("LLM first pass (request → call)", |t| t.tool_first_pass.map(ms)),
+        ("tool", |t| t.tool_time.map(ms)),
+        ("client overhead per round trip", |t| t.tool_overhead.map(ms)),
+        ("LLM second pass to first token", |t| t.tool_second_pass_ttft.map(ms)),
+        ("LLM first sentence", |t| t.first_sentence.map(ms)),
+        ("TTS time to first audio", |t| t.tts_ttfb.map(ms)),
+        ("end of speech → first audio", |t| t.voice_to_voice_ms()),
+    ];
+    println!();
+    println!("{:<36} {:>9} {:>4}   (turns that called a tool)", "median (ms)", "p50", "n");
+    for (name, f) in rows {
+        let v: Vec<f64> = called.iter().filter_map(|t| f(t)).collect();
+        let n = v.len();
+        match median(v) {
+            Some(x) if x.abs() < 10.0 => println!("{name:<36} {x:>9.3} {n:>4}"),
+            Some(x) => println!("{name:<36} {x:>9.0} {n:>4}"),
+            None => println!("{name:<36} {:>9} {n:>4}", "-"),
+        }
+    }
+    println!("turns that called a tool: {} of {}", called.len(), all.len());
+    report_problems(errors, 0);
+}

@@ -25,6 +25,10 @@ pub const QUESTIONS: &[&str] = &[
     "Do you remember what my name is?",
 ];
 
+/// The spoken questions of `slowcat bench tools`: each makes a model that calls tools call one.
+pub const TOOL_QUESTIONS: &[&str] =
+    &["What is 1234 times 5678?", "What time is it in Tokyo?", "What is 15 percent of 80?", "What day is it today?"];
+
 /// What the user says in `slowcat bench conversation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Speech {
@@ -88,11 +92,16 @@ fn fnv1a(text: &str) -> u64 {
 /// The questions as 16 kHz WAV files, spoken by Piper (the default voice) the first time and
 /// cached in [`cache_dir`].
 pub async fn spoken_questions(models_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    spoken(models_dir, QUESTIONS).await
+}
+
+/// `texts` as 16 kHz WAV files spoken by Piper, made once and cached in [`cache_dir`].
+pub async fn spoken(models_dir: &Path, texts: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
     let voice = PiperSettings::default().model;
-    let mut paths = Vec::with_capacity(QUESTIONS.len());
-    for text in QUESTIONS {
+    let mut paths = Vec::with_capacity(texts.len());
+    for text in texts {
         let path = dir.join(format!("q-{:016x}.wav", fnv1a(&format!("{}\n{text}", voice.display()))));
         if !path.is_file() {
             eprintln!("speaking {text:?} with Piper into {}", path.display());
