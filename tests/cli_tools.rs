@@ -2,6 +2,8 @@
 //! server that is down, an MCP server that cannot start, a pipeline without `user_turn`. (Tool
 //! calls against a real model: tests/tools_qwen.rs.)
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::path::Path;
 use std::process::Command;
 

@@ -5,6 +5,8 @@
 //! What ran is read from the log lines the LLM client writes for each tool call on stderr
 //! (`tool call done … tool=calculate args=… result=…`); the reply is what `ask` prints on stdout.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -3,6 +3,8 @@
 //! seconds after the start. The speaker is swapped for a WAV file that records the input too, so
 //! the file's timeline is the pipeline's, and Whisper listens to what was said.
 
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
+
 mod common;
 
 use std::path::Path;
