@@ -181,28 +181,20 @@ impl OpenAiLlm {
             let tools = offer.then(|| specs.iter().map(ToolDef::new).collect());
             let seed = self.settings.seed.map(|seed| seed.wrapping_add(turn));
             let (temperature, max_tokens) = (self.settings.temperature, self.settings.max_tokens);
+            // The turn's own messages until a tool round adds the wire-level ones.
+            fn body<M: serde::Serialize>(
+                model: Option<&str>,
+                messages: &[M],
+                (temperature, max_tokens, seed): (f32, u32, Option<u64>),
+                tools: Option<Vec<ToolDef>>,
+            ) -> serde_json::Result<Vec<u8>> {
+                serde_json::to_vec(&ChatRequest { model, messages, stream: true, temperature, max_tokens, seed, tools })
+            }
+            let sampling = (temperature, max_tokens, seed);
             let body = if chat.is_empty() {
-                let messages = &messages;
-                serde_json::to_vec(&ChatRequest {
-                    model: model.as_deref(),
-                    messages,
-                    stream: true,
-                    temperature,
-                    max_tokens,
-                    seed,
-                    tools,
-                })
+                body(model.as_deref(), &messages, sampling, tools)
             } else {
-                let messages = &chat;
-                serde_json::to_vec(&ChatRequest {
-                    model: model.as_deref(),
-                    messages,
-                    stream: true,
-                    temperature,
-                    max_tokens,
-                    seed,
-                    tools,
-                })
+                body(model.as_deref(), &chat, sampling, tools)
             };
             let body = match body {
                 Ok(b) => Bytes::from(b),
