@@ -400,6 +400,77 @@ async fn calls_written_as_text_are_run_and_their_json_is_never_spoken_while_norm
 }
 
 #[tokio::test]
+async fn a_call_written_as_text_of_a_tool_that_does_not_exist_is_never_spoken_and_the_question_is_asked_again_without_tools()
+ {
+    // Qwen2.5-Coder-0.5B, asked for a joke, writes the joke into a call of a `joke` tool.
+    let server = FakeServer::start(vec![
+        Reply::Stream(vec!["{\"name\": \"joke\", \"arguments\": ", "{\"text\": \"Why did the tomato blush?\"}}"]),
+        Reply::Stream(vec!["Why did the tomato blush?", " It saw the salad dressing."]),
+    ])
+    .await;
+    let log = Arc::new(Log::default());
+    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let frames = turn(&mut h, 1, "Tell me a joke.", LIMIT).await;
+    assert_eq!(texts(&frames), ["Why did the tomato blush?", " It saw the salad dressing."], "only the answer is said");
+    assert!(log.runs().is_empty(), "no tool ran");
+    let sent = requests(&server);
+    assert_eq!(sent.len(), 2);
+    assert!(sent[0].get("tools").is_some(), "the first request offers the tools");
+    assert!(sent[1].get("tools").is_none(), "asked again without tools: {}", sent[1]);
+    assert_eq!(sent[1]["messages"], sent[0]["messages"], "the same question, without the call");
+    h.finish(LIMIT).await;
+}
+
+/// Waits until the server has had `n` chat requests.
+async fn wait_for_requests(server: &FakeServer, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let sent = requests(server);
+        if sent.len() >= n {
+            return sent;
+        }
+        assert!(Instant::now() < deadline, "{n} requests expected, got {}: {sent:#?}", sent.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_warm_up_and_the_read_ahead_begin_as_the_turn_begins_tools_included() {
+    // The chat template writes the tools into the prompt: a priming request without them reads a
+    // prompt the turn does not begin with, and the first tool turn reads ~1000 tokens cold.
+    let server = FakeServer::start(vec![]).await;
+    let log = Arc::new(Log::default());
+    let settings = OpenAiLlmSettings {
+        warmup: true,
+        read_ahead_turn: true,
+        system_prompt: "You are slowcat.".into(),
+        ..settings(server.base_url())
+    };
+    let mut h = harness(settings, vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let warm_up = wait_for_requests(&server, 1).await.remove(0);
+    let Frame::LlmRequest(ahead) = request(1, "What time is it?") else { unreachable!() };
+    h.send(Frame::LlmReadAhead(ahead)).await;
+    let read_ahead = wait_for_requests(&server, 2).await.remove(1);
+    let frames = turn(&mut h, 1, "What time is it?", LIMIT).await;
+    assert!(!texts(&frames).is_empty(), "the turn is answered");
+    let sent = requests(&server);
+    let first_pass = &sent[2];
+    assert_eq!(first_pass["tools"][0]["function"]["name"], "get_time");
+    for (what, priming) in [("warm-up", &warm_up), ("read-ahead", &read_ahead)] {
+        assert_eq!(priming["tools"], first_pass["tools"], "the {what} offers the turn's tools");
+        assert_eq!(priming["max_tokens"], 1, "the {what} asks for one token");
+        let system = priming["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            system.starts_with("You are slowcat.")
+                && first_pass["messages"][0]["content"].as_str().unwrap().starts_with(system),
+            "the {what} begins as the turn's system message does: {system:?}"
+        );
+    }
+    assert_eq!(read_ahead["messages"], first_pass["messages"], "the read-ahead is the turn's prompt");
+    h.finish(LIMIT).await;
+}
+
+#[tokio::test]
 async fn a_generation_cut_off_before_it_finished_runs_none_of_its_calls() {
     let cut = || Reply::ChunksThenDrop(call_events(&[("c1", "get_time", "{}")], false));
     let server = FakeServer::start(vec![cut(), cut(), cut()]).await;

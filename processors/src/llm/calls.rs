@@ -216,11 +216,17 @@ fn object_end(s: &str) -> Option<usize> {
 }
 
 /// A call's name and arguments (JSON text) when `value` is `{"name": …, "arguments": …}` (or
-/// `"parameters"`) naming a tool in `tools`.
+/// `"parameters"`). The name need not be a tool in `tools`: an object with a call's keys and
+/// nothing else is a call even of a tool that does not exist (Qwen2.5-Coder-0.5B answers "tell
+/// me a joke" with `{"name": "joke", …}`); it is never said aloud, and running it tells the model
+/// there is no such tool. Other JSON is text, unless it names a tool that exists.
 fn as_call(value: &serde_json::Value, tools: &ToolBox) -> Option<(String, String)> {
     let object = value.as_object()?;
     let name = object.get("name")?.as_str()?;
-    tools.get(name)?;
+    let call_keys_only = object.keys().all(|k| matches!(k.as_str(), "name" | "arguments" | "parameters"));
+    if tools.get(name).is_none() && !call_keys_only {
+        return None;
+    }
     let arguments = match object.get("arguments").or_else(|| object.get("parameters")) {
         None | Some(serde_json::Value::Null) => "{}".to_string(),
         // Some models write the arguments as a JSON text, as the OpenAI format has them.
@@ -231,7 +237,7 @@ fn as_call(value: &serde_json::Value, tools: &ToolBox) -> Option<(String, String
 }
 
 /// Every call object in `text`, in order (several `<tool_call>` blocks, or objects one after
-/// the other); what is not a call of a known tool is skipped.
+/// the other); what is not a call is skipped.
 fn text_calls(text: &str, tools: &ToolBox) -> Vec<(String, String)> {
     let mut calls = Vec::new();
     let mut rest = text;
@@ -306,6 +312,16 @@ mod tests {
     }
 
     #[test]
+    fn a_call_of_a_tool_that_does_not_exist_is_a_call_and_never_said() {
+        for text in [r#"{"name": "joke", "arguments": {}}"#, r#"<tool_call>{"name": "joke"}</tool_call>"#] {
+            let (spoken, calls) = run(text);
+            assert_eq!(spoken, "", "{text}");
+            assert_eq!(calls.len(), 1, "{text}");
+            assert_eq!(calls[0].name, "joke");
+        }
+    }
+
+    #[test]
     fn text_that_cannot_be_a_call_passes_at_once() {
         let tools = tools();
         let mut gate = TextGate::new(&tools);
@@ -313,8 +329,10 @@ mod tests {
         let mut gate = TextGate::new(&tools);
         assert_eq!(gate.feed("{".into(), &tools), None);
         assert_eq!(gate.feed(" 1".into(), &tools).as_deref(), Some("{ 1"));
-        // An unknown tool's name: not a call, so the text is said after all.
-        assert_eq!(run(r#"{"name": "launch", "arguments": {}}"#).0, r#"{"name": "launch", "arguments": {}}"#);
+        // JSON that is not shaped as a call is said (a name among other keys, no name).
+        let person = r#"{"name": "Ada", "born": 1815}"#;
+        assert_eq!(run(person), (person.to_string(), Vec::new()));
+        assert_eq!(run(r#"{"title": "x"}"#).0, r#"{"title": "x"}"#);
         assert_eq!(run("``` not json").0, "``` not json");
         // No tools: nothing is held.
         let mut gate = TextGate::new(&ToolBox::new());

@@ -151,6 +151,8 @@ impl OpenAiLlm {
             model: self.model.clone(),
             first_token_timeout: self.first_token_timeout(),
             total_timeout: Duration::from_millis(self.settings.total_timeout_ms),
+            tools: if self.settings.max_tool_rounds > 0 { self.tools.specs().into() } else { Arc::from([]) },
+            system_prompt: self.settings.system_prompt.trim().to_string(),
         }
     }
 
@@ -231,6 +233,16 @@ impl OpenAiLlm {
                 );
                 break true;
             }
+            if generation.calls_as_text && generation.calls.iter().all(|c| self.tools.get(&c.name).is_none()) {
+                // A call, written as text, of a tool that does not exist: Qwen2.5-Coder-0.5B asked
+                // for a joke writes `{"name": "joke", …}`. Told there is no such tool it only says
+                // so; asked again without tools, it answers in words. Nothing of the call is said.
+                let names: Vec<&str> = generation.calls.iter().map(|c| c.name.as_str()).collect();
+                warn!(turn, tools = ?names, "the model wrote a call of a tool that does not exist; asking again without tools");
+                text_caller = true;
+                round += 1;
+                continue;
+            }
             if round == 0 {
                 ctx.push_metric(metrics::FIRST_PASS, Some(turn), received.elapsed()).await;
             }
@@ -254,7 +266,11 @@ impl OpenAiLlm {
                     .calls
                     .iter()
                     .zip(results)
-                    .map(|(call, result)| format!("The {} tool says: {result}", call.name))
+                    .map(|(call, result)| match self.tools.get(&call.name) {
+                        Some(_) => format!("The {} tool says: {result}", call.name),
+                        // Beside calls of tools that exist (a call of none is asked again above).
+                        None => format!("There is no {} tool.", call.name),
+                    })
                     .collect();
                 told.push("Use this to answer my question.".into());
                 chat.push(Message::Chat(ChatMessage::new(Role::User, told.join("\n"))));

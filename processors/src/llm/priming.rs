@@ -20,18 +20,26 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::error::LlmError;
 use super::http::{Call, Server, pick_model};
-use super::wire::ChatRequest;
+use super::wire::{ChatRequest, ToolDef};
 use crate::frame::{ChatMessage, ErrorFrame, Frame, Role};
 use crate::processor::{FrameSender, Spawner};
+use crate::tools::ToolSpec;
 
 /// What a priming request needs: the server, the model (shared with the replies, which may have
-/// looked it up first) and the bounds.
+/// looked it up first), the bounds, and what a turn's first request begins with.
 #[derive(Debug, Clone)]
 pub(super) struct Primer {
     pub server: Server,
     pub model: Arc<OnceLock<String>>,
     pub first_token_timeout: Duration,
     pub total_timeout: Duration,
+    /// The tools a turn's first request offers. A priming request offers the same ones: the chat
+    /// template writes them into the prompt (ahead of the chat with most templates), so a prompt
+    /// read without them is not the prefix the server will be asked to continue, and its cache
+    /// would be no help.
+    pub tools: Arc<[ToolSpec]>,
+    /// The system prompt a turn's request begins with (empty: none).
+    pub system_prompt: String,
 }
 
 impl Primer {
@@ -51,14 +59,21 @@ impl Primer {
                 self.model.get_or_init(|| m).clone()
             }
         };
-        self.one_token(Some(&model), &[ChatMessage::new(Role::User, "Hello")]).await?;
+        // Begun as a turn begins (system prompt, tools), so the server's prompt cache holds that
+        // part for the first turn: with the tool specs it is about a thousand tokens.
+        let mut hello = Vec::new();
+        if !self.system_prompt.is_empty() {
+            hello.push(ChatMessage::new(Role::System, self.system_prompt.clone()));
+        }
+        hello.push(ChatMessage::new(Role::User, "Hello"));
+        self.one_token(Some(&model), &hello).await?;
         Ok(model)
     }
 
     /// A non-streamed request for one token of a reply to `messages`.
     async fn one_token(&self, model: Option<&str>, messages: &[ChatMessage]) -> Result<(), LlmError> {
-        let body =
-            ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1, seed: None, tools: None };
+        let tools = (!self.tools.is_empty()).then(|| self.tools.iter().map(ToolDef::new).collect());
+        let body = ChatRequest { model, messages, stream: false, temperature: 0.0, max_tokens: 1, seed: None, tools };
         let body = serde_json::to_vec(&body)
             .map_err(|e| LlmError::Malformed { url: self.server.url().to_string(), detail: e.to_string() })?;
         // The whole reply budget: loading a model on first use can take a while.
