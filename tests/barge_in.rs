@@ -11,13 +11,12 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pulse::{PrivateSink, Recorder, require_pulse, secs};
 use common::{build, build_ctx, llm_url, say};
 use slowcat_processors::audio::{Speaker, SpeakerSettings, SpeakerStats, read_wav_mono};
 use slowcat_processors::frame::SpokenReply;
@@ -47,155 +46,6 @@ const BARGE_IN_MIN_MS: u64 = 300;
 const SILENCE_BOUND: Duration = Duration::from_millis(150);
 /// No audio for this long means the assistant fell silent (Piper's pauses between words are shorter).
 const QUIET: f64 = 0.3;
-/// A sample above this (about -50 dBFS) is sound; the null sink plays exact zeros otherwise.
-const LOUD: u16 = 100;
-
-fn require_pulse() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pulse.sh");
-    let status = Command::new(&script).arg("status").output().expect("scripts/pulse.sh runs");
-    assert!(
-        status.status.success(),
-        "PulseAudio with the slowcat_null sink is not running ({}): run `eval \"$(scripts/pulse.sh start)\"`",
-        String::from_utf8_lossy(&status.stdout).trim()
-    );
-}
-
-/// A null sink of the test's own, the speaker's default output while it lives: other tests
-/// playing on `slowcat_null` meanwhile are not heard, and this one does not disturb them.
-struct PrivateSink {
-    name: String,
-    module: String,
-}
-
-impl PrivateSink {
-    fn load() -> Self {
-        let name = format!("slowcat_barge_in_{}", std::process::id());
-        let out = Command::new("pactl")
-            .args(["load-module", "module-null-sink", &format!("sink_name={name}")])
-            .output()
-            .expect("pactl (pulseaudio-utils) runs; run scripts/setup-system.sh");
-        assert!(
-            out.status.success(),
-            "cannot load a null sink ({}): run `eval \"$(scripts/pulse.sh start)\"`",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        // SAFETY: set before the speaker opens, while this test (the only one running: see
-        // ONE_AT_A_TIME) has no other thread of its own reading the environment.
-        unsafe { std::env::set_var("PULSE_SINK", &name) };
-        Self { name, module: String::from_utf8_lossy(&out.stdout).trim().to_string() }
-    }
-
-    fn monitor(&self) -> String {
-        format!("{}.monitor", self.name)
-    }
-}
-
-impl Drop for PrivateSink {
-    fn drop(&mut self) {
-        let _ = Command::new("pactl").args(["unload-module", &self.module]).status();
-    }
-}
-
-/// Seconds since `t0`: every time in this test is on that one line.
-fn secs(t0: Instant, t: Instant) -> f64 {
-    t.saturating_duration_since(t0).as_secs_f64()
-}
-
-/// What the null sink plays, recorded from its monitor, with the time each piece arrived.
-struct Recorder {
-    child: Child,
-    data: Arc<Mutex<Recording>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct Recording {
-    bytes: Vec<u8>,
-    /// (arrival in seconds since t0, bytes received by then).
-    reads: Vec<(f64, usize)>,
-}
-
-/// A finished recording: 16 kHz mono samples, and when the reads arrived (samples by then).
-struct Recorded {
-    samples: Vec<i16>,
-    reads: Vec<(f64, usize)>,
-}
-
-impl Recorder {
-    fn start(source: &str, t0: Instant) -> Self {
-        let mut child = Command::new("parec")
-            .args(["-d", source, "--format=s16le", "--rate=16000", "--channels=1", "--latency-msec=10"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("parec (pulseaudio-utils) runs; run scripts/setup-system.sh");
-        let mut stdout = child.stdout.take().expect("piped");
-        let data = Arc::new(Mutex::new(Recording::default()));
-        let sink = data.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let at = secs(t0, Instant::now());
-                let mut r = sink.lock().unwrap();
-                r.bytes.extend_from_slice(&buf[..n]);
-                let total = r.bytes.len();
-                r.reads.push((at, total));
-            }
-        });
-        // Capture may deliver nothing for a while after it starts.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while data.lock().unwrap().bytes.len() < 3200 {
-            assert!(Instant::now() < deadline, "parec recorded nothing from {source} in 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, data, reader: Some(reader) }
-    }
-
-    fn stop(mut self) -> Recorded {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let r = std::mem::take(&mut *self.data.lock().unwrap_or_else(|p| p.into_inner()));
-        let samples = r.bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-        Recorded { samples, reads: r.reads.into_iter().map(|(t, b)| (t, b / 2)).collect() }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        // A test that failed midway leaves no parec behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Recorded {
-    /// When sample 0 was played. A read arrives after its samples were played, never before, so
-    /// the read that came soonest after its samples (among those within 3 s of `around`) sets the
-    /// clock, and every time derived from it is, if anything, late.
-    fn origin(&self, around: f64) -> f64 {
-        self.reads
-            .iter()
-            .filter(|(t, _)| (t - around).abs() < 3.0)
-            .map(|&(t, n)| t - n as f64 / f64::from(RATE))
-            .fold(f64::INFINITY, f64::min)
-    }
-
-    /// When the sound between `from` and `to` was loud, sample by sample.
-    fn loud_times(&self, around: f64, from: f64, to: f64) -> Vec<f64> {
-        let origin = self.origin(around);
-        let index = |t: f64| (((t - origin) * f64::from(RATE)).max(0.0) as usize).min(self.samples.len());
-        (index(from)..index(to))
-            .filter(|&i| self.samples[i].unsigned_abs() > LOUD)
-            .map(|i| origin + i as f64 / f64::from(RATE))
-            .collect()
-    }
-}
 
 /// Watches the speaker's counter of frames handed to the device, noting when it moved.
 struct Sampler {
@@ -508,7 +358,10 @@ async fn ask_for_a_long_reply(started: Direction) -> Conversation {
     let mm = cut(&speech(dir.path(), "mm", "Mm.").await, 150);
     let uh_huh = cut(&speech(dir.path(), "uh_huh", "Uh-huh.").await, 230);
     let requests = Arc::new(Mutex::new(Vec::new()));
-    let sink = PrivateSink::load();
+    let sink = PrivateSink::load("barge_in");
+    // SAFETY: set before the speaker opens, while this test (the only one running: see
+    // ONE_AT_A_TIME) has no other thread of its own reading the environment.
+    unsafe { std::env::set_var("PULSE_SINK", sink.name()) };
     let (processors, stats) = assistant(dir.path(), &requests);
     let t0 = Instant::now();
     let recorder = Recorder::start(&sink.monitor(), t0);

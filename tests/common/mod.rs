@@ -2,6 +2,8 @@
 //! our own Piper processor and heard back with our own Whisper processor.
 #![allow(dead_code)]
 
+pub mod pulse;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
