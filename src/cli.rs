@@ -104,7 +104,7 @@ pub struct MemoryArgs {
 pub enum MemoryCommandArgs {
     /// The speakers memory knows, with how many exchanges each.
     Speakers,
-    /// A speaker's newest exchanges, newest first, with their ids.
+    /// A speaker's remembered facts, and newest exchanges, newest first, with their ids.
     List {
         /// Whose memories.
         #[arg(long, default_value = "default")]

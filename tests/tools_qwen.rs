@@ -101,9 +101,13 @@ fn temp_data_dir(name: &str, root: &Path) -> PathBuf {
     dir
 }
 
+/// The tests of this file one at a time: each starts and stops the server on the same port.
+static ONE_SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn qwen_calls_the_calculator_and_the_clock_when_asked_and_no_tool_for_a_joke() {
     let port = port();
+    let _one_at_a_time = ONE_SERVER.lock().await;
     let _server = start_qwen(port).await;
     let root = tempfile::tempdir().unwrap();
 
@@ -133,4 +137,43 @@ async fn qwen_calls_the_calculator_and_the_clock_when_asked_and_no_tool_for_a_jo
     assert!(!log.contains("tool call done"), "a joke needs no tool: {:#?}", tool_lines(&log));
     assert!(!reply.trim().is_empty(), "a joke is told");
     assert!(!reply.contains('{') && !reply.contains("\"name\""), "no call's JSON is said: {reply:?}");
+}
+
+/// Memory across `slowcat ask` runs (each its own process, sharing a data directory): a calculation's
+/// result answers a follow-up, and a fact the model was asked to remember is known in a later
+/// conversation and listed by `slowcat memory list`.
+#[tokio::test]
+async fn qwen_answers_follow_ups_from_a_tool_result_and_a_remembered_fact() {
+    let port = port();
+    let _one_at_a_time = ONE_SERVER.lock().await;
+    let _server = start_qwen(port).await;
+    let root = tempfile::tempdir().unwrap();
+    let data = temp_data_dir("memory", root.path());
+
+    let (out, _, log) = ask(port, &data, "what is 1234 times 5678").await;
+    assert!(out.status.success(), "ask failed");
+    assert!(tool_lines(&log).iter().any(|l| l.contains("tool=calculate") && l.contains("7006652")), "{log}");
+    let (out, reply, _) = ask(port, &data, "what was that number again?").await;
+    assert!(out.status.success(), "ask failed");
+    assert!(reply.contains("7006652") || reply.contains("7,006,652"), "the follow-up gives the product: {reply:?}");
+
+    // A new conversation: after other exchanges, this small model says it will remember instead of
+    // calling `remember` (with none, it calls it).
+    let data = temp_data_dir("facts", root.path());
+    let (out, _, log) = ask(port, &data, "remember that my sister's name is Ana").await;
+    assert!(out.status.success(), "ask failed");
+    let calls = tool_lines(&log);
+    assert!(calls.iter().any(|l| l.contains("tool=remember") && l.contains("tool call done")), "{calls:#?}");
+    let (out, reply, _) = ask(port, &data, "what is my sister's name?").await;
+    assert!(out.status.success(), "ask failed");
+    assert!(reply.contains("Ana"), "the remembered fact answers: {reply:?}");
+
+    let listed = std::process::Command::new(BIN)
+        .args(["memory", "--path"])
+        .arg(data.join("memory"))
+        .arg("list")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.lines().any(|l| l.contains("fact 1") && l.contains("Ana")), "{listed}");
 }

@@ -495,6 +495,7 @@ impl Generator {
             interrupted,
             user: self.user_text(),
             assistant,
+            tools: String::new(),
         }
     }
 }
@@ -594,7 +595,7 @@ pub fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     let start_ms = unix_now_ms() - 400 * 86_400_000;
     let mut at = start_ms;
     let mut stored = 0u64;
-    let recency = InjectOptions { max_context_tokens: 1024, recent_exchanges: 6, relevant_exchanges: 0 };
+    let recency = InjectOptions { max_context_tokens: 1024, recent_exchanges: 6, relevant_exchanges: 0, facts: 0 };
     let relevance = InjectOptions { relevant_exchanges: 4, ..recency };
 
     writeln!(

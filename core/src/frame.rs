@@ -152,6 +152,31 @@ pub struct SpokenReply {
     pub turn: u64,
 }
 
+/// What the LLM did in a turn besides the reply it spoke, sent upstream for memory: the tools it
+/// called, and what it said aside (a filler while tools ran), which is heard but is no part of
+/// the reply. One frame per tool round or aside, pushed as it happens, so an interrupted reply
+/// keeps what came before the interruption.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TurnNotes {
+    /// The conversation turn.
+    pub turn: u64,
+    /// Tool calls that ran, with their results.
+    pub tools: Vec<ToolNote>,
+    /// Text spoken aside, exactly as sent to speech synthesis.
+    pub aside: Vec<String>,
+}
+
+/// One tool call that ran in a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolNote {
+    /// The tool's name.
+    pub name: String,
+    /// Its arguments, as the model sent them (JSON text).
+    pub arguments: String,
+    /// What it returned (an error's text when it failed).
+    pub result: String,
+}
+
 /// Something went wrong in a processor; the pipeline keeps running.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ErrorFrame {
@@ -256,6 +281,8 @@ pub enum Frame {
     TtsStopped,
     /// What the assistant actually said (upstream, from the output device).
     SpokenReply(Box<SpokenReply>),
+    /// What the LLM did in a turn besides speaking (upstream, from the LLM to memory).
+    TurnNotes(Box<TurnNotes>),
     /// The user barged in: queued data is dropped and in-flight work cancelled.
     Interruption,
     /// A processor failed.
@@ -282,7 +309,7 @@ impl Frame {
             | Frame::Interruption
             | Frame::Error(_)
             | Frame::Metrics(_) => FrameClass::System,
-            Frame::End | Frame::SpokenReply(_) => FrameClass::Uninterruptible,
+            Frame::End | Frame::SpokenReply(_) | Frame::TurnNotes(_) => FrameClass::Uninterruptible,
             Frame::OutputAudio(_)
             | Frame::UserTurnEnded
             | Frame::Transcription(_)
@@ -327,6 +354,7 @@ impl Frame {
             Frame::TtsStarted { .. } => "TtsStarted",
             Frame::TtsStopped => "TtsStopped",
             Frame::SpokenReply(_) => "SpokenReply",
+            Frame::TurnNotes(_) => "TurnNotes",
             Frame::Interruption => "Interruption",
             Frame::Error(_) => "Error",
             Frame::Metrics(_) => "Metrics",

@@ -565,7 +565,8 @@ async fn the_filler_said_while_a_slow_tool_runs_is_spoken_in_the_turn_before_the
         Frame::SpokenReply(r) => Some(r.text.clone()),
         _ => None,
     });
-    // The filler was heard, so the reply as heard (what memory stores) holds it.
+    // The output reports what was heard, the filler with it; memory leaves the filler out of the
+    // reply it stores (memory_tools.rs).
     assert_eq!(reply.as_deref(), Some("One moment. It is noon."));
     h.finish(LIMIT).await;
 }

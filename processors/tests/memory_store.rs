@@ -31,6 +31,7 @@ fn exchange(speaker: &str, i: u64, user: &str) -> NewExchange {
         interrupted: false,
         user: user.into(),
         assistant: format!("reply number {i}"),
+        tools: String::new(),
     }
 }
 

@@ -17,7 +17,7 @@ use super::priming::{Background, Primer};
 use super::settings::OpenAiLlmSettings;
 use super::sse::Chunks;
 use super::wire::{ChatRequest, Chunk, Message, ToolCall, ToolDef, parse_completion_message};
-use crate::frame::{ChatMessage, Direction, Frame, LlmRequest, Role};
+use crate::frame::{ChatMessage, Direction, Frame, LlmRequest, Role, ToolNote, TurnNotes};
 use crate::processor::{ProcessError, Processor, ProcessorContext};
 use crate::tools::{ToolBox, ToolError};
 
@@ -247,8 +247,20 @@ impl OpenAiLlm {
                 ctx.push_metric(metrics::FIRST_PASS, Some(turn), received.elapsed()).await;
             }
             let started = Instant::now();
-            let results = self.run_calls(&generation.calls, ctx, turn).await;
+            let results = self.run_calls(&generation.calls, ctx, turn, &request.speaker).await;
             let tool_time = started.elapsed();
+            // For memory, which keeps them with the exchange (never in what was said).
+            let tools = generation
+                .calls
+                .iter()
+                .zip(&results)
+                .map(|(call, result)| ToolNote {
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                    result: result.clone(),
+                })
+                .collect();
+            ctx.push_upstream(Frame::TurnNotes(Box::new(TurnNotes { turn, tools, aside: Vec::new() }))).await;
             ctx.push_metric(metrics::TOOL_TIME, Some(turn), tool_time).await;
             if chat.is_empty() {
                 chat = messages.iter().cloned().map(Message::Chat).collect();
@@ -356,14 +368,17 @@ impl OpenAiLlm {
     /// error's text as the result (the model can say what went wrong). Says `tool_filler` once
     /// when they take longer than `tool_filler_after_ms`. Dropping this future (barge-in) drops
     /// every call still running.
-    async fn run_calls(&self, calls: &[ToolCall], ctx: &ProcessorContext, turn: u64) -> Vec<String> {
+    async fn run_calls(&self, calls: &[ToolCall], ctx: &ProcessorContext, turn: u64, speaker: &str) -> Vec<String> {
         let limit = Duration::from_millis(self.settings.tool_timeout_ms);
         *lock(&self.running_tools) = calls.iter().map(|c| c.name.clone()).collect();
-        let runs = futures::future::join_all(calls.iter().map(|call| self.run_call(call, limit, turn)));
+        let runs = futures::future::join_all(calls.iter().map(|call| self.run_call(call, limit, turn, speaker)));
         let filler = async {
             tokio::time::sleep(Duration::from_millis(self.settings.tool_filler_after_ms)).await;
             let filler = self.settings.tool_filler.trim();
             if !filler.is_empty() {
+                // Marked as said aside before it is said, so memory leaves it out of the reply.
+                let notes = TurnNotes { turn, tools: Vec::new(), aside: vec![filler.to_string()] };
+                ctx.push_upstream(Frame::TurnNotes(Box::new(notes))).await;
                 ctx.push_downstream(Frame::Speak(filler.to_string())).await;
             }
             std::future::pending::<()>().await;
@@ -376,10 +391,10 @@ impl OpenAiLlm {
         results
     }
 
-    async fn run_call(&self, call: &ToolCall, limit: Duration, turn: u64) -> String {
+    async fn run_call(&self, call: &ToolCall, limit: Duration, turn: u64, speaker: &str) -> String {
         let started = Instant::now();
         let outcome = match arguments(&call.arguments) {
-            Ok(args) => match tokio::time::timeout(limit, self.tools.call(&call.name, args)).await {
+            Ok(args) => match tokio::time::timeout(limit, self.tools.call_for(speaker, &call.name, args)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(ToolError::Failed(format!(
                     "the tool `{}` did not finish within {} ms",

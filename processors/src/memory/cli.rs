@@ -114,6 +114,8 @@ struct ExportLine<'a> {
     interrupted: bool,
     user: &'a str,
     assistant: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tools: &'a str,
 }
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -156,7 +158,11 @@ fn summary(out: &mut dyn Write, ex: &Exchange, score: Option<f32>) -> std::io::R
     }
     writeln!(out, "{head}")?;
     writeln!(out, "    user:      {}", snippet(&ex.user, 100))?;
-    writeln!(out, "    assistant: {}", snippet(&ex.assistant, 100))
+    writeln!(out, "    assistant: {}", snippet(&ex.assistant, 100))?;
+    if !ex.tools.is_empty() {
+        writeln!(out, "    tools:     {}", snippet(&ex.tools, 100))?;
+    }
+    Ok(())
 }
 
 /// The database directories of the `stateless_memory` processors in a config file's text, by
@@ -189,13 +195,21 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> Resul
                 writeln!(out, "nothing remembered yet in {}", db_path.display())?;
             }
             for (name, meta) in speakers {
-                writeln!(out, "{name}: {} exchanges", meta.count)?;
+                let facts = db.facts(&name)?.len();
+                writeln!(out, "{name}: {} exchanges, {facts} facts", meta.count)?;
             }
         }
         MemoryCommand::List { speaker, limit } => {
             let recent = db.recent(&speaker, limit)?;
-            if recent.is_empty() {
+            let facts = db.facts(&speaker)?;
+            if recent.is_empty() && facts.is_empty() {
                 writeln!(out, "nothing remembered for speaker {speaker:?}")?;
+            }
+            if !facts.is_empty() {
+                writeln!(out, "facts (kept with `remember`, injected into every request):")?;
+                for f in &facts {
+                    writeln!(out, "  fact {}  {}  {}", f.id, utc(f.at_ms), f.text)?;
+                }
             }
             for ex in &recent {
                 summary(out, ex, None)?;
@@ -224,6 +238,9 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> Resul
             )?;
             writeln!(out, "user: {}", ex.user)?;
             writeln!(out, "assistant: {}", ex.assistant)?;
+            if !ex.tools.is_empty() {
+                writeln!(out, "tools: {}", ex.tools)?;
+            }
         }
         MemoryCommand::Forget { speaker, id, all } => match (id, all) {
             (Some(_), true) => return Err(CliError::IdAndAll),
@@ -236,7 +253,7 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> Resul
             }
             (None, true) => {
                 let n = db.forget_all(&speaker)?;
-                writeln!(out, "forgot all {n} exchanges of {speaker:?}")?;
+                writeln!(out, "forgot all {n} exchanges and every fact of {speaker:?}")?;
             }
         },
         MemoryCommand::Export { speaker } => {
@@ -255,6 +272,7 @@ pub fn run(db_path: &Path, command: MemoryCommand, out: &mut dyn Write) -> Resul
                         interrupted: ex.interrupted,
                         user: &ex.user,
                         assistant: &ex.assistant,
+                        tools: &ex.tools,
                     };
                     serde_json::to_writer(&mut *out, &line)?;
                     writeln!(out)

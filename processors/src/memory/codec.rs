@@ -14,6 +14,8 @@ use super::Exchange;
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
 const FLAG_INTERRUPTED: u8 = 1;
+/// A third text follows the two: the turn's tool calls (records written before it have none).
+const FLAG_TOOLS: u8 = 2;
 const FORMAT_RAW: u8 = 0;
 const FORMAT_LZ4: u8 = 1;
 
@@ -93,11 +95,16 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
 fn put_body(out: &mut Vec<u8>, at_ms_field: u64, ex: &Exchange) {
     put_varint(out, at_ms_field);
     put_varint(out, ex.turn);
-    out.push(if ex.interrupted { FLAG_INTERRUPTED } else { 0 });
+    let tools = if ex.tools.is_empty() { 0 } else { FLAG_TOOLS };
+    out.push(if ex.interrupted { FLAG_INTERRUPTED } else { 0 } | tools);
     put_varint(out, ex.user.len() as u64);
     out.extend_from_slice(ex.user.as_bytes());
     put_varint(out, ex.assistant.len() as u64);
     out.extend_from_slice(ex.assistant.as_bytes());
+    if !ex.tools.is_empty() {
+        put_varint(out, ex.tools.len() as u64);
+        out.extend_from_slice(ex.tools.as_bytes());
+    }
 }
 
 fn get_body(buf: &[u8], pos: &mut usize, id: u64, at_ms: impl FnOnce(u64) -> u64) -> Result<Exchange, Corrupt> {
@@ -107,7 +114,8 @@ fn get_body(buf: &[u8], pos: &mut usize, id: u64, at_ms: impl FnOnce(u64) -> u64
     *pos += 1;
     let user = get_text(buf, pos, "user text")?;
     let assistant = get_text(buf, pos, "assistant text")?;
-    Ok(Exchange { id, turn, at_ms: at, interrupted: flags & FLAG_INTERRUPTED != 0, user, assistant })
+    let tools = if flags & FLAG_TOOLS != 0 { get_text(buf, pos, "tool record")? } else { String::new() };
+    Ok(Exchange { id, turn, at_ms: at, interrupted: flags & FLAG_INTERRUPTED != 0, user, assistant, tools })
 }
 
 /// Exchanges per independently compressed frame of a cold block: reading one exchange of a
@@ -327,6 +335,12 @@ mod tests {
             interrupted: id.is_multiple_of(3),
             user: user.into(),
             assistant: assistant.into(),
+            // Some with a tool record, most without (as written before records had one).
+            tools: if id.is_multiple_of(4) {
+                format!("calculate {{\"expression\":\"{id}*2\"}} → {}", id * 2)
+            } else {
+                String::new()
+            },
         }
     }
 

@@ -11,12 +11,22 @@
 //! first, newest to oldest, stopping at the first that does not fit, but a quarter of the budget
 //! is kept for relevant exchanges when there are any; relevant exchanges then fill what is left,
 //! best first, skipping any that do not fit.
+//!
+//! Facts the user asked to keep (the `remember` tool) come before all that: a section of the
+//! system message, within half the budget and at most `facts` of them (all of a speaker's facts
+//! while there are no more than that, in the order they were remembered, so the section changes
+//! only when a fact does; beyond that the ones that share most words with the question).
+//!
+//! An exchange whose turn called tools is replayed with a short record of the calls and their
+//! results after the user's words (never in the assistant's, which a model would imitate aloud),
+//! so a follow-up question ("what was that number again?") finds the result even when the reply
+//! did not say it in full or was cut short.
 
 use std::collections::HashMap;
 
 use crate::frame::{ChatMessage, LlmRequest, Role};
 
-use super::store::{MemoryDb, Recall};
+use super::store::{Fact, MemoryDb, Recall};
 use super::{Exchange, MemoryError};
 
 /// Tokens a chat template adds per message (role markers, separators).
@@ -31,6 +41,8 @@ pub struct InjectOptions {
     pub recent_exchanges: usize,
     /// Most older, relevant exchanges listed in the system message.
     pub relevant_exchanges: usize,
+    /// Most remembered facts listed in the system message.
+    pub facts: usize,
 }
 
 /// What a rewrite did.
@@ -40,6 +52,8 @@ pub struct Injected {
     pub recent: usize,
     /// Exchanges listed in the memory section.
     pub relevant: usize,
+    /// Facts listed.
+    pub facts: usize,
     /// Estimated tokens added.
     pub tokens: usize,
 }
@@ -81,9 +95,54 @@ fn spoken(ex: &Exchange) -> String {
     }
 }
 
-/// An exchange as the two chat messages it is replayed as.
+/// An exchange as the two chat messages it is replayed as; the turn's tool calls follow the
+/// user's words.
 fn chat_pair(ex: &Exchange) -> [ChatMessage; 2] {
-    [ChatMessage::new(Role::User, ex.user.clone()), ChatMessage::new(Role::Assistant, spoken(ex))]
+    let user = if ex.tools.is_empty() { ex.user.clone() } else { format!("{}\n{TOOLS_OPEN}{}]", ex.user, ex.tools) };
+    [ChatMessage::new(Role::User, user), ChatMessage::new(Role::Assistant, spoken(ex))]
+}
+
+/// How a replayed exchange introduces its tool calls.
+pub const TOOLS_OPEN: &str = "[tools you used to answer this: ";
+
+const FACTS_HEADER: &str = "Facts the user asked you to remember:";
+
+/// The facts to list and what they cost: all of them in id order while there are at most
+/// `options.facts`, else the best matches for `query` (newest first among equals), then listed
+/// in id order; within half of the budget.
+fn fact_lines(facts: &[Fact], query: Option<&str>, options: &InjectOptions) -> (Vec<String>, usize) {
+    if facts.is_empty() || options.facts == 0 {
+        return (Vec::new(), 0);
+    }
+    let mut chosen: Vec<&Fact> = if facts.len() <= options.facts {
+        facts.iter().collect()
+    } else {
+        let mut ranked = super::store::rank_facts(facts, query.unwrap_or(""));
+        // The newest fill what the question leaves.
+        for f in facts.iter().rev() {
+            if ranked.len() >= options.facts {
+                break;
+            }
+            if !ranked.iter().any(|r| r.id == f.id) {
+                ranked.push(f);
+            }
+        }
+        ranked.truncate(options.facts);
+        ranked
+    };
+    chosen.sort_unstable_by_key(|f| f.id);
+    let limit = options.max_context_tokens / 2;
+    let mut cost = estimate_tokens(FACTS_HEADER) + 2;
+    let mut lines = Vec::new();
+    for f in chosen {
+        let line = format!("- {}", f.text);
+        let c = estimate_tokens(&line) + 1;
+        if cost + c <= limit {
+            cost += c;
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() { (lines, 0) } else { (lines, cost) }
 }
 
 /// What a replayed exchange costs of the budget.
@@ -130,7 +189,8 @@ pub fn apply(
     if request.memory_injected {
         return Ok(Injected::default());
     }
-    let wanted = options.max_context_tokens > 0 && options.recent_exchanges + options.relevant_exchanges > 0;
+    let wanted =
+        options.max_context_tokens > 0 && options.recent_exchanges + options.relevant_exchanges + options.facts > 0;
     let recall = if wanted {
         db.recall(&request.speaker, request.last_user_message(), options.recent_exchanges, options.relevant_exchanges)?
     } else {
@@ -145,7 +205,8 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
         return Injected::default();
     }
     request.memory_injected = true;
-    let budget = options.max_context_tokens;
+    let (facts, facts_cost) = fact_lines(&recall.facts, request.last_user_message(), options);
+    let budget = options.max_context_tokens - facts_cost;
     let older = |ex: &Exchange| !recall.recent.iter().any(|r| r.id == ex.id);
     let wants_relevant = options.relevant_exchanges > 0 && recall.relevant.iter().any(|(ex, _)| older(ex));
     let reserve = if wants_relevant { budget / 4 } else { 0 };
@@ -174,8 +235,9 @@ pub fn rewrite(request: &mut LlmRequest, recall: &Recall, options: &InjectOption
         lines.sort_unstable_by_key(|(id, _)| *id);
     }
 
-    let injected = Injected { recent: pairs.len(), relevant: lines.len(), tokens: used };
-    assemble(request, pairs, &lines);
+    let injected =
+        Injected { recent: pairs.len(), relevant: lines.len(), facts: facts.len(), tokens: used + facts_cost };
+    assemble(request, pairs, &facts, &lines);
     injected
 }
 
@@ -245,14 +307,15 @@ pub fn apply_stable(
         return Ok(Injected::default());
     }
     let k = options.recent_exchanges;
-    let wanted = options.max_context_tokens > 0 && k + options.relevant_exchanges > 0;
+    let wanted = options.max_context_tokens > 0 && k + options.relevant_exchanges + options.facts > 0;
     let recall = if wanted {
         db.recall(&request.speaker, request.last_user_message(), (2 * k).saturating_sub(1), options.relevant_exchanges)?
     } else {
         Recall::default()
     };
     request.memory_injected = true;
-    let budget = options.max_context_tokens;
+    let (facts, facts_cost) = fact_lines(&recall.facts, request.last_user_message(), options);
+    let budget = options.max_context_tokens - facts_cost;
     let previous = state.blocks.remove(&request.speaker);
     let start = match (recall.recent.last(), k) {
         (Some(newest), 1..) => {
@@ -322,8 +385,9 @@ pub fn apply_stable(
         };
     }
     let lines = fit_section(block.lines.into_iter(), &mut used, budget);
-    let injected = Injected { recent: pairs.len(), relevant: lines.len(), tokens: used };
-    assemble(request, pairs, &lines);
+    let injected =
+        Injected { recent: pairs.len(), relevant: lines.len(), facts: facts.len(), tokens: used + facts_cost };
+    assemble(request, pairs, &facts, &lines);
     state.blocks.insert(request.speaker.clone(), Block { start, lines });
     Ok(injected)
 }
@@ -347,9 +411,10 @@ fn fit_section(candidates: impl Iterator<Item = (u64, String)>, used: &mut usize
     lines
 }
 
-/// Puts memory into `request`: one system message, first, ending with the memory section when
-/// there are `lines`; the `pairs` in order right before the last user message.
-fn assemble(request: &mut LlmRequest, pairs: Vec<[ChatMessage; 2]>, lines: &[(u64, String)]) {
+/// Puts memory into `request`: one system message, first, ending with the facts and then the
+/// memory section when there are `facts` and `lines`; the `pairs` in order right before the last
+/// user message.
+fn assemble(request: &mut LlmRequest, pairs: Vec<[ChatMessage; 2]>, facts: &[String], lines: &[(u64, String)]) {
     // Exactly one system message, first.
     let mut system: Option<String> = None;
     let mut rest = Vec::with_capacity(request.messages.len() + pairs.len() * 2);
@@ -364,6 +429,17 @@ fn assemble(request: &mut LlmRequest, pairs: Vec<[ChatMessage; 2]>, lines: &[(u6
             }
         } else {
             rest.push(m);
+        }
+    }
+    if !facts.is_empty() {
+        let s = system.get_or_insert_with(String::new);
+        if !s.is_empty() {
+            s.push_str("\n\n");
+        }
+        s.push_str(FACTS_HEADER);
+        for line in facts {
+            s.push('\n');
+            s.push_str(line);
         }
     }
     if !lines.is_empty() {
@@ -392,7 +468,15 @@ mod tests {
     use super::*;
 
     fn ex(id: u64, user: &str, assistant: &str) -> Exchange {
-        Exchange { id, turn: id, at_ms: 0, interrupted: false, user: user.into(), assistant: assistant.into() }
+        Exchange {
+            id,
+            turn: id,
+            at_ms: 0,
+            interrupted: false,
+            user: user.into(),
+            assistant: assistant.into(),
+            tools: String::new(),
+        }
     }
 
     fn request(messages: Vec<ChatMessage>) -> LlmRequest {
@@ -423,8 +507,8 @@ mod tests {
             ChatMessage::new(Role::System, "one"),
             ChatMessage::new(Role::System, "two"),
         ]);
-        let recall = Recall { recent: vec![], relevant: vec![(ex(1, "zebra", "stripes"), 1.0)] };
-        let opts = InjectOptions { max_context_tokens: 500, recent_exchanges: 2, relevant_exchanges: 2 };
+        let recall = Recall { recent: vec![], relevant: vec![(ex(1, "zebra", "stripes"), 1.0)], facts: vec![] };
+        let opts = InjectOptions { max_context_tokens: 500, recent_exchanges: 2, relevant_exchanges: 2, facts: 0 };
         rewrite(&mut r, &recall, &opts, 0);
         assert_eq!(r.messages.iter().filter(|m| m.role == Role::System).count(), 1);
         assert_eq!(r.messages[0].role, Role::System);

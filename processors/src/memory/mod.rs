@@ -10,6 +10,15 @@
 //! said) stores nothing: the user will repeat themselves, and a question without its answer
 //! would be injected as if it had been answered.
 //!
+//! Upstream it also sees the LLM's [`TurnNotes`]: the tool calls of a turn with their results,
+//! stored with the exchange as a short record (`tool_record_chars`) and replayed with it (see
+//! [`inject`]), and what was said aside (the filler while tools ran), which is taken out of the
+//! reply as heard before it is stored: the user heard it, but it answered nothing.
+//!
+//! The database is shared in this process with the memory tools (`remember`, `recall`,
+//! `forget`; see [`MemoryDb::shared`]): the facts they keep per speaker are injected into each
+//! request of that speaker.
+//!
 //! Stores go to a writer thread and are acknowledged after their durable commit; before the next
 //! injection the processor waits for the acknowledgements still pending, so a turn always sees
 //! the exchange before it. Reads run on `spawn_blocking`. See [`store`] for the layout and
@@ -31,12 +40,14 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::frame::{Direction, Frame, LlmRequest, SpokenReply};
+use crate::frame::{Direction, Frame, LlmRequest, SpokenReply, ToolNote, TurnNotes};
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
 
 pub use inject::{InjectOptions, Injected, PrefixState, estimate_tokens, window_start};
-pub use store::{MemoryDb, MemoryStore, NewExchange, Recall, Retention, StoreOptions, StoreResult};
+pub use store::{
+    Fact, MemoryDb, MemoryStore, NewExchange, Recall, Remembered, Retention, StoreOptions, StoreResult, rank_facts,
+};
 
 /// One stored exchange: what the user said in a turn and what the assistant said back aloud.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +64,9 @@ pub struct Exchange {
     pub user: String,
     /// The reply as it was spoken.
     pub assistant: String,
+    /// The tool calls of the turn with their results, short (empty: none): not said, but shown
+    /// to the model with the exchange.
+    pub tools: String,
 }
 
 /// What can go wrong with the memory database.
@@ -96,6 +110,12 @@ pub enum MemoryError {
         "the memory database {0} is already open in this process (do two stateless_memory processors share one path?)"
     )]
     AlreadyOpen(PathBuf),
+    /// The database is open in this process with other store settings.
+    #[error(
+        "the memory database {0} is already open in this process with other settings (do two stateless_memory \
+         processors share one path?)"
+    )]
+    OpenedOtherwise(PathBuf),
     /// There is no database where one was expected.
     #[error("there is no memory database in {0} (nothing has been remembered there yet)")]
     Missing(PathBuf),
@@ -161,6 +181,11 @@ pub struct StatelessMemorySettings {
     /// Newest exchanges per speaker kept one per record, read every turn; older ones are
     /// compressed in blocks by a background thread.
     pub hot_tier_size: usize,
+    /// Most remembered facts (the `remember` tool) listed in each request of their speaker.
+    pub remembered_facts: usize,
+    /// Characters of a turn's tool calls and results (name, arguments, result) kept with its
+    /// exchange and shown with it while it is among the recent ones (0: none kept).
+    pub tool_record_chars: usize,
 }
 
 impl Default for StatelessMemorySettings {
@@ -175,6 +200,8 @@ impl Default for StatelessMemorySettings {
             max_age_days: 0,
             compression: true,
             hot_tier_size: 64,
+            remembered_facts: 20,
+            tool_record_chars: 400,
         }
     }
 }
@@ -196,7 +223,7 @@ impl StatelessMemorySettings {
 }
 
 /// Problems with a database directory visible without opening it.
-fn path_problem(path: &Path) -> Option<String> {
+pub(crate) fn path_problem(path: &Path) -> Option<String> {
     let mut existing = path;
     while !existing.exists() {
         match existing.parent() {
@@ -255,6 +282,12 @@ impl Settings for StatelessMemorySettings {
         if self.relevant_exchanges > 1000 {
             problems.push(Problem::at("relevant_exchanges", "must be at most 1000"));
         }
+        if self.remembered_facts > store::MAX_FACTS {
+            problems.push(Problem::at("remembered_facts", format!("must be at most {}", store::MAX_FACTS)));
+        }
+        if self.tool_record_chars > codec::MAX_TEXT_BYTES {
+            problems.push(Problem::at("tool_record_chars", format!("must be at most {}", codec::MAX_TEXT_BYTES)));
+        }
         if self.max_context_tokens > 1_000_000 {
             problems.push(Problem::at("max_context_tokens", "must be at most 1000000"));
         }
@@ -266,20 +299,76 @@ impl Settings for StatelessMemorySettings {
 
     fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let path = self.db_path(ctx);
-        let db = MemoryDb::open(&path, self.store_options()).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
-        let store = MemoryStore::start(Arc::new(db)).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
+        let db = MemoryDb::shared(&path, Some(self.store_options()))
+            .map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
+        let store = MemoryStore::start(db).map_err(|e| BuildError::Invalid(format!("path: {e}")))?;
         let mut memory = StatelessMemory::new(
             store,
             InjectOptions {
                 max_context_tokens: self.max_context_tokens,
                 recent_exchanges: self.recent_exchanges,
                 relevant_exchanges: self.relevant_exchanges,
+                facts: self.remembered_facts,
             },
         );
+        memory.tool_record_chars = self.tool_record_chars;
         if self.stable_prefix {
             memory.prefix = Some(Arc::new(std::sync::Mutex::new(PrefixState::default())));
         }
         Ok(Box::new(memory))
+    }
+}
+
+/// `text` (a reply as heard, words joined by single spaces) without the words of `aside` (a
+/// sentence said aside): its first whole occurrence, or, when the reply was cut short inside it,
+/// the start of it that ends the reply.
+fn without_aside(text: &str, aside: &str, interrupted: bool) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let aside: Vec<&str> = aside.split_whitespace().collect();
+    if aside.is_empty() {
+        return text.to_string();
+    }
+    let keep = |skip: std::ops::Range<usize>| {
+        words.iter().enumerate().filter(|(i, _)| !skip.contains(i)).map(|(_, w)| *w).collect::<Vec<_>>().join(" ")
+    };
+    if let Some(at) = words.windows(aside.len()).position(|w| w == aside.as_slice()) {
+        return keep(at..at + aside.len());
+    }
+    if interrupted {
+        for n in (1..aside.len().min(words.len() + 1)).rev() {
+            if words[words.len() - n..] == aside[..n] {
+                return keep(words.len() - n..words.len());
+            }
+        }
+    }
+    text.to_string()
+}
+
+/// A turn's tool calls as one short line, `name {arguments} → result` per call, each cut to its
+/// share of `max_chars` (so one long page does not push out a calculation); empty when
+/// `max_chars` is 0 or there were none.
+fn tool_record(tools: &[ToolNote], max_chars: usize) -> String {
+    if tools.is_empty() || max_chars == 0 {
+        return String::new();
+    }
+    let share = (max_chars / tools.len()).max(1);
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    tools
+        .iter()
+        .map(|t| {
+            let args = flat(&t.arguments);
+            let args = if args.is_empty() || args == "{}" { String::new() } else { format!(" {args}") };
+            cut_chars(&format!("{}{args} → {}", t.name, flat(&t.result)), share)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `s` cut to `max` characters, an ellipsis marking a cut.
+fn cut_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max.saturating_sub(1)) {
+        Some((end, _)) if s.chars().count() > max => format!("{}…", &s[..end]),
+        _ => s.to_string(),
     }
 }
 
@@ -297,6 +386,10 @@ struct TurnText {
     user: String,
     /// True once the text came from the LLM request (it wins over the transcription).
     from_request: bool,
+    /// The tool calls the LLM reported for the turn.
+    tools: Vec<ToolNote>,
+    /// What the LLM said aside in the turn (left out of the stored reply).
+    aside: Vec<String>,
 }
 
 struct PendingStore {
@@ -313,6 +406,8 @@ pub struct StatelessMemory {
     prefix: Option<Arc<std::sync::Mutex<PrefixState>>>,
     turns: VecDeque<TurnText>,
     pending: VecDeque<PendingStore>,
+    /// Characters of tool record kept per exchange (0: none).
+    tool_record_chars: usize,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -324,21 +419,30 @@ impl StatelessMemory {
     /// A processor over a started store.
     pub fn new(store: MemoryStore, options: InjectOptions) -> Self {
         let db = store.db().clone();
-        Self { store: Some(store), db, options, prefix: None, turns: VecDeque::new(), pending: VecDeque::new() }
+        Self {
+            store: Some(store),
+            db,
+            options,
+            prefix: None,
+            turns: VecDeque::new(),
+            pending: VecDeque::new(),
+            tool_record_chars: StatelessMemorySettings::default().tool_record_chars,
+        }
     }
 
     fn remember_turn(&mut self, turn: u64, speaker: &str, user: &str, from_request: bool) {
         let speaker = store::speaker_id(speaker).to_string();
         if let Some(t) = self.turns.iter_mut().find(|t| t.turn == turn) {
             if from_request || !t.from_request {
-                *t = TurnText { turn, speaker, user: user.to_string(), from_request };
+                (t.speaker, t.user, t.from_request) = (speaker, user.to_string(), from_request);
             }
             return;
         }
         if self.turns.len() == PENDING_TURNS {
             self.turns.pop_front();
         }
-        self.turns.push_back(TurnText { turn, speaker, user: user.to_string(), from_request });
+        let (tools, aside) = (Vec::new(), Vec::new());
+        self.turns.push_back(TurnText { turn, speaker, user: user.to_string(), from_request, tools, aside });
     }
 
     fn store_failed(&self, turn: u64, e: &MemoryError) -> String {
@@ -468,6 +572,16 @@ impl StatelessMemory {
         }
     }
 
+    fn on_notes(&mut self, notes: &TurnNotes) {
+        match self.turns.iter_mut().find(|t| t.turn == notes.turn) {
+            Some(t) => {
+                t.tools.extend(notes.tools.iter().cloned());
+                t.aside.extend(notes.aside.iter().cloned());
+            }
+            None => debug!(turn = notes.turn, "tool notes of a turn memory does not know; not kept"),
+        }
+    }
+
     async fn on_spoken(&mut self, reply: &SpokenReply, ctx: &ProcessorContext) {
         let Some(pos) = self.turns.iter().position(|t| t.turn == reply.turn) else {
             debug!(turn = reply.turn, "spoken reply with no user turn (greeting?); not stored");
@@ -475,7 +589,11 @@ impl StatelessMemory {
         };
         // Turns are answered in order: older turns still waiting will never get their reply.
         let turn = self.turns.drain(..=pos).next_back().expect("position is in range");
-        if reply.text.trim().is_empty() && !reply.interrupted {
+        let mut said = reply.text.clone();
+        for aside in &turn.aside {
+            said = without_aside(&said, aside, reply.interrupted);
+        }
+        if said.trim().is_empty() && !reply.interrupted {
             debug!(turn = reply.turn, "nothing was said; not stored");
             return;
         }
@@ -485,7 +603,8 @@ impl StatelessMemory {
             at_ms: unix_now_ms(),
             interrupted: reply.interrupted,
             user: turn.user,
-            assistant: reply.text.clone(),
+            assistant: said,
+            tools: tool_record(&turn.tools, self.tool_record_chars),
         };
         let Some(store) = &self.store else { return };
         match store.submit(exchange) {
@@ -506,7 +625,7 @@ impl Processor for StatelessMemory {
                 frame,
                 Frame::Transcription(_) | Frame::LlmRequest(_) | Frame::LlmReadAhead(_) | Frame::UserTurnResumed
             ),
-            Direction::Upstream => matches!(frame, Frame::SpokenReply(_)),
+            Direction::Upstream => matches!(frame, Frame::SpokenReply(_) | Frame::TurnNotes(_)),
         }
     }
 
@@ -533,6 +652,10 @@ impl Processor for StatelessMemory {
                 self.on_spoken(&reply, ctx).await;
                 ctx.push(Frame::SpokenReply(reply), direction).await;
             }
+            (Frame::TurnNotes(notes), Direction::Upstream) => {
+                self.on_notes(&notes);
+                ctx.push(Frame::TurnNotes(notes), direction).await;
+            }
             (Frame::UserTurnResumed, Direction::Downstream) => {
                 // The newest turn goes on and will come again whole, under the same number: what
                 // was heard of it so far is not an exchange to remember (its reply is cancelled).
@@ -558,5 +681,40 @@ impl Processor for StatelessMemory {
         if let Some(store) = self.store.take() {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filler_is_taken_out_of_the_reply_whole_or_as_far_as_it_was_heard() {
+        let said = "One moment. 1234 times 5678 is 7006652.";
+        assert_eq!(without_aside(said, "One moment.", false), "1234 times 5678 is 7006652.");
+        // Cut short while the filler played: what was heard of it goes too.
+        assert_eq!(without_aside("Let me see. One", "One moment.", true), "Let me see.");
+        // Not interrupted, and not said whole: the reply is left as it is.
+        assert_eq!(without_aside("I have one", "One moment.", false), "I have one");
+    }
+
+    #[test]
+    fn tool_records_are_short_and_each_call_keeps_its_share() {
+        let note = |name: &str, arguments: &str, result: &str| ToolNote {
+            name: name.into(),
+            arguments: arguments.into(),
+            result: result.into(),
+        };
+        let calc = note("calculate", "{\"expression\": \"1234*5678\"}", "7006652");
+        assert_eq!(
+            tool_record(std::slice::from_ref(&calc), 400),
+            "calculate {\"expression\": \"1234*5678\"} → 7006652"
+        );
+        let page = note("fetch_web_page", "{}", &"word ".repeat(500));
+        let both = tool_record(&[page, calc.clone()], 120);
+        assert!(both.starts_with("fetch_web_page → word word"), "{both}");
+        assert!(both.ends_with("; calculate {\"expression\": \"1234*5678\"} → 7006652"), "{both}");
+        assert!(both.chars().count() <= 122, "{both}");
+        assert_eq!(tool_record(&[calc], 0), "");
     }
 }

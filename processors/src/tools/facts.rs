@@ -1,116 +1,59 @@
 //! `remember`, `recall`, `forget`: facts the user asks the assistant to keep ("remember that my
-//! sister's name is Ana").
+//! sister's name is Ana"), per speaker, in the stateless memory database (its `facts`; see
+//! [`crate::memory::store`]). The `stateless_memory` processor injects a speaker's facts into each
+//! of their requests, so the model knows them without calling `recall`; `recall` finds the others
+//! when there are more than a request lists.
 //!
-//! A small JSON file of its own rather than the stateless memory store: that store keeps
-//! exchanges (a user turn and its reply, per speaker) in an LMDB environment the
-//! `stateless_memory` processor opens, and LMDB refuses a second open of one environment in the
-//! same process (`MemoryError::AlreadyOpen`); a fact is a different thing from an exchange, and a
-//! few hundred facts need no index.
+//! The database is opened on the first call, through [`MemoryDb::shared`]: by then the memory
+//! processor (built at the same time, on another thread) has opened it with its settings, and
+//! both use that one handle (LMDB must not open one environment twice in a process).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::OnceCell;
 
-use super::{Tool, ToolError, ToolSpec, args_object, text_arg, write_atomically};
+use super::{Tool, ToolError, ToolSpec, args_object, text_arg};
+use crate::memory::{Fact, MemoryDb, MemoryError, Remembered, rank_facts, store};
 
 /// Facts returned by one `recall` at most (a small model's context is short).
 const RECALL_LIMIT: usize = 10;
-/// Longest fact kept.
-const MAX_FACT_CHARS: usize = 1000;
 
-/// Why the facts file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum FactsError {
-    /// Reading it failed.
-    #[error("cannot read the remembered facts file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// It is not a facts file.
-    #[error("the remembered facts file {path} is damaged ({detail}); move it aside to start with no facts")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said.
-        detail: String,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Fact {
-    id: u64,
-    text: String,
-    /// When it was remembered, milliseconds since the Unix epoch.
-    at_ms: i64,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Stored {
-    next_id: u64,
-    facts: Vec<Fact>,
-}
-
-/// The remembered facts of one assistant.
+/// The remembered facts of one assistant: the memory database in `path`, opened when first used.
 pub struct Facts {
     path: PathBuf,
-    state: tokio::sync::Mutex<Stored>,
+    db: OnceCell<Arc<MemoryDb>>,
 }
 
 impl Facts {
-    /// Reads the file at `path` (none yet: nothing remembered).
-    pub fn open(path: &Path) -> Result<Arc<Self>, FactsError> {
-        let stored = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| FactsError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(source) => return Err(FactsError::Read { path: path.to_path_buf(), source }),
-        };
-        Ok(Arc::new(Self { path: path.to_path_buf(), state: tokio::sync::Mutex::new(stored) }))
+    /// Facts kept in the memory database in directory `path` (opened, or created, at first use).
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Self { path, db: OnceCell::new() })
     }
 
-    async fn save(&self, state: &Stored) -> Result<(), ToolError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| ToolError::Failed(e.to_string()))?;
-        write_atomically(&self.path, bytes).await.map_err(|e| ToolError::Failed(format!("could not save: {e}")))
+    /// Runs `f` on the database on a blocking thread (LMDB calls block).
+    async fn with_db<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MemoryDb) -> Result<R, MemoryError> + Send + 'static,
+    ) -> Result<R, ToolError> {
+        let failed = |e: MemoryError| ToolError::Failed(format!("the memory database cannot be used: {e}"));
+        let db = self
+            .db
+            .get_or_try_init(|| {
+                let path = self.path.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || MemoryDb::shared(&path, None))
+                        .await
+                        .map_err(|e| ToolError::Failed(e.to_string()))?
+                        .map_err(failed)
+                }
+            })
+            .await?
+            .clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(|e| ToolError::Failed(e.to_string()))?.map_err(failed)
     }
-}
-
-/// Lower-case words of at least 3 letters, minus the commonest ones: what a query and a fact
-/// must share.
-fn words(text: &str) -> Vec<String> {
-    const STOP: &[&str] = &[
-        "the", "and", "for", "that", "this", "with", "what", "who", "whom", "which", "was", "were", "are", "is", "has",
-        "have", "had", "you", "your", "about", "from", "did", "does", "remember", "know", "tell",
-    ];
-    text.split(|c: char| !c.is_alphanumeric())
-        .map(|w| w.to_lowercase())
-        .filter(|w| w.chars().count() >= 3 && !STOP.contains(&w.as_str()))
-        .collect()
-}
-
-/// The facts that share the most words with `query`, best first (all of them, newest first,
-/// when the query is empty).
-fn matching<'a>(facts: &'a [Fact], query: &str) -> Vec<&'a Fact> {
-    let q = words(query);
-    if q.is_empty() {
-        return facts.iter().rev().collect();
-    }
-    let mut scored: Vec<(usize, &Fact)> = facts
-        .iter()
-        .map(|f| {
-            let w = words(&f.text);
-            // A query word matches a fact word that starts with it ("sister" finds "sister's").
-            (q.iter().filter(|q| w.iter().any(|w| w.starts_with(q.as_str()))).count(), f)
-        })
-        .filter(|(score, _)| *score > 0)
-        .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.id.cmp(&a.1.id)));
-    scored.into_iter().map(|(_, f)| f).collect()
 }
 
 /// The three memory tools, sharing one store.
@@ -137,24 +80,26 @@ impl Tool for Remember {
     }
 
     async fn call(&self, args: serde_json::Value) -> Result<String, ToolError> {
+        self.call_for(crate::frame::DEFAULT_SPEAKER, args).await
+    }
+
+    async fn call_for(&self, speaker: &str, args: serde_json::Value) -> Result<String, ToolError> {
         let args = args_object(args)?;
         let fact = text_arg(&args, &["fact", "text", "content", "memory", "information"])
             .ok_or_else(|| ToolError::BadArguments("`fact` is missing".into()))?;
-        if fact.chars().count() > MAX_FACT_CHARS {
-            return Err(ToolError::BadArguments(format!("a fact is at most {MAX_FACT_CHARS} characters")));
+        if fact.len() > store::MAX_FACT_BYTES {
+            return Err(ToolError::BadArguments(format!("a fact is at most {} bytes", store::MAX_FACT_BYTES)));
         }
-        let mut state = self.0.state.lock().await;
-        if let Some(same) = state.facts.iter().find(|f| f.text.eq_ignore_ascii_case(&fact)) {
-            return Ok(format!("Already remembered (fact {}).", same.id));
+        let speaker = speaker.to_string();
+        let at_ms = crate::memory::unix_now_ms();
+        match self.0.with_db(move |db| db.remember_fact(&speaker, &fact, at_ms)).await? {
+            Remembered::New(id) => Ok(format!("Remembered (fact {id}).")),
+            Remembered::Already(id) => Ok(format!("Already remembered (fact {id}).")),
+            Remembered::Full => Err(ToolError::Failed(format!(
+                "{} facts are kept already; forget one first (recall lists them)",
+                store::MAX_FACTS
+            ))),
         }
-        state.next_id += 1;
-        let id = state.next_id;
-        state.facts.push(Fact { id, text: fact, at_ms: chrono::Utc::now().timestamp_millis() });
-        if let Err(e) = self.0.save(&state).await {
-            state.facts.retain(|f| f.id != id);
-            return Err(e);
-        }
-        Ok(format!("Remembered (fact {id})."))
     }
 }
 
@@ -177,12 +122,17 @@ impl Tool for Recall {
     }
 
     async fn call(&self, args: serde_json::Value) -> Result<String, ToolError> {
+        self.call_for(crate::frame::DEFAULT_SPEAKER, args).await
+    }
+
+    async fn call_for(&self, speaker: &str, args: serde_json::Value) -> Result<String, ToolError> {
         let args = args_object(args)?;
         let query = text_arg(&args, &["query", "text", "fact", "topic", "about"]).unwrap_or_default();
-        let state = self.0.state.lock().await;
-        let found = matching(&state.facts, &query);
+        let speaker = speaker.to_string();
+        let facts = self.0.with_db(move |db| db.facts(&speaker)).await?;
+        let found = rank_facts(&facts, &query);
         if found.is_empty() {
-            return Ok(if state.facts.is_empty() {
+            return Ok(if facts.is_empty() {
                 "Nothing has been remembered yet.".into()
             } else {
                 format!("No remembered fact matches \"{query}\".")
@@ -212,6 +162,10 @@ impl Tool for Forget {
     }
 
     async fn call(&self, args: serde_json::Value) -> Result<String, ToolError> {
+        self.call_for(crate::frame::DEFAULT_SPEAKER, args).await
+    }
+
+    async fn call_for(&self, speaker: &str, args: serde_json::Value) -> Result<String, ToolError> {
         let args = args_object(args)?;
         let id = match args.get("id") {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
@@ -219,21 +173,25 @@ impl Tool for Forget {
             _ => None,
         };
         let query = text_arg(&args, &["query", "text", "fact"]);
-        let mut state = self.0.state.lock().await;
-        let ids: Vec<u64> = match (id, &query) {
-            (Some(id), _) => state.facts.iter().filter(|f| f.id == id).map(|f| f.id).collect(),
-            // Only the best match: "forget my sister's name" must not wipe every fact about family.
-            (None, Some(q)) => matching(&state.facts, q).first().map(|f| f.id).into_iter().collect(),
-            (None, None) => {
-                return Err(ToolError::BadArguments("give the fact's `id` or words of it in `query`".into()));
-            }
-        };
-        if ids.is_empty() {
+        if id.is_none() && query.is_none() {
+            return Err(ToolError::BadArguments("give the fact's `id` or words of it in `query`".into()));
+        }
+        let speaker = speaker.to_string();
+        let removed: Vec<Fact> = self
+            .0
+            .with_db(move |db| {
+                let ids: Vec<u64> = match (id, &query) {
+                    (Some(id), _) => vec![id],
+                    // Only the best match: "forget my sister's name" must not wipe every fact about family.
+                    (None, Some(q)) => rank_facts(&db.facts(&speaker)?, q).first().map(|f| f.id).into_iter().collect(),
+                    (None, None) => Vec::new(),
+                };
+                db.forget_facts(&speaker, &ids)
+            })
+            .await?;
+        if removed.is_empty() {
             return Err(ToolError::Failed("no remembered fact matches; recall lists them".into()));
         }
-        let removed: Vec<Fact> = state.facts.iter().filter(|f| ids.contains(&f.id)).cloned().collect();
-        state.facts.retain(|f| !ids.contains(&f.id));
-        self.0.save(&state).await?;
         Ok(format!("Forgot: {}.", removed.iter().map(|f| f.text.as_str()).collect::<Vec<_>>().join("; ")))
     }
 }

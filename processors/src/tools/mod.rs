@@ -61,6 +61,13 @@ pub trait Tool: Send + Sync {
     fn spec(&self) -> ToolSpec;
     /// Runs it with the model's arguments (a JSON object); the result is text for the model.
     async fn call(&self, args: serde_json::Value) -> Result<String, ToolError>;
+
+    /// Runs it for `speaker` (the one talking in the turn): tools that keep something per person
+    /// (remembered facts) override this; the others ignore who asks.
+    async fn call_for(&self, speaker: &str, args: serde_json::Value) -> Result<String, ToolError> {
+        let _ = speaker;
+        self.call(args).await
+    }
 }
 
 /// Which tools the assistant offers: the `tools` table of `openai_llm` in config.toml.
@@ -78,10 +85,11 @@ pub struct ToolsSettings {
     pub reminders: bool,
     /// Where reminders are kept so they survive a restart (relative paths are under the data dir).
     pub reminders_file: String,
-    /// `remember`, `recall`, `forget`: facts the user asks the assistant to keep.
+    /// `remember`, `recall`, `forget`: facts the user asks the assistant to keep, per speaker.
     pub memory: bool,
-    /// Where remembered facts are kept (relative paths are under the data dir).
-    pub memory_file: String,
+    /// The memory database they are kept in: the `path` of the `stateless_memory` processor, which
+    /// injects them into every request (relative paths are under the data dir).
+    pub memory_path: String,
     /// `fetch_web_page`: the readable text of an http(s) page.
     pub web_fetch: bool,
     /// Lets `fetch_web_page` reach loopback, private and link-local addresses (off: a page the
@@ -113,7 +121,7 @@ impl Default for ToolsSettings {
             reminders: true,
             reminders_file: "tools/reminders.json".into(),
             memory: true,
-            memory_file: "tools/facts.json".into(),
+            memory_path: "memory".into(),
             web_fetch: true,
             allow_private_addresses: false,
             search_url: String::new(),
@@ -150,6 +158,11 @@ impl ToolsSettings {
         }
         if self.fetch_max_bytes == 0 || self.max_text_chars == 0 {
             problems.push(Problem::at(KEY, "tools.fetch_max_bytes and tools.max_text_chars must be more than 0"));
+        }
+        if self.memory
+            && let Some(why) = crate::memory::path_problem(&ctx.data_path(&self.memory_path))
+        {
+            problems.push(Problem::at(KEY, format!("tools.memory_path: {why}")));
         }
         if !(self.mcp_start_timeout_secs > 0.0 && self.mcp_start_timeout_secs <= 3600.0) {
             problems.push(Problem::at(KEY, "tools.mcp_start_timeout_secs must be more than 0 and at most 3600"));
@@ -190,8 +203,7 @@ impl ToolsSettings {
             tools.announcements = Some(rx);
         }
         if self.memory {
-            let path = ctx.data_path(&self.memory_file);
-            let facts = facts::Facts::open(&path).map_err(|e| BuildError::Invalid(e.to_string()))?;
+            let facts = facts::Facts::new(ctx.data_path(&self.memory_path));
             facts::tools(&facts).into_iter().for_each(&mut add);
         }
         let limits = web::Limits {
@@ -302,10 +314,15 @@ impl ToolBox {
         read(&self.tools).iter().find(|t| t.spec().name == name).cloned()
     }
 
-    /// Runs the tool named `name`.
+    /// Runs the tool named `name` for the default speaker.
     pub async fn call(&self, name: &str, args: serde_json::Value) -> Result<String, ToolError> {
+        self.call_for(crate::frame::DEFAULT_SPEAKER, name, args).await
+    }
+
+    /// Runs the tool named `name` for `speaker`, the one talking in the turn.
+    pub async fn call_for(&self, speaker: &str, name: &str, args: serde_json::Value) -> Result<String, ToolError> {
         match self.get(name) {
-            Some(tool) => tool.call(args).await,
+            Some(tool) => tool.call_for(speaker, args).await,
             None => Err(ToolError::Unknown(name.to_string())),
         }
     }

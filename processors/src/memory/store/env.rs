@@ -2,9 +2,11 @@
 //! directory, a check of the data file, the format version), and the read and write transactions
 //! that grow the map when it fills.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
@@ -73,6 +75,7 @@ pub(super) struct Dbs {
     pub(super) cold: Db,
     pub(super) dicts: Db,
     pub(super) postings: Db,
+    pub(super) facts: Db,
 }
 
 /// The memory database, opened. Thread-safe; every call is blocking (call it from
@@ -158,6 +161,45 @@ impl MemoryDb {
         Self::open_dir(path, StoreOptions::default())
     }
 
+    /// The database in directory `path` as this process shares it: the memory processor (which
+    /// stores exchanges) and the memory tools (which store facts) use one handle, since LMDB must
+    /// not open one environment twice in a process (heed refuses with `EnvAlreadyOpened`, keyed by
+    /// canonical path, until the last handle of the first open is dropped). Opened, and created
+    /// if needed, on the first call; later calls for the same directory get the same handle while
+    /// one is alive.
+    ///
+    /// `options` matter to whoever stores exchanges (the memory processor): `None` takes the
+    /// handle as it is (or opens it with the defaults), and `Some` must match the options it was
+    /// opened with, so two processors cannot keep one database two ways.
+    pub fn shared(path: &Path, options: Option<StoreOptions>) -> Result<Arc<Self>, MemoryError> {
+        static SHARED: LazyLock<Mutex<HashMap<PathBuf, Weak<MemoryDb>>>> = LazyLock::new(Default::default);
+        private_dir(path)?;
+        let key = path.canonicalize().map_err(|source| MemoryError::Path { path: path.to_path_buf(), source })?;
+        // Held while opening, so two first calls cannot both open the environment.
+        let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        shared.retain(|_, db| db.strong_count() > 0);
+        if let Some(db) = shared.get(&key).and_then(Weak::upgrade) {
+            return match options {
+                Some(o) if o != db.options => Err(MemoryError::OpenedOtherwise(path.to_path_buf())),
+                _ => Ok(db),
+            };
+        }
+        let options = options.unwrap_or_default();
+        let db = match Self::open_dir(&key, options.clone()) {
+            // The last handle is being dropped on another thread: wait for heed to close it.
+            Err(MemoryError::AlreadyOpen(_)) => {
+                if let Some(closing) = heed::env_closing_event(&key) {
+                    closing.wait_timeout(Duration::from_secs(5));
+                }
+                Self::open_dir(&key, options)
+            }
+            other => other,
+        }?;
+        let db = Arc::new(db);
+        shared.insert(key, Arc::downgrade(&db));
+        Ok(db)
+    }
+
     fn open_dir(path: &Path, options: StoreOptions) -> Result<Self, MemoryError> {
         check_data_file(path)?;
         let page = 4096usize;
@@ -165,7 +207,7 @@ impl MemoryDb {
         // Read transactions keep a reader slot per thread that ever read, and tokio's blocking
         // pool may run many threads: room for 1024 (64 bytes each in lock.mdb).
         // SAFETY: the environment is opened with default (safe) flags, and heed refuses to
-        // open the same path twice in this process.
+        // open the same path twice in this process ([`MemoryDb::shared`] shares one handle).
         let env = unsafe { EnvOpenOptions::new().map_size(map_size).max_dbs(8).max_readers(1024).open(path) }.map_err(
             |e| match e {
                 heed::Error::EnvAlreadyOpened => MemoryError::AlreadyOpen(path.to_path_buf()),
@@ -198,6 +240,7 @@ impl MemoryDb {
                     opener.create_database::<Bytes, Bytes>(wtxn, Some("cold"))?,
                     opener.create_database::<Bytes, Bytes>(wtxn, Some("dicts"))?,
                     opener.create_database::<Bytes, Bytes>(wtxn, Some("postings"))?,
+                    opener.create_database::<Bytes, Bytes>(wtxn, Some("facts"))?,
                 )))
             })
             .map_err(|e| match e {
@@ -207,10 +250,10 @@ impl MemoryDb {
                 other => MemoryError::Lmdb(other),
             })?
             .unwrap_commit();
-        let (meta, speakers, hot, cold, dicts, postings) = dbs;
+        let (meta, speakers, hot, cold, dicts, postings, facts) = dbs;
         let db = Self {
             env,
-            dbs: Dbs { meta, speakers, hot, cold, dicts, postings },
+            dbs: Dbs { meta, speakers, hot, cold, dicts, postings, facts },
             map_lock: RwLock::new(()),
             path: path.to_path_buf(),
             options,
@@ -328,6 +371,7 @@ impl MemoryDb {
                 ("cold", dbs.cold),
                 ("dicts", dbs.dicts),
                 ("postings", dbs.postings),
+                ("facts", dbs.facts),
             ] {
                 out.push((name, db.stat(txn)?));
             }

@@ -11,6 +11,7 @@
 //! - `dicts`: speaker number + dictionary number → 64 KiB of the speaker's own earlier
 //!   exchanges, what cold frames are compressed against; a new one every 32,768 exchanges.
 //! - `postings`: the inverted index (see [`crate::memory::index`]).
+//! - `facts`: speaker number + fact id → a fact the speaker asked to keep (see [`facts`]).
 //!
 //! Ids are a per-speaker counter kept in `speakers` and bumped inside the write transaction that
 //! stores the exchange, so they never collide (not even across processes: LMDB serializes
@@ -32,12 +33,14 @@
 //! [`writer`] (the threads of [`MemoryStore`]).
 
 mod env;
+mod facts;
 mod read;
 mod records;
 mod write;
 mod writer;
 
 pub use env::{DiskUsage, MemoryDb, Retention, StoreOptions, check_data_file};
+pub use facts::{Fact, MAX_FACT_BYTES, MAX_FACTS, Remembered, rank_facts};
 pub use read::Recall;
 pub use records::{NewExchange, SpeakerMeta, speaker_id};
 pub use writer::{MemoryStore, StoreResult};

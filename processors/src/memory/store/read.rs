@@ -17,6 +17,8 @@ pub struct Recall {
     /// Exchanges relevant to the question with their BM25 scores, best first (some may also be
     /// in `recent`).
     pub relevant: Vec<(Exchange, f32)>,
+    /// The speaker's remembered facts, oldest first (at most [`super::MAX_FACTS`]).
+    pub facts: Vec<super::Fact>,
 }
 
 impl MemoryDb {
@@ -176,7 +178,8 @@ impl MemoryDb {
 
     /// What one LLM request needs, from one snapshot: the newest `recent` exchanges and the
     /// `relevant` best older matches for `query`, plus the newest that match (the rewrite
-    /// leaves out those it inserts as pairs, and budget permitting inserts them all).
+    /// leaves out those it inserts as pairs, and budget permitting inserts them all), and the
+    /// speaker's facts.
     pub fn recall(
         &self,
         speaker: &str,
@@ -192,7 +195,8 @@ impl MemoryDb {
                 _ => Vec::new(),
             };
             newest.reverse();
-            Ok(Recall { recent: newest, relevant })
+            let facts = Self::facts_in(txn, dbs, meta.number)?;
+            Ok(Recall { recent: newest, relevant, facts })
         })
     }
 

@@ -21,6 +21,8 @@ pub struct NewExchange {
     pub user: String,
     /// What the assistant actually said aloud.
     pub assistant: String,
+    /// The tool calls of the turn with their results, short (empty: none); never spoken.
+    pub tools: String,
 }
 
 /// What the database keeps per speaker.

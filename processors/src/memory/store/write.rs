@@ -27,7 +27,7 @@ const DICT_REFRESH_EXCHANGES: u64 = 32_768;
 
 impl MemoryDb {
     /// A speaker's record, or a new one with the next speaker number.
-    fn meta_or_new(txn: &mut RwTxn, dbs: &Dbs, speaker: &str) -> Result<SpeakerMeta, MemoryError> {
+    pub(super) fn meta_or_new(txn: &mut RwTxn, dbs: &Dbs, speaker: &str) -> Result<SpeakerMeta, MemoryError> {
         if let Some(m) = Self::meta(txn, dbs, speaker)? {
             return Ok(m);
         }
@@ -76,6 +76,7 @@ impl MemoryDb {
                 interrupted: new.interrupted,
                 user: codec::truncate_utf8(&new.user, MAX_TEXT_BYTES).to_string(),
                 assistant: codec::truncate_utf8(&new.assistant, MAX_TEXT_BYTES).to_string(),
+                tools: codec::truncate_utf8(&new.tools, MAX_TEXT_BYTES).to_string(),
             };
             dbs.hot.put(txn, &ex_key(meta.number, ex.id), &encode_hot(&ex, self.options.compression))?;
             let doc = DocTerms::of(&ex.user, &ex.assistant);
@@ -367,8 +368,8 @@ impl MemoryDb {
         })
     }
 
-    /// Deletes everything kept for a speaker; returns how many exchanges that was. Ids are not
-    /// reused afterwards.
+    /// Deletes everything kept for a speaker (exchanges and facts); returns how many exchanges
+    /// that was. Ids are not reused afterwards.
     pub fn forget_all(&self, speaker: &str) -> Result<u64, MemoryError> {
         let name = speaker_id(speaker);
         self.write(|txn, dbs| {
@@ -379,6 +380,7 @@ impl MemoryDb {
             let (dlo, dhi) = (dict_key(meta.number, 0), dict_key(meta.number, u32::MAX));
             dbs.dicts.delete_range(txn, &range(&dlo, &dhi))?;
             index::clear_speaker(txn, dbs.postings, meta.number)?;
+            Self::clear_facts(txn, dbs, meta.number)?;
             let n = meta.count;
             meta = SpeakerMeta { number: meta.number, next_id: meta.next_id, ..Default::default() };
             dbs.speakers.put(txn, name.as_bytes(), &meta.encode())?;
