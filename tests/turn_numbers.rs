@@ -92,9 +92,10 @@ fn names(seen: &[(usize, Direction, Frame)]) -> Vec<String> {
         .collect()
 }
 
-/// The turn number a frame carries, if it carries one.
+/// The user turn a frame carries the number of, if any (0 is no user turn's: the LLM's priming
+/// read-ahead at start, a greeting).
 fn number(f: &Frame) -> Option<u64> {
-    match f {
+    let n = match f {
         Frame::UserStartedSpeaking { turn, .. }
         | Frame::UserSpeechPaused { turn, .. }
         | Frame::UserStoppedSpeaking { turn, .. }
@@ -106,7 +107,8 @@ fn number(f: &Frame) -> Option<u64> {
         Frame::SpokenReply(r) => Some(r.turn),
         Frame::Metrics(m) => m.turn,
         _ => None,
-    }
+    };
+    n.filter(|&n| n != 0)
 }
 
 fn spoken(turn: u64) -> impl Fn(&Frame, Direction) -> bool {
