@@ -133,7 +133,7 @@ pub async fn run_processors(
             Frame::SpokenReply(r) if dir == Direction::Upstream => {
                 tracker.spoken(&r);
             }
-            Frame::UserTurnResumed => tracker.resumed(),
+            Frame::UserTurnResumed { .. } => tracker.resumed(),
             _ => {}
         }
         None

@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use slowcat_processors::frame::{Metric, SpokenReply};
-use slowcat_processors::llm::metrics::{
-    FIRST_PASS as LLM_TOOL_FIRST_PASS, OVERHEAD as LLM_TOOL_OVERHEAD, SECOND_PASS_TTFT as LLM_TOOL_SECOND_PASS_TTFT,
-    TOOL_TIME as LLM_TOOL_TIME,
-};
+use slowcat_processors::frame::{Metric, MetricName, SpokenReply};
 use tracing::{info, warn};
 
 /// The stages of one turn, in milliseconds.
@@ -80,7 +76,7 @@ impl TurnTracker {
 
     /// Takes one measurement; returns the turn when it is complete.
     pub fn record(&mut self, m: &Metric) -> Option<TurnMetrics> {
-        if m.name == "user_speech_end_at" {
+        if m.name == MetricName::UserSpeechEndAt {
             self.pending_speech_end = Some(m.value);
             return None;
         }
@@ -95,15 +91,17 @@ impl TurnTracker {
         }
         let v = Some(ms(m.value));
         match m.name {
-            "stt_time" => t.stt_ms = v,
-            "memory_time" => t.memory_ms = v,
-            "llm_ttfb" => t.llm_ttfb_ms = v,
-            "tts_ttfb" => t.tts_ttfb_ms = v,
-            LLM_TOOL_FIRST_PASS => t.llm_tool_first_pass_ms = v,
-            LLM_TOOL_TIME => t.tool_ms = Some(t.tool_ms.unwrap_or(0.0) + ms(m.value)),
-            LLM_TOOL_SECOND_PASS_TTFT => t.llm_tool_second_pass_ttft_ms = t.llm_tool_second_pass_ttft_ms.or(v),
-            LLM_TOOL_OVERHEAD => t.tool_overhead_ms = Some(t.tool_overhead_ms.unwrap_or(0.0).max(ms(m.value))),
-            "first_audio_at" => {
+            MetricName::SttTime => t.stt_ms = v,
+            MetricName::MemoryTime => t.memory_ms = v,
+            MetricName::LlmTtfb => t.llm_ttfb_ms = v,
+            MetricName::TtsTtfb => t.tts_ttfb_ms = v,
+            MetricName::LlmToolFirstPass => t.llm_tool_first_pass_ms = v,
+            MetricName::LlmToolTime => t.tool_ms = Some(t.tool_ms.unwrap_or(0.0) + ms(m.value)),
+            MetricName::LlmToolSecondPassTtft => t.llm_tool_second_pass_ttft_ms = t.llm_tool_second_pass_ttft_ms.or(v),
+            MetricName::LlmToolOverhead => {
+                t.tool_overhead_ms = Some(t.tool_overhead_ms.unwrap_or(0.0).max(ms(m.value)))
+            }
+            MetricName::FirstAudioAt => {
                 t.first_audio_ms = v;
                 t.voice_to_voice_ms = t.user_speech_end_ms.map(|end| ms(m.value) - end);
                 let heard = self.turns.remove(&turn)?;
@@ -206,7 +204,9 @@ impl TurnTracker {
 mod tests {
     use super::*;
 
-    fn m(name: &'static str, turn: Option<u64>, ms: u64) -> Metric {
+    /// A metric by the name logs and JSON know it by.
+    fn m(name: &str, turn: Option<u64>, ms: u64) -> Metric {
+        let name = MetricName::ALL.into_iter().find(|n| n.as_str() == name).expect("a metric name");
         Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }
     }
 

@@ -254,7 +254,7 @@ impl User {
     fn idle_since_reply(&self) -> Option<f64> {
         let last = self.events.iter().rposition(|e| upstream_spoken(&e.frame, e.dir).is_some())?;
         let busy = self.events[last + 1..].iter().any(|e| {
-            matches!(e.frame, Frame::LlmResponseStart { .. } | Frame::UserStartedSpeaking | Frame::UserTurnEnded)
+            matches!(e.frame, Frame::LlmResponseStart { .. } | Frame::UserStartedSpeaking { .. } | Frame::UserTurnEnded)
         });
         (!busy).then(|| self.now() - self.events[last].at)
     }
@@ -521,7 +521,7 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
         .iter()
         .rev()
         .find_map(|e| match &e.frame {
-            Frame::Metrics(m) if m.name == "user_speech_start_at" => Some(m.value),
+            Frame::Metrics(m) if m.name == slowcat_processors::MetricName::UserSpeechStartAt => Some(m.value),
             _ => None,
         })
         .expect("the VAD measured where the interrupting speech started");
@@ -653,7 +653,7 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
         .map(|e| e.at)
         .expect("the reply started");
     assert!(loud.iter().any(|&t| t > answer_start), "the null sink never played the next reply:\n{log}");
-    let vad_heard = events[blips..].iter().filter(|e| matches!(e.frame, Frame::UserStartedSpeaking)).count();
+    let vad_heard = events[blips..].iter().filter(|e| matches!(e.frame, Frame::UserStartedSpeaking { .. })).count();
     println!("backchannels: the VAD heard {vad_heard} of 2 as speech; neither interrupted the reply");
 
     // How long the speaking event took to travel upstream past the busy processors.

@@ -149,7 +149,7 @@ async fn when_the_llm_server_dies_the_assistant_apologizes_and_recovers_when_it_
     let got_text = h
         .wait_for(
             Duration::from_secs(60),
-            |f, _| matches!(f, Frame::Metrics(m) if m.name == "llm_ttfb" && m.turn == Some(3)),
+            |f, _| matches!(f, Frame::Metrics(m) if m.name == slowcat_processors::MetricName::LlmTtfb && m.turn == Some(3)),
         )
         .await;
     assert!(got_text.is_some(), "the next turn works once the server is back: {:?}", &h.output().downstream[before..]);

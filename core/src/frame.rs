@@ -188,6 +188,97 @@ pub struct ErrorFrame {
     pub recoverable: bool,
 }
 
+/// What a [`Metric`] measures. Durations: `stt_time`, `memory_time`, `llm_ttfb` (request to first
+/// token), `tts_ttfb` (sentence complete to first audio), …. Instants on the pipeline timeline (time
+/// since start): `user_speech_start_at`, `user_speech_end_at`, `user_turn_end_at`, `first_audio_at`
+/// (first reply sample handed to the output device). [`MetricName::as_str`] is the name logs,
+/// benchmarks and the per-turn JSON lines know it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MetricName {
+    /// Where the user's speech began (the VAD, from the audio's timestamps).
+    UserSpeechStartAt,
+    /// Where the user's speech ended (the VAD; `smart_turn` when no VAD measured it).
+    UserSpeechEndAt,
+    /// When the turn ended (`UserTurnEnded` pushed); minus `user_speech_end_at` it is the time
+    /// end-of-turn detection added.
+    UserTurnEndAt,
+    /// How long Smart Turn ran on the turn's audio.
+    SmartTurnTime,
+    /// From the stop reaching `smart_turn` to the model's verdict: the part of the inference the
+    /// pause did not hide.
+    SmartTurnWait,
+    /// From the turn's end signal to its transcription being ready.
+    SttTime,
+    /// Memory injection time.
+    MemoryTime,
+    /// LLM request to first token.
+    LlmTtfb,
+    /// LLM request to its first complete sentence.
+    LlmFirstSentence,
+    /// Sentence complete to first synthesized audio.
+    TtsTtfb,
+    /// First reply sample handed to the output device.
+    FirstAudioAt,
+    /// From the request's arrival to the end of the first generation, the one that asked for
+    /// tools (model lookup included): the LLM's first pass.
+    LlmToolFirstPass,
+    /// How long one round's tool calls took together (they run in parallel).
+    LlmToolTime,
+    /// From sending a follow-up request (with the tools' results) to its first text pushed: the
+    /// LLM's second pass to its first token.
+    LlmToolSecondPassTtft,
+    /// The client's own time in one tool round trip, minus the tools' own time.
+    LlmToolOverhead,
+}
+
+impl MetricName {
+    /// Every metric, for tables and tests.
+    pub const ALL: [MetricName; 15] = [
+        MetricName::UserSpeechStartAt,
+        MetricName::UserSpeechEndAt,
+        MetricName::UserTurnEndAt,
+        MetricName::SmartTurnTime,
+        MetricName::SmartTurnWait,
+        MetricName::SttTime,
+        MetricName::MemoryTime,
+        MetricName::LlmTtfb,
+        MetricName::LlmFirstSentence,
+        MetricName::TtsTtfb,
+        MetricName::FirstAudioAt,
+        MetricName::LlmToolFirstPass,
+        MetricName::LlmToolTime,
+        MetricName::LlmToolSecondPassTtft,
+        MetricName::LlmToolOverhead,
+    ];
+
+    /// The name in logs, benchmark tables and JSON (unchanged from when names were strings).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MetricName::UserSpeechStartAt => "user_speech_start_at",
+            MetricName::UserSpeechEndAt => "user_speech_end_at",
+            MetricName::UserTurnEndAt => "user_turn_end_at",
+            MetricName::SmartTurnTime => "smart_turn_time",
+            MetricName::SmartTurnWait => "smart_turn_wait",
+            MetricName::SttTime => "stt_time",
+            MetricName::MemoryTime => "memory_time",
+            MetricName::LlmTtfb => "llm_ttfb",
+            MetricName::LlmFirstSentence => "llm_first_sentence",
+            MetricName::TtsTtfb => "tts_ttfb",
+            MetricName::FirstAudioAt => "first_audio_at",
+            MetricName::LlmToolFirstPass => "llm_tool_first_pass",
+            MetricName::LlmToolTime => "llm_tool_time",
+            MetricName::LlmToolSecondPassTtft => "llm_tool_second_pass_ttft",
+            MetricName::LlmToolOverhead => "llm_tool_overhead",
+        }
+    }
+}
+
+impl fmt::Display for MetricName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One measurement, for logs and benchmarks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
@@ -195,16 +286,32 @@ pub struct Metric {
     pub source: String,
     /// The conversation turn, when it belongs to one.
     pub turn: Option<u64>,
-    /// What was measured. Durations: `stt_time`, `memory_time`, `llm_ttfb` (request to first
-    /// token), `tts_ttfb` (sentence complete to first audio). Instants on the pipeline timeline
-    /// (time since start): `user_speech_start_at`, `user_speech_end_at`, `first_audio_at` (first
-    /// reply sample handed to the output device).
-    pub name: &'static str,
+    /// What was measured.
+    pub name: MetricName,
     /// The measured duration.
     pub value: Duration,
 }
 
 /// Everything that flows between processors.
+///
+/// # Turn numbers
+/// Every frame of one user turn carries the same number, from 1: the speaking events, the
+/// interim and final transcriptions, the `LlmRequest`, the reply's `LlmResponseStart`, `TtsStarted`
+/// and `SpokenReply`, and the metrics that belong to the turn. The number is given where the speech
+/// starts, before a word is transcribed:
+/// - The VAD numbers each speech it hears (`UserStartedSpeaking`), and its pause and stop carry the
+///   same number. Without an end-of-turn detector each speech is a turn, and this is its number.
+/// - An end-of-turn detector (`smart_turn`) decides, when a speech starts, whether it opens a new
+///   turn or goes on with the current one (the user paused within the turn, or resumed it before
+///   its reply was heard: [`Frame::UserTurnResumed`]). It forwards the speaking events with the
+///   turn's number: the earlier turn's for a speech that goes on with it, the next one after the
+///   last turn for a new turn. The VAD cannot decide this itself (it is the detector's decision,
+///   made as the speech starts), and an upstream notice would race the next speech; renumbering
+///   where the decision is made keeps the numbers of a turn equal and consecutive.
+/// - Speech-to-text and everything after it take the number from these events.
+///
+/// A turn in which no words are heard (a cough the VAD took for speech) spends its number: the next
+/// turn's transcription is not numbered on from the last transcription, but from the last turn.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Frame {
@@ -218,22 +325,38 @@ pub enum Frame {
     InputAudio(AudioFrame),
     /// Audio to play.
     OutputAudio(AudioFrame),
-    /// Voice activity started.
-    UserStartedSpeaking,
+    /// Voice activity started: the user's speech began `at` (on the input timeline; the VAD
+    /// reports it once the speech has lasted its `start_ms`). Opens turn `turn`, or continues it
+    /// (see [`Frame`] on turn numbers).
+    UserStartedSpeaking {
+        /// The user turn this speech belongs to.
+        turn: u64,
+        /// Start of the first speech window.
+        at: Duration,
+    },
     /// The user fell silent: speech ended `at` (on the input timeline), and the VAD reports
     /// `UserStoppedSpeaking` once the silence lasts `stop_after`. Sent once the silence has lasted
     /// the VAD's `pause_ms` (by default at its first silent window), so end-of-turn work can start
     /// before the stop; it is not withdrawn when the user goes on.
-    /// That work is still valid at the stop if the stop's `user_speech_end_at` equals `at`.
+    /// That work is still valid at the stop if the stop's `at` equals this `at` (see
+    /// `slowcat_processors::turn::PauseWork`).
     UserSpeechPaused {
+        /// The user turn the speech belongs to.
+        turn: u64,
         /// End of the last speech window.
         at: Duration,
         /// Silence the VAD will have heard when it reports `UserStoppedSpeaking` (its `stop_ms`,
         /// rounded up to its detector's windows).
         stop_after: Duration,
     },
-    /// Voice activity stopped.
-    UserStoppedSpeaking,
+    /// Voice activity stopped: the speech ended `at` (on the input timeline; the VAD reports it
+    /// once the silence has lasted its `stop_ms`).
+    UserStoppedSpeaking {
+        /// The user turn the speech belongs to.
+        turn: u64,
+        /// End of the last speech window.
+        at: Duration,
+    },
     /// The user's turn is over (after end-of-turn detection); speech-to-text transcribes now.
     UserTurnEnded,
     /// The turn that just ended goes on: the user spoke again before its reply was heard (a pause
@@ -241,7 +364,10 @@ pub enum Frame {
     /// `UserStartedSpeaking`, and followed by an `Interruption` that cancels the reply in
     /// progress: speech-to-text transcribes the two parts as one turn with the same number, and
     /// memory forgets the first part, so one reply answers the whole utterance.
-    UserTurnResumed,
+    UserTurnResumed {
+        /// The turn that goes on: the new speech keeps its number.
+        turn: u64,
+    },
     /// The assistant's audio started playing.
     BotStartedSpeaking,
     /// The assistant's audio stopped playing.
@@ -298,10 +424,10 @@ impl Frame {
             Frame::Start
             | Frame::Cancel
             | Frame::InputAudio(_)
-            | Frame::UserStartedSpeaking
+            | Frame::UserStartedSpeaking { .. }
             | Frame::UserSpeechPaused { .. }
-            | Frame::UserStoppedSpeaking
-            | Frame::UserTurnResumed
+            | Frame::UserStoppedSpeaking { .. }
+            | Frame::UserTurnResumed { .. }
             | Frame::BotStartedSpeaking
             | Frame::BotStoppedSpeaking
             | Frame::InterimTranscription(_)
@@ -336,11 +462,11 @@ impl Frame {
             Frame::Cancel => "Cancel",
             Frame::InputAudio(_) => "InputAudio",
             Frame::OutputAudio(_) => "OutputAudio",
-            Frame::UserStartedSpeaking => "UserStartedSpeaking",
+            Frame::UserStartedSpeaking { .. } => "UserStartedSpeaking",
             Frame::UserSpeechPaused { .. } => "UserSpeechPaused",
-            Frame::UserStoppedSpeaking => "UserStoppedSpeaking",
+            Frame::UserStoppedSpeaking { .. } => "UserStoppedSpeaking",
             Frame::UserTurnEnded => "UserTurnEnded",
-            Frame::UserTurnResumed => "UserTurnResumed",
+            Frame::UserTurnResumed { .. } => "UserTurnResumed",
             Frame::BotStartedSpeaking => "BotStartedSpeaking",
             Frame::BotStoppedSpeaking => "BotStoppedSpeaking",
             Frame::InterimTranscription(_) => "InterimTranscription",
@@ -370,7 +496,7 @@ mod tests {
     fn control_frames_take_the_priority_lane_and_end_survives_interruption() {
         assert!(Frame::Interruption.is_system());
         assert!(Frame::Cancel.is_system());
-        assert!(Frame::UserStartedSpeaking.is_system());
+        assert!(Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO }.is_system());
         assert_eq!(Frame::End.class(), FrameClass::Uninterruptible);
         assert_eq!(Frame::LlmText("hi".into()).class(), FrameClass::Data);
     }
@@ -381,6 +507,16 @@ mod tests {
         // boxed future): large payloads live behind a Box. 112 bytes before they did cost a
         // quarter of the pipeline's throughput (`slowcat bench pipeline`).
         assert!(std::mem::size_of::<Frame>() <= 48, "Frame is {} bytes", std::mem::size_of::<Frame>());
+    }
+
+    #[test]
+    fn metric_names_keep_the_strings_logs_and_benchmarks_know() {
+        let names: Vec<&str> = MetricName::ALL.iter().map(|m| m.as_str()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "two metrics share a name: {names:?}");
+        assert_eq!(MetricName::UserSpeechEndAt.to_string(), "user_speech_end_at");
     }
 
     #[test]

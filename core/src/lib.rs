@@ -16,7 +16,7 @@ pub mod processor;
 pub mod runtime;
 pub mod settings;
 
-pub use frame::{AudioFrame, ChatMessage, Direction, Frame, FrameClass, LlmRequest, Role, Transcription};
+pub use frame::{AudioFrame, ChatMessage, Direction, Frame, FrameClass, LlmRequest, MetricName, Role, Transcription};
 pub use pipeline::{Pipeline, PipelineOptions, Shutdown};
 pub use processor::{
     Accepts, BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext, Spawner, Waker,

@@ -364,7 +364,7 @@ impl ProcessorContext {
     }
 
     /// Pushes a measurement downstream.
-    pub async fn push_metric(&self, name: &'static str, turn: Option<u64>, value: Duration) {
+    pub async fn push_metric(&self, name: crate::frame::MetricName, turn: Option<u64>, value: Duration) {
         let frame = Frame::Metrics(Box::new(Metric { source: self.id.to_string(), turn, name, value }));
         self.push_downstream(frame).await;
     }

@@ -38,7 +38,7 @@ fn metric(n: u64) -> Frame {
     Frame::Metrics(Box::new(Metric {
         source: "test".into(),
         turn: Some(n),
-        name: "stt_time",
+        name: slowcat_core::MetricName::SttTime,
         value: Duration::from_millis(n),
     }))
 }
@@ -60,7 +60,12 @@ async fn a_processor_that_handles_only_speak_sees_nothing_else_and_the_rest_pass
         Frame::LlmResponseEnd,
         Frame::UserTurnEnded,
     ];
-    let system: Vec<Frame> = vec![Frame::UserStartedSpeaking, metric(1), Frame::BotStartedSpeaking, metric(2)];
+    let system: Vec<Frame> = vec![
+        Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO },
+        metric(1),
+        Frame::BotStartedSpeaking,
+        metric(2),
+    ];
     for (i, f) in data.iter().enumerate() {
         h.send(f.clone()).await;
         if let Some(s) = system.get(i) {

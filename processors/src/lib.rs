@@ -20,6 +20,6 @@ pub mod vad;
 pub use registry::register_all;
 pub use slowcat_core::{
     AudioFrame, BoxProcessor, BuildContext, BuildError, ChatMessage, CheckedSettings, Direction, Frame, FrameClass,
-    FrameSender, Kind, LlmRequest, Passed, Pipeline, PipelineOptions, Problem, ProcessError, Processor,
+    FrameSender, Kind, LlmRequest, MetricName, Passed, Pipeline, PipelineOptions, Problem, ProcessError, Processor,
     ProcessorContext, Registry, Role, Settings, Shutdown, Transcription,
 };

@@ -41,7 +41,7 @@ async fn a_good_stream_becomes_separate_text_frames_and_the_request_is_openai_sh
     let frames = turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
     assert_eq!(assert_reply(&frames, 1, 4), ["Paris", " is", " the", " capital."]);
     let ttfb = frames.iter().find_map(|f| match f {
-        Frame::Metrics(m) if m.name == "llm_ttfb" => Some(m.turn),
+        Frame::Metrics(m) if m.name == slowcat_processors::MetricName::LlmTtfb => Some(m.turn),
         _ => None,
     });
     assert_eq!(ttfb, Some(Some(1)), "llm_ttfb is reported for the turn");

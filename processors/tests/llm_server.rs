@@ -48,7 +48,9 @@ async fn a_reply_streams_as_separate_text_frames_as_tokens_arrive() {
     let chunks = assert_reply(&frames, 1, 2);
     assert!(!chunks.concat().trim().is_empty());
     assert!(
-        frames.iter().any(|f| matches!(f, Frame::Metrics(m) if m.name == "llm_ttfb" && m.turn == Some(1))),
+        frames.iter().any(
+            |f| matches!(f, Frame::Metrics(m) if m.name == slowcat_processors::MetricName::LlmTtfb && m.turn == Some(1))
+        ),
         "llm_ttfb is reported"
     );
     let arrivals = arrivals.lock().unwrap().clone();

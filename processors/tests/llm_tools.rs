@@ -176,7 +176,7 @@ fn requests(server: &FakeServer) -> Vec<Value> {
     server.chat_requests().iter().map(|r| serde_json::from_str(r).expect("a JSON request")).collect()
 }
 
-fn metric_names(frames: &[Frame]) -> Vec<&'static str> {
+fn metric_names(frames: &[Frame]) -> Vec<slowcat_processors::MetricName> {
     frames.iter().filter_map(|f| if let Frame::Metrics(m) = f { Some(m.name) } else { None }).collect()
 }
 

@@ -16,7 +16,7 @@ use slowcat_processors::{ChatMessage, Direction, Frame, LlmRequest, Role};
 
 /// How many `memory_time` metrics turn `turn` has reported so far.
 fn memory_times(h: &Harness, turn: u64) -> usize {
-    let is_it = |f: &&Frame| matches!(f, Frame::Metrics(m) if m.name == "memory_time" && m.turn == Some(turn));
+    let is_it = |f: &&Frame| matches!(f, Frame::Metrics(m) if m.name == slowcat_processors::MetricName::MemoryTime && m.turn == Some(turn));
     h.output().downstream.iter().filter(is_it).count()
 }
 
@@ -241,7 +241,7 @@ async fn a_turn_that_goes_on_is_remembered_once_whole() {
     let mut h = start(dir.path(), settings(dir.path())).await;
     turn(&mut h, "default", 1, "my name is Ada", Some(("Hello Ada.", false))).await;
     turn(&mut h, "default", 2, "Turn left.", None).await;
-    h.send(Frame::UserTurnResumed).await;
+    h.send(Frame::UserTurnResumed { turn: 2 }).await;
     h.send_upstream(Frame::SpokenReply(Box::new(slowcat_processors::frame::SpokenReply {
         text: String::new(),
         interrupted: true,

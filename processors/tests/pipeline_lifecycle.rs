@@ -137,7 +137,7 @@ async fn interruption_cancels_in_flight_work_and_drops_queued_data_but_not_syste
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     h.send(Frame::End).await; // queued behind the data: must survive the interruption
-    h.send(Frame::UserStartedSpeaking).await;
+    h.send(Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO }).await;
     let started = Instant::now();
     h.send(Frame::Interruption).await;
     let got = h.wait_for(Duration::from_secs(5), |f, _| matches!(f, Frame::Interruption)).await;
@@ -146,7 +146,10 @@ async fn interruption_cancels_in_flight_work_and_drops_queued_data_but_not_syste
     let out = h.finish(Duration::from_secs(5)).await;
 
     assert!(words(&out.downstream).is_empty(), "queued and in-flight data must be dropped: {:?}", out.downstream);
-    assert!(out.downstream.contains(&Frame::UserStartedSpeaking), "system frames survive");
+    assert!(
+        out.downstream.contains(&Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO }),
+        "system frames survive"
+    );
     assert!(out.downstream.contains(&Frame::End), "end of stream survives");
     let log = log.lock().unwrap();
     assert!(!log.contains(&"done d0".to_string()), "the in-flight call must not complete: {log:?}");
@@ -200,12 +203,13 @@ async fn system_frames_overtake_queued_data() {
         h.send(Frame::LlmText(format!("d{i}"))).await;
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    h.send(Frame::UserStartedSpeaking).await;
+    h.send(Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO }).await;
     h.wait_for(Duration::from_secs(5), |f, _| matches!(f, Frame::LlmText(t) if t == "d2")).await;
     let out = h.finish(Duration::from_secs(5)).await;
     let pos = |pred: &dyn Fn(&Frame) -> bool| out.downstream.iter().position(pred).unwrap();
     assert!(
-        pos(&|f| matches!(f, Frame::UserStartedSpeaking)) < pos(&|f| matches!(f, Frame::LlmText(t) if t == "d1")),
+        pos(&|f| matches!(f, Frame::UserStartedSpeaking { .. }))
+            < pos(&|f| matches!(f, Frame::LlmText(t) if t == "d1")),
         "a system frame sent after queued data must come out before it: {:?}",
         out.downstream
     );

@@ -20,6 +20,8 @@ struct Found {
     ends: Vec<Duration>,
     started: usize,
     stopped: usize,
+    /// The speaking events' turn numbers and positions: start, stop.
+    events: Vec<(&'static str, u64, Duration)>,
     /// `UserSpeechPaused`: end of speech and the silence the stop will have heard.
     pauses: Vec<(Duration, Duration)>,
     audio_frames: usize,
@@ -34,6 +36,7 @@ async fn run(vad: BoxProcessor, samples: &[i16], origin: Duration) -> Found {
         ends: vec![],
         started: 0,
         stopped: 0,
+        events: vec![],
         pauses: vec![],
         audio_frames: 0,
         audio_before_started: None,
@@ -45,14 +48,18 @@ async fn run(vad: BoxProcessor, samples: &[i16], origin: Duration) -> Found {
                 f.audio_frames += 1;
                 last_pts = Some(a.pts);
             }
-            Frame::UserStartedSpeaking => {
+            Frame::UserStartedSpeaking { turn, at } => {
                 f.started += 1;
+                f.events.push(("start", *turn, *at));
                 f.audio_before_started = f.audio_before_started.or(last_pts);
             }
-            Frame::UserSpeechPaused { at, stop_after } => f.pauses.push((*at, *stop_after)),
-            Frame::UserStoppedSpeaking => f.stopped += 1,
-            Frame::Metrics(m) if m.name == "user_speech_start_at" => f.starts.push(m.value),
-            Frame::Metrics(m) if m.name == "user_speech_end_at" => f.ends.push(m.value),
+            Frame::UserSpeechPaused { at, stop_after, .. } => f.pauses.push((*at, *stop_after)),
+            Frame::UserStoppedSpeaking { turn, at } => {
+                f.stopped += 1;
+                f.events.push(("stop", *turn, *at));
+            }
+            Frame::Metrics(m) if m.name == slowcat_processors::MetricName::UserSpeechStartAt => f.starts.push(m.value),
+            Frame::Metrics(m) if m.name == slowcat_processors::MetricName::UserSpeechEndAt => f.ends.push(m.value),
             _ => {}
         }
     }
@@ -82,6 +89,8 @@ async fn check_boundaries(name: &str, build: impl Fn() -> BoxProcessor) {
         assert_eq!((f.started, f.stopped), (1, 1), "{name}: one utterance, one start and one stop");
         assert_eq!((f.starts.len(), f.ends.len()), (1, 1), "{name}: one boundary metric each");
         let (start, end) = (f.starts[0], f.ends[0]);
+        // The events say where the speech began and ended, as the metrics do, and number it.
+        assert_eq!(f.events, [("start", 1, start), ("stop", 1, end)], "{name}");
         assert!(
             (ms(start) - ms(true_start)).abs() <= 100,
             "{name}: speech start {} ms, true {} ms",

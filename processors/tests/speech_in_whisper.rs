@@ -7,7 +7,6 @@ mod speech_in_util;
 
 use std::time::Duration;
 
-use slowcat_processors::frame::Metric;
 use slowcat_processors::harness::{Harness, Output};
 use slowcat_processors::registry::Settings;
 use slowcat_processors::stt::{AudioCtx, EndTurnOn, WhisperEngine, WhisperSttSettings};
@@ -109,14 +108,20 @@ async fn tiny_en_transcribes_each_utterance_as_a_turn() {
     let stt_times: Vec<_> = out
         .downstream
         .iter()
-        .filter_map(|f| if let Frame::Metrics(m) = f { (m.name == "stt_time").then_some(m) } else { None })
+        .filter_map(|f| {
+            if let Frame::Metrics(m) = f {
+                (m.name == slowcat_processors::MetricName::SttTime).then_some(m)
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(stt_times.len(), SENTENCES.len(), "one stt_time metric per turn");
     assert_eq!(stt_times[0].turn, Some(1));
     assert!(!out.downstream.iter().any(|f| matches!(f, Frame::InputAudio(_))), "audio is consumed by default");
     assert!(!out.downstream.iter().any(|f| matches!(f, Frame::Error(_))), "no errors: {:?}", out.downstream_data());
     // The VAD's events still reach the rest of the pipeline.
-    let stops = out.downstream.iter().filter(|f| matches!(f, Frame::UserStoppedSpeaking)).count();
+    let stops = out.downstream.iter().filter(|f| matches!(f, Frame::UserStoppedSpeaking { .. })).count();
     assert_eq!(stops, SENTENCES.len());
 }
 
@@ -134,7 +139,7 @@ async fn a_pause_inside_the_turn_keeps_one_turn_until_it_ends() {
     for t in &ts {
         println!("turn {}: {:?}", t.turn, t.text);
     }
-    let stops = out.downstream.iter().filter(|f| matches!(f, Frame::UserStoppedSpeaking)).count();
+    let stops = out.downstream.iter().filter(|f| matches!(f, Frame::UserStoppedSpeaking { .. })).count();
     assert_eq!(stops, 2, "the VAD heard two utterances");
     assert_eq!(ts.len(), 1, "both utterances make one turn");
     let reference = "Can you remind me to call my mother at six o'clock tomorrow?";
@@ -153,9 +158,9 @@ async fn a_pause_inside_the_turn_keeps_one_turn_until_it_ends() {
 #[tokio::test]
 async fn noise_and_silence_make_no_turn() {
     // Speech events around a burst of loud noise, as a VAD fooled by a noisy room would send.
-    let mut input = vec![Frame::UserStartedSpeaking];
+    let mut input = vec![Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO }];
     input.extend(frames(&noise(16_000 * 2, -20.0, 11), Duration::ZERO));
-    input.extend([Frame::UserStoppedSpeaking, Frame::UserTurnEnded]);
+    input.extend([Frame::UserStoppedSpeaking { turn: 1, at: Duration::from_secs(2) }, Frame::UserTurnEnded]);
     // And a turn ended with nothing said at all.
     input.extend(frames(&noise(16_000, -60.0, 12), Duration::from_secs(2)));
     input.push(Frame::UserTurnEnded);
@@ -225,15 +230,14 @@ async fn send_audio(h: &Harness, samples: &[i16], t: &mut Duration) {
     }
 }
 
-/// What the VAD sends when speech that ended at `at` has been followed by `stop_ms` of silence.
+/// What the VAD sends when speech of turn 1 that ended at `at` has been followed by `stop_ms` of
+/// silence.
 async fn stop_at(h: &Harness, at: Duration) {
-    let metric = Metric { source: "vad".into(), turn: None, name: "user_speech_end_at", value: at };
-    h.send(Frame::Metrics(Box::new(metric))).await;
-    h.send(Frame::UserStoppedSpeaking).await;
+    h.send(Frame::UserStoppedSpeaking { turn: 1, at }).await;
 }
 
 fn paused(at: Duration) -> Frame {
-    Frame::UserSpeechPaused { at, stop_after: Duration::from_millis(224) }
+    Frame::UserSpeechPaused { turn: 1, at, stop_after: Duration::from_millis(224) }
 }
 
 const REMINDER: &str = "Can you remind me to call my mother";
@@ -250,7 +254,7 @@ async fn reminder_with_a_pause(stop_confirms_pause: bool) -> String {
     let b = padded(&espeak(REMINDER_END, "en-us"), 0.0, 0.3);
     let mut h = Harness::start(vec![stt(WhisperSttSettings::default())]).await;
     let mut t = Duration::ZERO;
-    h.send(Frame::UserStartedSpeaking).await;
+    h.send(Frame::UserStartedSpeaking { turn: 1, at: t }).await;
     send_audio(&h, &a, &mut t).await;
     let pause = t;
     h.send(paused(pause)).await;
@@ -333,10 +337,13 @@ async fn a_turn_end_that_races_the_next_utterance_transcribes_only_the_finished_
             h.send(f).await;
         }
     };
-    h.send(Frame::UserStartedSpeaking).await;
+    // Where each part starts and ends on the input timeline (20 ms frames).
+    let end_of = |samples: usize| Duration::from_millis(20 * samples.div_ceil(320) as u64);
+    let (a_end, b1_end) = (end_of(a.len()), end_of(a.len()) + end_of(b1.len()));
+    h.send(Frame::UserStartedSpeaking { turn: 1, at: Duration::ZERO }).await;
     send_audio(&h, &a).await;
-    h.send(Frame::UserStoppedSpeaking).await;
-    h.send(Frame::UserStartedSpeaking).await;
+    h.send(Frame::UserStoppedSpeaking { turn: 1, at: a_end }).await;
+    h.send(Frame::UserStartedSpeaking { turn: 2, at: a_end }).await;
     send_audio(&h, b1).await;
     // Let the audio so far through before the late turn end.
     let n = a.len().div_ceil(320) + b1.len().div_ceil(320);
@@ -349,7 +356,7 @@ async fn a_turn_end_that_races_the_next_utterance_transcribes_only_the_finished_
     h.send(Frame::UserTurnEnded).await;
     let first = h.wait_for(Duration::from_secs(300), |f, _| matches!(f, Frame::Transcription(_))).await;
     send_audio(&h, b2).await;
-    h.send(Frame::UserStoppedSpeaking).await;
+    h.send(Frame::UserStoppedSpeaking { turn: 2, at: b1_end + end_of(b2.len()) }).await;
     h.send(Frame::UserTurnEnded).await;
     let out = h.finish(Duration::from_secs(300)).await;
     let Some(Frame::Transcription(first)) = first else { panic!("no transcription of the first turn") };
@@ -424,7 +431,7 @@ async fn go_forward_then_ten_meters(went_out: bool) -> Vec<Transcription> {
     let b = padded(&human("ten-meters"), 0.0, 0.3);
     let mut h = Harness::start(vec![stt(WhisperSttSettings { transcribe_early: false, ..Default::default() })]).await;
     let mut t = Duration::ZERO;
-    h.send(Frame::UserStartedSpeaking).await;
+    h.send(Frame::UserStartedSpeaking { turn: 1, at: t }).await;
     send_audio(&h, &a, &mut t).await;
     stop_at(&h, t).await;
     h.send(Frame::UserTurnEnded).await;
@@ -433,8 +440,9 @@ async fn go_forward_then_ten_meters(went_out: bool) -> Vec<Transcription> {
         assert!(first.is_some(), "the first part was not transcribed");
     }
     send_audio(&h, &padded(&[], 0.4, 0.0), &mut t).await;
-    h.send(Frame::UserStartedSpeaking).await;
-    h.send(Frame::UserTurnResumed).await;
+    // smart_turn forwards the speech that goes on with turn 1 under its number.
+    h.send(Frame::UserStartedSpeaking { turn: 1, at: t }).await;
+    h.send(Frame::UserTurnResumed { turn: 1 }).await;
     send_audio(&h, &b, &mut t).await;
     stop_at(&h, t - Duration::from_millis(300)).await;
     h.send(Frame::UserTurnEnded).await;

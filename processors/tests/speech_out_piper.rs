@@ -93,7 +93,7 @@ async fn streamed_reply_is_spoken_sentence_by_sentence_and_whisper_reads_it_back
         .downstream
         .iter()
         .filter_map(|f| match f {
-            Frame::Metrics(m) if m.name == "tts_ttfb" => Some(&**m),
+            Frame::Metrics(m) if m.name == slowcat_processors::MetricName::TtsTtfb => Some(&**m),
             _ => None,
         })
         .collect();

@@ -210,7 +210,7 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
         assert_eq!(count(&out, dir, |f| matches!(f, Frame::BotStoppedSpeaking)), 1, "{dir:?}");
     }
     let first = out.downstream.iter().find_map(|f| match f {
-        Frame::Metrics(m) if m.name == "first_audio_at" => Some(m.clone()),
+        Frame::Metrics(m) if m.name == slowcat_processors::MetricName::FirstAudioAt => Some(m.clone()),
         _ => None,
     });
     assert_eq!(first.map(|m| m.turn), Some(Some(5)), "first_audio_at with the turn");
@@ -334,7 +334,7 @@ async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
         .downstream
         .iter()
         .filter_map(|f| match f {
-            Frame::Metrics(m) => Some((m.name, m.turn)),
+            Frame::Metrics(m) => Some((m.name.as_str(), m.turn)),
             _ => None,
         })
         .collect();

@@ -15,7 +15,7 @@ use slowcat_processors::harness::Harness;
 use slowcat_processors::tts::{Overrides, PiperVoice};
 use slowcat_processors::turn::{SmartTurnModel, SmartTurnSettings};
 use slowcat_processors::vad::SileroVadSettings;
-use slowcat_processors::{AudioFrame, BoxProcessor, BuildContext, Frame, PIPELINE_SAMPLE_RATE, Settings};
+use slowcat_processors::{AudioFrame, BoxProcessor, BuildContext, Frame, MetricName, PIPELINE_SAMPLE_RATE, Settings};
 use tokio::time::Instant;
 
 const FRAME: Duration = Duration::from_millis(20);
@@ -78,6 +78,8 @@ struct Mic {
     harness: Harness,
     pts: Duration,
     sent: Vec<AudioFrame>,
+    /// The VAD's number of the speech started last.
+    speech: u64,
 }
 
 impl Mic {
@@ -86,7 +88,20 @@ impl Mic {
     }
 
     async fn chain(processors: Vec<BoxProcessor>) -> Self {
-        Self { harness: Harness::start(processors).await, pts: Duration::ZERO, sent: Vec::new() }
+        Self { harness: Harness::start(processors).await, pts: Duration::ZERO, sent: Vec::new(), speech: 0 }
+    }
+
+    /// What the VAD sends when speech starts (here: where the audio played so far ends); it
+    /// numbers each speech.
+    async fn started(&mut self) {
+        self.speech += 1;
+        self.send(Frame::UserStartedSpeaking { turn: self.speech, at: self.pts }).await;
+    }
+
+    /// What the VAD sends when speech that ended where the audio played so far ends has been
+    /// followed by its `stop_ms` of silence.
+    async fn stopped(&self) {
+        stop_at(self, self.pts).await;
     }
 
     /// Plays `samples`; returns when the first frame matching `pred` came out (then stops
@@ -167,9 +182,9 @@ fn a_model_that_is_not_smart_turn_is_refused_with_a_clear_message() {
 async fn a_complete_sentence_ends_the_turn_right_after_the_user_stops() {
     let speech = speak(COMPLETE);
     let mut mic = Mic::start(smart_turn(SmartTurnSettings::default())).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     assert!(mic.play(&speech, turn_ended).await.is_none(), "the turn ended while the user was talking");
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     let stopped = Instant::now();
     let ended = mic.wait(Duration::from_secs(1), turn_ended).await.expect("no UserTurnEnded after a complete sentence");
     assert!(ended - stopped <= FRAME, "the turn ended {} ms after the stop, not at once", ms(ended - stopped));
@@ -182,32 +197,33 @@ async fn a_complete_sentence_ends_the_turn_right_after_the_user_stops() {
     assert_eq!(audio.len(), sent.len(), "every input frame goes on to speech-to-text");
     assert!(audio.iter().zip(&sent).all(|(a, b)| *a == b), "input audio is forwarded unchanged and in order");
     let metric = |name: &str| {
-        out.downstream.iter().any(|f| matches!(f, Frame::Metrics(m) if m.name == name && m.turn.is_none()))
+        out.downstream.iter().any(|f| matches!(f, Frame::Metrics(m) if m.name.as_str() == name && m.turn.is_none()))
     };
-    assert!(metric("user_speech_end_at"), "without a VAD's measure, the end of speech is reported here");
+    // The VAD's stop says where the speech ended (the VAD reports that metric, not smart_turn).
+    assert!(!metric("user_speech_end_at"), "the end of speech is reported twice");
     assert!(metric("user_turn_end_at"));
     assert!(metric("smart_turn_time"));
     // The stop, then the end of the turn, in that order.
     let pos = |pred: fn(&Frame) -> bool| out.downstream.iter().position(pred).unwrap();
-    assert!(pos(|f| matches!(f, Frame::UserStoppedSpeaking)) < pos(turn_ended));
+    assert!(pos(|f| matches!(f, Frame::UserStoppedSpeaking { .. })) < pos(turn_ended));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_vads_end_of_speech_is_not_reported_twice() {
     let mut mic = Mic::start(smart_turn(SmartTurnSettings::default())).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     mic.play(&speak(COMPLETE), turn_ended).await;
     let vad_end = Duration::from_millis(1234);
-    let metric = Metric { source: "vad".into(), turn: None, name: "user_speech_end_at", value: vad_end };
+    let metric = Metric { source: "vad".into(), turn: None, name: MetricName::UserSpeechEndAt, value: vad_end };
     mic.send(Frame::Metrics(Box::new(metric))).await;
-    mic.send(Frame::UserStoppedSpeaking).await;
+    stop_at(&mic, vad_end).await;
     mic.wait(Duration::from_secs(1), turn_ended).await.expect("the turn ends");
     let out = mic.harness.finish(Duration::from_secs(10)).await;
     let ends: Vec<Duration> = out
         .downstream
         .iter()
         .filter_map(|f| match f {
-            Frame::Metrics(m) if m.name == "user_speech_end_at" => Some(m.value),
+            Frame::Metrics(m) if m.name == slowcat_processors::MetricName::UserSpeechEndAt => Some(m.value),
             _ => None,
         })
         .collect();
@@ -229,27 +245,25 @@ async fn behind_silero_vad_a_question_is_one_turn_ending_soon_after_the_speech()
     assert!(ended - speech_end <= Duration::from_millis(300), "{} ms", ms(ended - speech_end));
     mic.play(&silence(1000), turn_ended).await;
     let out = mic.harness.finish(Duration::from_secs(10)).await;
-    assert_eq!(count(&out.downstream, |f| matches!(f, Frame::UserStartedSpeaking)), 1);
+    assert_eq!(count(&out.downstream, |f| matches!(f, Frame::UserStartedSpeaking { .. })), 1);
     assert_eq!(count(&out.downstream, turn_ended), 1);
 }
 
 /// The VAD's pause after speech that ended at `at` (its stop comes after 224 ms of silence).
 fn paused(at: Duration) -> Frame {
-    Frame::UserSpeechPaused { at, stop_after: Duration::from_millis(224) }
+    Frame::UserSpeechPaused { turn: 1, at, stop_after: Duration::from_millis(224) }
 }
 
-/// The VAD's stop for speech that ended at `at`: its end-of-speech metric, then the event.
+/// The VAD's stop for the speech started last, which ended at `at`.
 async fn stop_at(mic: &Mic, at: Duration) {
-    let metric = Metric { source: "vad".into(), turn: None, name: "user_speech_end_at", value: at };
-    mic.send(Frame::Metrics(Box::new(metric))).await;
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.send(Frame::UserStoppedSpeaking { turn: mic.speech, at }).await;
 }
 
 fn smart_turn_wait(frames: &[Frame]) -> Vec<Duration> {
     frames
         .iter()
         .filter_map(|f| match f {
-            Frame::Metrics(m) if m.name == "smart_turn_wait" => Some(m.value),
+            Frame::Metrics(m) if m.name == slowcat_processors::MetricName::SmartTurnWait => Some(m.value),
             _ => None,
         })
         .collect()
@@ -263,7 +277,7 @@ fn smart_turn_wait(frames: &[Frame]) -> Vec<Duration> {
 async fn the_verdict_started_at_the_pause_ends_the_turn_at_the_stop() {
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     let question = speak(COMPLETE);
     // The speech and the VAD's first silent window (`speak` adds 200 ms of silence).
     let speech = question.len() - silence(200).len();
@@ -292,7 +306,7 @@ async fn a_pause_the_user_talks_on_after_does_not_end_the_turn() {
     let (mut mic, stopped) = {
         let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
         let mut mic = Mic::start(smart_turn(settings)).await;
-        mic.send(Frame::UserStartedSpeaking).await;
+        mic.started().await;
         let question = speak(COMPLETE);
         assert!(mic.play(&question, turn_ended).await.is_none());
         let first_end = mic.pts - Duration::from_millis(200);
@@ -319,7 +333,7 @@ async fn an_incomplete_verdict_at_the_pause_is_checked_again_at_the_stop() {
     let max_duration_s = complete.len() as f32 / PIPELINE_SAMPLE_RATE as f32;
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, max_duration_s, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none());
     let speech_end = mic.pts - Duration::from_millis(200);
     mic.send(paused(speech_end)).await;
@@ -343,9 +357,9 @@ async fn cut_off_sentence_then_stop() -> (Mic, Instant) {
     let speech = speak(CUT_OFF);
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     assert!(mic.play(&speech, turn_ended).await.is_none());
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     (mic, Instant::now())
 }
 
@@ -378,28 +392,37 @@ async fn the_fallback_timeout_ends_the_turn_when_no_audio_arrives() {
 async fn resuming_after_a_pause_keeps_the_turn_open() {
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none());
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     // A thinking pause shorter than the timeout.
     assert!(mic.play(&silence(1500), turn_ended).await.is_none(), "the turn ended during a pause");
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     assert!(mic.play(&speak("tell me what time it is in Tokyo."), turn_ended).await.is_none());
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     // Whatever the model makes of the whole utterance, the turn ends once: now or at the timeout.
     assert!(mic.play(&silence(2500), turn_ended).await.is_some(), "the resumed turn never ended");
     assert!(mic.play(&silence(3000), turn_ended).await.is_none());
+    // The next turn, 3 s after the first ended (past the merge window).
+    mic.started().await;
+    mic.play(&speak("Thanks."), turn_ended).await;
+    mic.stopped().await;
+    assert!(mic.play(&silence(3000), turn_ended).await.is_some(), "the next turn never ended");
     let out = mic.harness.finish(Duration::from_secs(10)).await;
-    assert_eq!(count(&out.downstream, turn_ended), 1, "one utterance with a pause is one turn");
+    assert_eq!(count(&out.downstream, turn_ended), 2, "one utterance with a pause is one turn, then the next");
+    // The VAD numbered three speeches; the two of the first turn go on as turn 1, and the next
+    // turn is turn 2, not 3.
+    let numbers: Vec<u64> = numbered(&out.downstream).iter().map(|(_, n)| *n).collect();
+    assert_eq!(numbers, [1, 1, 1, 1, 2, 2], "{:?}", numbered(&out.downstream));
 }
 
 #[tokio::test(start_paused = true)]
 async fn end_of_stream_ends_an_open_turn_so_its_words_are_transcribed() {
     let settings = SmartTurnSettings { incomplete_timeout_ms: 5000, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     mic.play(&speak(CUT_OFF), turn_ended).await;
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     let out = mic.harness.finish(Duration::from_secs(10)).await;
     let ended = out.downstream.iter().position(turn_ended).expect("End flushed no UserTurnEnded");
     let end = out.downstream.iter().position(|f| matches!(f, Frame::End)).unwrap();
@@ -420,10 +443,10 @@ async fn talk_over_bot(
         mic.harness.send_upstream(Frame::BotStoppedSpeaking).await;
     }
     mic.play(&silence(200), interruption).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     let started = Instant::now();
     let interrupted = mic.play(&silence(talk_ms), interruption).await.map(|t| t - started);
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     mic.play(&silence(500), interruption).await;
     let out = mic.harness.finish(Duration::from_secs(10)).await;
     assert!(
@@ -488,9 +511,9 @@ const SECOND_PART: &str = "at the next corner.";
 async fn speak_again_after_the_turn_ended(settings: SmartTurnSettings, gap_ms: u64, reply_heard: bool) -> Vec<Frame> {
     let settings = SmartTurnSettings { threshold: 0.0, ..settings };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     mic.play(&speak(FIRST_PART), turn_ended).await;
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     let ended = mic.play(&silence(600), turn_ended).await;
     assert!(ended.is_some(), "the first part must end the turn for this test");
     mic.play(&silence(gap_ms.saturating_sub(600)), |_| false).await;
@@ -502,15 +525,29 @@ async fn speak_again_after_the_turn_ended(settings: SmartTurnSettings, gap_ms: u
         std::thread::sleep(Duration::from_millis(600));
         mic.harness.send_upstream(Frame::BotStoppedSpeaking).await;
     }
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     mic.play(&speak(SECOND_PART), turn_ended).await;
-    mic.send(Frame::UserStoppedSpeaking).await;
+    mic.stopped().await;
     assert!(mic.play(&silence(1000), turn_ended).await.is_some(), "the second part never ended a turn");
     mic.harness.finish(Duration::from_secs(10)).await.downstream
 }
 
 fn resumed(f: &Frame) -> bool {
-    matches!(f, Frame::UserTurnResumed)
+    matches!(f, Frame::UserTurnResumed { .. })
+}
+
+/// The speaking events and resumptions smart_turn sent on, with their turn numbers.
+fn numbered(frames: &[Frame]) -> Vec<(&'static str, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::UserStartedSpeaking { turn, .. }
+            | Frame::UserSpeechPaused { turn, .. }
+            | Frame::UserStoppedSpeaking { turn, .. }
+            | Frame::UserTurnResumed { turn } => Some((f.name(), *turn)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -523,12 +560,23 @@ async fn speech_after_the_turn_ended_but_before_its_reply_is_heard_continues_the
     assert_eq!(&names[at - 1..=at + 1], ["UserStartedSpeaking", "UserTurnResumed", "Interruption"], "{names:?}");
     assert_eq!(count(&out, interruption), 1, "{names:?}");
     assert_eq!(count(&out, turn_ended), 2, "each part ends once; speech-to-text joins them: {names:?}");
+    // The VAD numbered the two parts 1 and 2; they are one turn, and go on as turn 1.
+    let turn1 = [("UserStartedSpeaking", 1), ("UserStoppedSpeaking", 1)];
+    let resumed1 = [("UserStartedSpeaking", 1), ("UserTurnResumed", 1), ("UserStoppedSpeaking", 1)];
+    assert_eq!(numbered(&out), [&turn1[..], &resumed1[..]].concat());
 }
 
 #[tokio::test(start_paused = true)]
 async fn speech_after_the_reply_was_heard_or_after_the_merge_window_is_a_new_turn() {
     let out = speak_again_after_the_turn_ended(SmartTurnSettings::default(), 600, true).await;
     assert_eq!((count(&out, resumed), count(&out, interruption)), (0, 0), "the reply was heard: a new turn");
+    let two_turns = [
+        ("UserStartedSpeaking", 1),
+        ("UserStoppedSpeaking", 1),
+        ("UserStartedSpeaking", 2),
+        ("UserStoppedSpeaking", 2),
+    ];
+    assert_eq!(numbered(&out), two_turns, "the new turn has the next number");
     let out = speak_again_after_the_turn_ended(SmartTurnSettings::default(), 2600, false).await;
     assert_eq!((count(&out, resumed), count(&out, interruption)), (0, 0), "2.6 s later: a new turn");
     let off = SmartTurnSettings { merge_window_ms: 0, ..SmartTurnSettings::default() };
@@ -553,7 +601,7 @@ fn heard(end: Duration, text: &str) -> Frame {
 async fn turn_end_with_words(audio: Vec<i16>, words: &str) -> Duration {
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.send(Frame::UserStartedSpeaking).await;
+    mic.started().await;
     assert!(mic.play(&audio, turn_ended).await.is_none());
     let end = mic.pts - Duration::from_millis(200);
     stop_at(&mic, end).await;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use slowcat_processors::frame::Metric;
+use slowcat_processors::frame::{Metric, MetricName};
 use slowcat_processors::{Direction, Frame};
 
 use crate::host::proc_status_kib;
@@ -76,8 +76,8 @@ impl TurnRecord {
     }
 }
 
-/// The measurements that come before the turn has its number (the VAD and Smart Turn do not
-/// know turn numbers; whisper_stt assigns them).
+/// The measurements that come before the turn's first numbered metric (the VAD's and Smart Turn's
+/// metrics carry no turn number).
 #[derive(Debug, Default, Clone, Copy)]
 struct EndOfTurn {
     speech_end: Option<Duration>,
@@ -173,33 +173,32 @@ impl Collector {
     fn on_metric(&mut self, m: &Metric) {
         let v = Some(m.value);
         match (m.name, m.turn) {
-            ("user_speech_end_at", _) => self.open.speech_end = v,
-            ("smart_turn_time", _) => self.open.smart_turn = v,
-            ("smart_turn_wait", _) => self.open.smart_wait = v,
-            ("user_turn_end_at", _) => {
+            (MetricName::UserSpeechEndAt, _) => self.open.speech_end = v,
+            (MetricName::SmartTurnTime, _) => self.open.smart_turn = v,
+            (MetricName::SmartTurnWait, _) => self.open.smart_wait = v,
+            (MetricName::UserTurnEndAt, _) => {
                 self.open.turn_end = v;
                 self.ended = Some(std::mem::take(&mut self.open));
             }
             (name, Some(n)) => {
-                use slowcat_processors::llm::metrics as tool;
                 let t = self.turn(n);
-                if name == tool::TOOL_TIME {
+                if name == MetricName::LlmToolTime {
                     t.tool_time = Some(t.tool_time.unwrap_or_default() + m.value);
                     return;
                 }
-                if name == tool::OVERHEAD {
+                if name == MetricName::LlmToolOverhead {
                     t.tool_overhead = Some(t.tool_overhead.unwrap_or_default().max(m.value));
                     return;
                 }
                 let slot = match name {
-                    "stt_time" => &mut t.stt,
-                    "memory_time" => &mut t.memory,
-                    "llm_ttfb" => &mut t.llm_ttfb,
-                    "llm_first_sentence" => &mut t.first_sentence,
-                    "tts_ttfb" => &mut t.tts_ttfb,
-                    "first_audio_at" => &mut t.first_audio_at,
-                    tool::FIRST_PASS => &mut t.tool_first_pass,
-                    tool::SECOND_PASS_TTFT => &mut t.tool_second_pass_ttft,
+                    MetricName::SttTime => &mut t.stt,
+                    MetricName::MemoryTime => &mut t.memory,
+                    MetricName::LlmTtfb => &mut t.llm_ttfb,
+                    MetricName::LlmFirstSentence => &mut t.first_sentence,
+                    MetricName::TtsTtfb => &mut t.tts_ttfb,
+                    MetricName::FirstAudioAt => &mut t.first_audio_at,
+                    MetricName::LlmToolFirstPass => &mut t.tool_first_pass,
+                    MetricName::LlmToolSecondPassTtft => &mut t.tool_second_pass_ttft,
                     _ => return,
                 };
                 // The first of a turn counts: TTS measures every segment, the first is heard first.
@@ -235,7 +234,8 @@ mod tests {
     #[test]
     fn turn_less_measurements_join_the_next_numbered_turn() {
         let mut c = Collector::new(None);
-        let m = |name, turn, ms| {
+        let m = |name: &str, turn, ms| {
+            let name = MetricName::ALL.into_iter().find(|n| n.as_str() == name).expect("a metric name");
             Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
         };
         for f in [

@@ -192,7 +192,7 @@ async fn history_run(
             };
             let Some((frame, dir)) = out else { bail!("the pipeline stopped at turn {n}") };
             match frame {
-                Frame::Metrics(m) if m.name == "llm_ttfb" && m.turn == Some(n) => {
+                Frame::Metrics(m) if m.name == slowcat_processors::frame::MetricName::LlmTtfb && m.turn == Some(n) => {
                     results[n as usize - 1].ttfb = Some(m.value)
                 }
                 Frame::Error(e) => errors.push(format!("turn {n}: {}: {}", e.source, e.message)),

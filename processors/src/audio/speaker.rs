@@ -630,7 +630,7 @@ impl Monitor {
                     Frame::Metrics(Box::new(Metric {
                         source: self.id.clone(),
                         turn: Some(st.text.turn()),
-                        name: "first_audio_at",
+                        name: crate::frame::MetricName::FirstAudioAt,
                         value: at.saturating_duration_since(self.epoch),
                     })),
                     false,

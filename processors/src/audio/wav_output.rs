@@ -202,7 +202,7 @@ impl WavOutput {
         }
         if self.turn > 0 && self.first_audio_turn != self.turn {
             self.first_audio_turn = self.turn;
-            ctx.push_metric("first_audio_at", Some(self.turn), at).await;
+            ctx.push_metric(crate::frame::MetricName::FirstAudioAt, Some(self.turn), at).await;
         }
     }
 }

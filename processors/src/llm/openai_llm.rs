@@ -36,17 +36,19 @@ const TOOL_LOOP_APOLOGY: &str = "Sorry, I couldn't finish that.";
 
 /// Metric names of a turn that called tools (each with the turn's number).
 pub mod metrics {
+    use crate::frame::MetricName;
+
     /// From the request's arrival to the end of the first generation, the one that asked for
     /// tools (model lookup included): the LLM's first pass.
-    pub const FIRST_PASS: &str = "llm_tool_first_pass";
+    pub const FIRST_PASS: MetricName = MetricName::LlmToolFirstPass;
     /// How long one round's tool calls took together (they run in parallel).
-    pub const TOOL_TIME: &str = "llm_tool_time";
+    pub const TOOL_TIME: MetricName = MetricName::LlmToolTime;
     /// From sending a follow-up request (with the tools' results) to its first text pushed:
     /// the LLM's second pass to its first token.
-    pub const SECOND_PASS_TTFT: &str = "llm_tool_second_pass_ttft";
+    pub const SECOND_PASS_TTFT: MetricName = MetricName::LlmToolSecondPassTtft;
     /// The client's own time in one round trip: from the end of the generation that asked for
     /// tools to the follow-up request going out, minus the tools' own time.
-    pub const OVERHEAD: &str = "llm_tool_overhead";
+    pub const OVERHEAD: MetricName = MetricName::LlmToolOverhead;
 }
 
 /// Streams replies to [`LlmRequest`]s from an OpenAI-compatible server.
@@ -683,7 +685,7 @@ impl Progress {
         ctx.push_downstream(Frame::LlmText(text)).await;
         self.chunks += 1;
         if self.chunks == 1 {
-            ctx.push_metric("llm_ttfb", Some(self.turn), ttfb).await;
+            ctx.push_metric(crate::frame::MetricName::LlmTtfb, Some(self.turn), ttfb).await;
         }
         if let Some(ttft) = pass_ttft {
             ctx.push_metric(metrics::SECOND_PASS_TTFT, Some(self.turn), ttft).await;

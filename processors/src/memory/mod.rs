@@ -547,7 +547,7 @@ impl StatelessMemory {
                     "memory injected"
                 );
                 if !ahead {
-                    ctx.push_metric("memory_time", Some(turn), took).await;
+                    ctx.push_metric(crate::frame::MetricName::MemoryTime, Some(turn), took).await;
                 }
                 request
             }
@@ -623,7 +623,7 @@ impl Processor for StatelessMemory {
         |frame, direction| match direction {
             Direction::Downstream => matches!(
                 frame,
-                Frame::Transcription(_) | Frame::LlmRequest(_) | Frame::LlmReadAhead(_) | Frame::UserTurnResumed
+                Frame::Transcription(_) | Frame::LlmRequest(_) | Frame::LlmReadAhead(_) | Frame::UserTurnResumed { .. }
             ),
             Direction::Upstream => matches!(frame, Frame::SpokenReply(_) | Frame::TurnNotes(_)),
         }
@@ -656,13 +656,13 @@ impl Processor for StatelessMemory {
                 self.on_notes(&notes);
                 ctx.push(Frame::TurnNotes(notes), direction).await;
             }
-            (Frame::UserTurnResumed, Direction::Downstream) => {
+            (Frame::UserTurnResumed { turn }, Direction::Downstream) => {
                 // The newest turn goes on and will come again whole, under the same number: what
                 // was heard of it so far is not an exchange to remember (its reply is cancelled).
                 if let Some(t) = self.turns.pop_back() {
                     debug!(turn = t.turn, "the turn goes on; its first part is not stored");
                 }
-                ctx.push(Frame::UserTurnResumed, direction).await;
+                ctx.push(Frame::UserTurnResumed { turn }, direction).await;
             }
             // Not accepted; a safety net, as `Frame` may grow.
             (frame, direction) => {

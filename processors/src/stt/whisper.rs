@@ -14,6 +14,9 @@
 //! heard) gets its audio back in front of the new speech, and is transcribed again as one turn
 //! under the same number; its first transcript, if not pushed yet, never is.
 //!
+//! A turn's transcripts (interim and final) carry the number its `UserStartedSpeaking` carried (see
+//! `Frame` on turn numbers): the number of the turn's first speech, or of the turn resumed.
+//!
 //! Transcription runs on a blocking thread fed by a worker task, one turn at a time in order, so
 //! audio keeps flowing while whisper works and an interruption (which concerns the assistant's
 //! reply) never cancels the transcription of what the user said.
@@ -34,13 +37,14 @@ use super::engine::{AudioCtx, Recognized, SttError, WhisperEngine, known_languag
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::audio::resample::to_mono_f32;
 use crate::error::ErrorChain;
-use crate::frame::{DEFAULT_SPEAKER, Direction, ErrorFrame, Frame, Metric, Transcription};
+use crate::frame::{DEFAULT_SPEAKER, Direction, ErrorFrame, Frame, Metric, MetricName, Transcription};
 use crate::processor::{BoxProcessor, BuildContext, FrameSender, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
-use crate::vad::{SPEECH_END_METRIC, SPEECH_START_METRIC, To16kMono};
+use crate::turn::{Abandon, PauseWork};
+use crate::vad::To16kMono;
 
 /// Metric: from the turn's end signal to its transcription being ready.
-pub const STT_TIME_METRIC: &str = "stt_time";
+pub const STT_TIME_METRIC: MetricName = MetricName::SttTime;
 /// Longest turn kept: past it the turn is transcribed as it stands and a new one begins.
 const MAX_TURN: Duration = Duration::from_secs(30);
 /// Turns waiting for the transcriber (a live speaker cannot queue more than one or two; a WAV
@@ -183,6 +187,8 @@ impl Settings for WhisperSttSettings {
 struct Job {
     /// Numbers the jobs, from 1.
     id: u64,
+    /// The user turn.
+    turn: u64,
     audio: Vec<f32>,
     start: Duration,
     end: Duration,
@@ -197,6 +203,8 @@ enum Work {
     /// The turn so far, transcribed before the turn has ended; kept until a `Turn` claims it.
     Early {
         id: u64,
+        /// The user turn.
+        turn: u64,
         audio: Vec<f32>,
         /// Where the speech so far starts and ends on the input timeline.
         start: Duration,
@@ -218,7 +226,7 @@ struct Early {
     abandoned: Arc<AtomicBool>,
 }
 
-impl Early {
+impl Abandon for Early {
     /// Its transcript would miss words: stops it (whisper checks between steps) or skips it.
     fn abandon(self) {
         self.abandoned.store(true, Ordering::Relaxed);
@@ -249,14 +257,18 @@ pub struct WhisperStt {
     turn: Vec<i16>,
     turn_start: Option<Duration>,
     turn_end: Duration,
+    /// The number of the turn so far (set with `turn_start`).
+    turn_number: u64,
     speaking: bool,
-    /// Speech boundaries reported by the VAD's metrics, more precise than the event arrival.
+    /// The number of the speech in progress, from its `UserStartedSpeaking`.
+    open_turn: u64,
+    /// Speech boundaries reported by the VAD's speaking events, more precise than the event arrival.
     vad_start: Option<Duration>,
     vad_end: Option<Duration>,
     /// The early transcription started on the turn as it stands; cleared by new speech.
     early: Option<Early>,
-    /// The early transcription started at the VAD's pause with this end of speech.
-    paused: Option<(Early, Duration)>,
+    /// The early transcription started at the VAD's pause, until the stop confirms it.
+    paused: PauseWork<Early>,
     early_ids: u64,
     /// Id of the newest early transcription a turn has claimed (shared with the worker, which
     /// then has no use for sending it on as an interim transcript).
@@ -272,6 +284,7 @@ pub struct WhisperStt {
 /// The audio of the turn handed over last.
 struct LastTurn {
     job: u64,
+    turn: u64,
     audio: Vec<i16>,
     start: Duration,
     end: Duration,
@@ -298,11 +311,13 @@ impl WhisperStt {
             turn: Vec::new(),
             turn_start: None,
             turn_end: Duration::ZERO,
+            turn_number: 0,
             speaking: false,
+            open_turn: 0,
             vad_start: None,
             vad_end: None,
             early: None,
-            paused: None,
+            paused: PauseWork::default(),
             early_ids: 0,
             claimed: Arc::new(AtomicU64::new(0)),
             jobs: 0,
@@ -327,14 +342,17 @@ impl WhisperStt {
         }
     }
 
-    fn on_started(&mut self) {
+    /// Speech of turn `turn` began `at`.
+    fn on_started(&mut self, turn: u64, at: Duration) {
+        self.vad_start = Some(at);
         if self.speaking {
             return;
         }
         self.speaking = true;
+        self.open_turn = turn;
         // The turn grows: an early transcript of it would miss these words.
         abandon(self.early.take());
-        abandon(self.paused.take().map(|(e, _)| e));
+        self.paused.abandon();
         // An end reported before this utterance began belongs to an earlier one.
         self.vad_end = None;
         self.open.clear();
@@ -351,7 +369,10 @@ impl WhisperStt {
         let inside = |t: &Duration| (self.open_start..=self.cursor).contains(t);
         let speech_start = self.vad_start.take().filter(inside).unwrap_or(self.open_start);
         let speech_end = self.vad_end.take().filter(inside).unwrap_or(self.cursor);
-        self.turn_start.get_or_insert(speech_start);
+        if self.turn_start.is_none() {
+            self.turn_start = Some(speech_start);
+            self.turn_number = self.open_turn;
+        }
         self.turn.append(&mut self.open);
         self.turn_end = speech_end;
     }
@@ -378,13 +399,15 @@ impl WhisperStt {
         }
         self.jobs += 1;
         let end = self.turn_end.max(start);
-        self.last_turn = Some(LastTurn { job: self.jobs, audio: kept, start, end });
-        Some(Job { id: self.jobs, audio, start, end, queued: Instant::now(), early })
+        let turn = self.turn_number;
+        self.last_turn = Some(LastTurn { job: self.jobs, turn, audio: kept, start, end });
+        Some(Job { id: self.jobs, turn, audio, start, end, queued: Instant::now(), early })
     }
 
     /// The turn handed over last goes on (`UserTurnResumed`): its audio comes back in front of the
-    /// speech that has just started, and its transcript is replaced by the whole turn's.
-    fn on_resumed(&mut self) {
+    /// speech that has just started, and its transcript is replaced by the whole turn's, under the
+    /// same number `turn`.
+    fn on_resumed(&mut self, turn: u64) {
         // A turn whose end never came through is simply still open.
         if self.turn_start.is_some() {
             return;
@@ -395,8 +418,14 @@ impl WhisperStt {
         self.turn = audio;
         self.turn_start = Some(last.start);
         self.turn_end = last.end;
+        self.turn_number = turn;
         self.resumed.store(last.job, Ordering::Relaxed);
-        tracing::debug!(job = last.job, "the turn goes on; its audio is kept for one transcript");
+        tracing::debug!(
+            job = last.job,
+            turn,
+            last = last.turn,
+            "the turn goes on; its audio is kept for one transcript"
+        );
     }
 
     /// Starts transcribing `audio`, the speech up to `end`, before the turn has ended.
@@ -408,7 +437,8 @@ impl WhisperStt {
         self.early_ids += 1;
         let early = Early { id: self.early_ids, abandoned: Arc::new(AtomicBool::new(false)) };
         let start = self.turn_start.or(self.vad_start).unwrap_or(self.open_start);
-        let work = Work::Early { id: early.id, audio, start, end, abandoned: early.abandoned.clone() };
+        let turn = if self.turn_start.is_some() { self.turn_number } else { self.open_turn };
+        let work = Work::Early { id: early.id, turn, audio, start, end, abandoned: early.abandoned.clone() };
         // Skipped when turns are queued: it would only delay them.
         tx.try_send(work).is_ok().then_some(early)
     }
@@ -420,22 +450,20 @@ impl WhisperStt {
             return;
         }
         // The user spoke on after the previous pause: its transcript misses words.
-        abandon(self.paused.take().map(|(e, _)| e));
+        self.paused.abandon();
         let mut audio = to_mono_f32(&self.turn, 1);
         audio.extend(to_mono_f32(&self.open, 1));
-        self.paused = self.transcribe_early(audio, at).map(|e| (e, at));
+        let early = self.transcribe_early(audio, at);
+        self.paused.started(at, early);
     }
 
     /// The VAD heard the user stop (the speech in progress is in the turn now): keeps the
     /// transcript started at the pause this stop confirms, or starts one, and has it sent on as an
     /// interim transcript.
-    fn early_at_stop(&mut self, speech_end: Option<Duration>) {
-        self.early = match self.paused.take() {
-            Some((early, at)) if Some(at) == speech_end => Some(early),
-            paused => {
-                abandon(paused.map(|(e, _)| e));
-                self.transcribe_early(to_mono_f32(&self.turn, 1), self.turn_end)
-            }
+    fn early_at_stop(&mut self, speech_end: Duration) {
+        self.early = match self.paused.confirm(speech_end) {
+            Some(early) => Some(early),
+            None => self.transcribe_early(to_mono_f32(&self.turn, 1), self.turn_end),
         };
         if let (Some(early), Some((tx, _))) = (&self.early, &self.worker) {
             let _ = tx.try_send(Work::Interim(early.id));
@@ -479,11 +507,10 @@ impl Processor for WhisperStt {
                 && matches!(
                     frame,
                     Frame::InputAudio(_)
-                        | Frame::Metrics(_)
-                        | Frame::UserStartedSpeaking
-                        | Frame::UserTurnResumed
+                        | Frame::UserStartedSpeaking { .. }
+                        | Frame::UserTurnResumed { .. }
                         | Frame::UserSpeechPaused { .. }
-                        | Frame::UserStoppedSpeaking
+                        | Frame::UserStoppedSpeaking { .. }
                         | Frame::UserTurnEnded
                 )
         }
@@ -497,11 +524,9 @@ impl Processor for WhisperStt {
             speaker: self.settings.speaker.clone(),
             sender: ctx.sender(),
             cancel: ctx.cancellation(),
-            turn: 0,
             early_threads: self.settings.early_threads,
             claimed: self.claimed.clone(),
             resumed: self.resumed.clone(),
-            last_pushed: None,
         };
         self.worker = Some((tx, ctx.spawn(worker.run(engine, rx))));
         Ok(())
@@ -527,13 +552,12 @@ impl Processor for WhisperStt {
                     return Ok(());
                 }
             }
-            Frame::Metrics(m) if m.name == SPEECH_START_METRIC => self.vad_start = Some(m.value),
-            Frame::Metrics(m) if m.name == SPEECH_END_METRIC => self.vad_end = Some(m.value),
-            Frame::UserStartedSpeaking => self.on_started(),
-            Frame::UserTurnResumed => self.on_resumed(),
+            Frame::UserStartedSpeaking { turn, at } => self.on_started(*turn, *at),
+            Frame::UserTurnResumed { turn } => self.on_resumed(*turn),
             Frame::UserSpeechPaused { at, .. } if self.early_enabled() => self.on_paused(*at),
-            Frame::UserStoppedSpeaking => {
-                let speech_end = self.vad_end;
+            Frame::UserStoppedSpeaking { at: speech_end, .. } => {
+                let speech_end = *speech_end;
+                self.vad_end = Some(speech_end);
                 self.on_stopped();
                 match self.settings.end_turn_on {
                     EndTurnOn::UserStoppedSpeaking => self.end_turn(ctx).await,
@@ -577,6 +601,7 @@ impl Processor for WhisperStt {
 /// An early transcription the worker has made.
 struct EarlyDone {
     id: u64,
+    turn: u64,
     recognized: Result<Recognized, SttError>,
     /// Where its speech starts and ends on the input timeline.
     start: Duration,
@@ -592,18 +617,15 @@ struct Worker {
     speaker: String,
     sender: FrameSender,
     cancel: CancellationToken,
-    turn: u64,
     early_threads: usize,
     /// See [`WhisperStt::claimed`].
     claimed: Arc<AtomicU64>,
     /// See [`WhisperStt::resumed`].
     resumed: Arc<AtomicU64>,
-    /// The job and turn number of the last transcript pushed.
-    last_pushed: Option<(u64, u64)>,
 }
 
 impl Worker {
-    async fn run(mut self, engine: WhisperEngine, mut rx: mpsc::Receiver<Work>) {
+    async fn run(self, engine: WhisperEngine, mut rx: mpsc::Receiver<Work>) {
         let mut engine = Some(engine);
         // The latest early transcription, claimed by the turn it was made for.
         let mut early: Option<EarlyDone> = None;
@@ -617,7 +639,7 @@ impl Worker {
                     let _ = done.send(());
                     continue;
                 }
-                Work::Early { id, audio, start, end, abandoned } => {
+                Work::Early { id, turn, audio, start, end, abandoned } => {
                     // Abandoned while it waited: the processor abandons an early transcription
                     // before it sends the one that replaces it.
                     if abandoned.load(Ordering::Relaxed) {
@@ -628,7 +650,7 @@ impl Worker {
                         return;
                     };
                     tracing::debug!(processor = %self.id, id, ok = recognized.is_ok(), "transcribed early");
-                    let mut done = EarlyDone { id, recognized, start, end, sent: false };
+                    let mut done = EarlyDone { id, turn, recognized, start, end, sent: false };
                     // The user has not spoken on since the pause: the turn so far goes on at once,
                     // so the LLM server starts reading the turn's prompt. When the user goes on, the
                     // server has read its beginning, and the next read adds only the new words.
@@ -668,24 +690,22 @@ impl Worker {
                     tracing::debug!(processor = %self.id, raw = %r.raw, "no words in the turn");
                 }
                 Ok(r) => {
-                    self.turn = self.next_turn();
-                    self.last_pushed = Some((job.id, self.turn));
                     let stt_time = job.queued.elapsed();
                     tracing::info!(
-                        processor = %self.id, turn = self.turn, text = %r.text, audio_ctx = r.audio_ctx,
+                        processor = %self.id, turn = job.turn, text = %r.text, audio_ctx = r.audio_ctx,
                         retried = r.retried, ms = r.elapsed.as_millis() as u64, "transcribed"
                     );
                     let t = Transcription {
                         text: r.text,
                         speaker: self.speaker.clone(),
-                        turn: self.turn,
+                        turn: job.turn,
                         start: job.start,
                         end: job.end,
                         processing: r.elapsed,
                     };
                     let metric = Metric {
                         source: self.id.clone(),
-                        turn: Some(self.turn),
+                        turn: Some(job.turn),
                         name: STT_TIME_METRIC,
                         value: stt_time,
                     };
@@ -700,15 +720,6 @@ impl Worker {
         }
     }
 
-    /// The number of the next transcript: the resumed turn's own when its first transcript went
-    /// out already, else the next one.
-    fn next_turn(&self) -> u64 {
-        match self.last_pushed {
-            Some((job, turn)) if self.resumed.load(Ordering::Relaxed) == job => turn,
-            _ => self.turn + 1,
-        }
-    }
-
     /// Sends `early` on as an interim transcript, once, when it has words and no turn has claimed
     /// it (its final transcript follows at once then).
     async fn send_interim(&self, early: &mut EarlyDone) {
@@ -719,7 +730,7 @@ impl Worker {
         let t = Transcription {
             text: r.text.clone(),
             speaker: self.speaker.clone(),
-            turn: self.next_turn(),
+            turn: early.turn,
             start: early.start,
             end: early.end.max(early.start),
             processing: r.elapsed,

@@ -60,7 +60,7 @@ impl AudioOut<'_> {
             *self.pts += frame.duration();
             self.ctx.push_downstream(Frame::OutputAudio(frame)).await;
             if first && let Some(ttfb) = self.first {
-                self.ctx.push_metric("tts_ttfb", Some(self.turn), ttfb).await;
+                self.ctx.push_metric(crate::frame::MetricName::TtsTtfb, Some(self.turn), ttfb).await;
             }
         }
     }
@@ -74,7 +74,7 @@ impl AudioOut<'_> {
 /// Metric: from the reply's first text reaching the TTS to its first complete segment (the time
 /// the LLM took to write the rest of its first sentence); with `llm_ttfb` before it and `tts_ttfb`
 /// after it, the stages of a turn tile the voice-to-voice interval.
-pub const FIRST_SENTENCE_METRIC: &str = "llm_first_sentence";
+pub const FIRST_SENTENCE_METRIC: crate::frame::MetricName = crate::frame::MetricName::LlmFirstSentence;
 
 /// A TTS processor: forwards everything but `LlmText` and `Speak`, which it turns into
 /// `TtsStarted`, `OutputAudio`… and `TtsStopped` per segment.

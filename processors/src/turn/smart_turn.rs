@@ -29,6 +29,11 @@
 //! fallback wait after an unfinished utterance adapts to the speaker: once they have resumed a few
 //! times, it is a little longer than the longest pause they took, within `incomplete_timeout_ms`.
 //!
+//! Turn numbers: the VAD numbers each speech; smart_turn decides, as a speech starts, whether it
+//! opens a turn or goes on with one (a pause inside the turn, or a turn resumed before its reply was
+//! heard), and forwards the speaking events with the turn's number: the earlier turn's when the
+//! speech goes on with it, the next after it for a new turn (see `Frame` on turn numbers).
+//!
 //! Barge-in: user speech overlapping the assistant's speech for `barge_in_min_ms` pushes
 //! `Interruption`, so shorter sounds (a cough, a click) do not interrupt.
 
@@ -44,9 +49,10 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::mel::{self, MelSpectrogram};
+use super::pause::{Abandon, PauseWork};
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::error::ErrorChain;
-use crate::frame::{AudioFrame, Direction, Frame};
+use crate::frame::{AudioFrame, Direction, Frame, MetricName};
 use crate::onnx;
 use crate::processor::{BoxProcessor, BuildContext, ProcessError, Processor, ProcessorContext};
 use crate::registry::{BuildError, Problem, Settings};
@@ -99,17 +105,6 @@ pub const DEFAULT_MODEL: &str = "smart-turn-v3.2-cpu.onnx";
 /// The model hears at most 8 s (800 feature frames): the samples of one full window.
 pub const WINDOW_SAMPLES: usize = 8 * mel::SAMPLE_RATE as usize;
 const N_FRAMES: usize = WINDOW_SAMPLES / mel::HOP_LENGTH;
-/// Metric: where the user's speech ended on the pipeline timeline. The VADs measure it from the
-/// audio; smart_turn pushes it only when no VAD did.
-const SPEECH_END_METRIC: &str = "user_speech_end_at";
-/// Metric: when the turn ended (`UserTurnEnded` pushed), on the pipeline timeline; minus
-/// `user_speech_end_at` it is the time end-of-turn detection added.
-const TURN_END_METRIC: &str = "user_turn_end_at";
-/// Metric: how long the model ran on the turn's audio.
-pub const INFERENCE_METRIC: &str = "smart_turn_time";
-/// Metric: from the stop reaching smart_turn to the model's verdict: the part of the inference
-/// the pause did not hide.
-pub const WAIT_METRIC: &str = "smart_turn_wait";
 /// Audio kept from before the VAD's start event: the VAD fires only after some speech, and the
 /// reference pipeline the model was tuned with hears the onset too.
 const PRE_ROLL: Duration = Duration::from_millis(500);
@@ -360,17 +355,17 @@ pub struct SmartTurn {
     bot_speaking: bool,
     /// How long the user has talked over the assistant in the current stretch of speech.
     overlap: Duration,
-    /// Where the VAD found the current stretch of speech ended, if it reported it.
+    /// Where the VAD found the current stretch of speech ended, once it reported the stop.
     vad_end: Option<Duration>,
-    /// Inference started at the VAD's pause that ended speech at the given point.
-    early: Option<(Duration, Inference)>,
+    /// Inference started at the VAD's pause, until the stop confirms it.
+    early: PauseWork<Inference>,
+    /// The number of the turn in progress, or of the last one (0: none yet).
+    turn_number: u64,
     /// The turn that ended last, with no other reply playing: where its audio starts and until
     /// when speech that begins before its reply is heard continues it.
     resumable: Option<(u64, tokio::time::Instant)>,
     /// When the reply to the resumable turn became audible (pipeline timeline).
     reply_heard_at: Option<Duration>,
-    /// Where the VAD found the speech it is about to report started (pipeline timeline).
-    speech_start_at: Option<Duration>,
     /// Whisper's early transcript of the turn up to the end of speech it names.
     words: Option<(Duration, WordsEnd)>,
     /// The speaker's recent pauses inside a turn (silence after which they went on).
@@ -398,7 +393,7 @@ impl std::fmt::Debug for Inference {
     }
 }
 
-impl Inference {
+impl Abandon for Inference {
     /// The verdict is not wanted any more (the user spoke on): stops the model between two of its
     /// steps, so the next inference need not wait for it.
     fn abandon(self) {
@@ -436,10 +431,10 @@ impl SmartTurn {
             bot_speaking: false,
             overlap: Duration::ZERO,
             vad_end: None,
-            early: None,
+            early: PauseWork::default(),
+            turn_number: 0,
             resumable: None,
             reply_heard_at: None,
-            speech_start_at: None,
             words: None,
             pauses: VecDeque::with_capacity(PAUSES_KEPT),
             format_reported: false,
@@ -485,15 +480,16 @@ impl SmartTurn {
         self.audio.range(self.audio.len() - n..).copied().collect()
     }
 
-    /// The user started speaking (the VAD reports it `start_ms` after the speech began; `now` is
-    /// when the report came); true when this continues the turn that just ended.
-    fn user_started(&mut self, now: Duration) -> bool {
+    /// The user started speaking `at` (the VAD reports it `start_ms` after the speech began; `now`
+    /// is when the report came); true when this continues the turn that just ended. Sets the
+    /// number of the turn the speech belongs to.
+    fn user_started(&mut self, now: Duration, at: Duration) -> bool {
         self.user_speaking = true;
         self.overlap = Duration::ZERO;
         self.vad_end = None;
         // The speech began before the reply was heard, even when the VAD confirmed it after: as long
         // ago as the audio since its start lasts (input timelines need not match the clock).
-        let began = self.speech_start_at.take().map_or(now, |at| now.saturating_sub(self.audio_end.saturating_sub(at)));
+        let began = now.saturating_sub(self.audio_end.saturating_sub(at));
         let heard = self.reply_heard_at.take();
         let before_reply = heard.is_none_or(|heard| began < heard + REACTION_TIME);
         debug!(?began, ?heard, resumable = self.resumable.is_some(), "user started");
@@ -508,6 +504,7 @@ impl SmartTurn {
                     Turn::Speaking { start }
                 }
                 _ => {
+                    self.turn_number += 1;
                     let pre_roll = PRE_ROLL.as_millis() as u64 * u64::from(PIPELINE_SAMPLE_RATE) / 1000;
                     Turn::Speaking { start: self.received.saturating_sub(pre_roll) }
                 }
@@ -560,9 +557,7 @@ impl SmartTurn {
     fn user_paused(&mut self, at: Duration, stop_after: Duration) {
         let Turn::Speaking { start } = self.turn else { return };
         // The user spoke on after the previous pause: its verdict is stale.
-        if let Some((_, stale)) = self.early.take() {
-            stale.abandon();
-        }
+        self.early.abandon();
         debug!(at_ms = at.as_millis() as u64, "user paused; the model starts listening");
         let mut audio = self.turn_audio(start);
         let heard = self.audio_end.saturating_sub(at);
@@ -570,30 +565,32 @@ impl SmartTurn {
         let pad = (missing.as_nanos() * u128::from(PIPELINE_SAMPLE_RATE) / 1_000_000_000) as usize;
         audio.resize(audio.len() + pad, 0);
         let inference = Inference { early: true, ..self.infer(audio) };
-        self.early = Some((at, inference));
+        self.early.started(at, Some(inference));
     }
 
-    async fn user_stopped(&mut self, ctx: &ProcessorContext) {
+    /// The VAD reported the stop of speech that ended `at`.
+    async fn user_stopped(&mut self, at: Duration, ctx: &ProcessorContext) {
         self.user_speaking = false;
         self.overlap = Duration::ZERO;
-        let early = self.early.take();
-        let Turn::Speaking { start } = self.turn else { return };
+        self.vad_end = Some(at);
+        let Turn::Speaking { start } = self.turn else {
+            self.early.abandon();
+            return;
+        };
         let speech_end_at = ctx.now();
-        let mut inference = match early {
+        let pause = self.early.at();
+        let mut inference = match self.early.confirm(at) {
             // Started at the pause this stop confirms: no speech since.
-            Some((at, inference)) if Some(at) == self.vad_end => {
+            Some(inference) => {
                 debug!("using the verdict started at the pause");
                 inference
             }
-            early => {
+            None => {
                 debug!(
-                    pause_ms = early.as_ref().map(|(at, _)| at.as_millis() as u64),
-                    end_ms = self.vad_end.map(|at| at.as_millis() as u64),
+                    pause_ms = pause.map(|at| at.as_millis() as u64),
+                    end_ms = at.as_millis() as u64,
                     "no verdict from this pause; the model starts listening now"
                 );
-                if let Some((_, stale)) = early {
-                    stale.abandon();
-                }
                 self.infer(self.turn_audio(start))
             }
         };
@@ -621,8 +618,8 @@ impl SmartTurn {
         let waited = d.stopped.elapsed();
         match result {
             Ok((probability, took)) => {
-                ctx.push_metric(INFERENCE_METRIC, None, took).await;
-                ctx.push_metric(WAIT_METRIC, None, waited).await;
+                ctx.push_metric(MetricName::SmartTurnTime, None, took).await;
+                ctx.push_metric(MetricName::SmartTurnWait, None, waited).await;
                 let words = self.words_of_this_turn();
                 let sounds_complete = probability >= self.settings.threshold;
                 // A sentence whose words hang ("… and") is not over, however it sounds.
@@ -666,7 +663,8 @@ impl SmartTurn {
     }
 
     /// Ends the turn. `speech_end_at` is when the stop reached us, pushed as the end of speech only
-    /// when the VAD did not measure it (it knows better: the stop comes its `stop_ms` later).
+    /// when no stop of the VAD measured it (the stream ended mid-speech): the VAD knows better, and
+    /// pushes its own metric with the stop.
     async fn end_turn(&mut self, ctx: &ProcessorContext, start: u64, speech_end_at: Duration) {
         self.turn = Turn::Idle;
         self.reply_heard_at = None;
@@ -678,9 +676,9 @@ impl SmartTurn {
         ctx.cancel_wake();
         ctx.push_downstream(Frame::UserTurnEnded).await;
         if self.vad_end.is_none() {
-            ctx.push_metric(SPEECH_END_METRIC, None, speech_end_at).await;
+            ctx.push_metric(MetricName::UserSpeechEndAt, None, speech_end_at).await;
         }
-        ctx.push_metric(TURN_END_METRIC, None, ctx.now()).await;
+        ctx.push_metric(MetricName::UserTurnEndAt, None, ctx.now()).await;
     }
 
     async fn end_turn_if_timed_out(&mut self, ctx: &ProcessorContext) {
@@ -747,18 +745,17 @@ impl SmartTurn {
 
 #[async_trait]
 impl Processor for SmartTurn {
-    /// Audio and the speaking events it times the turn by, and the interim transcripts coming
-    /// back from speech-to-text.
+    /// Audio and the speaking events it times and numbers the turn by, and the interim transcripts
+    /// coming back from speech-to-text.
     fn accepts(&self) -> crate::processor::Accepts {
         |frame, direction| match frame {
             Frame::InterimTranscription(_) => direction == Direction::Upstream,
             _ => matches!(
                 frame,
                 Frame::InputAudio(_)
-                    | Frame::UserStartedSpeaking
+                    | Frame::UserStartedSpeaking { .. }
                     | Frame::UserSpeechPaused { .. }
-                    | Frame::UserStoppedSpeaking
-                    | Frame::Metrics(_)
+                    | Frame::UserStoppedSpeaking { .. }
                     | Frame::BotStartedSpeaking
                     | Frame::BotStoppedSpeaking
             ),
@@ -784,31 +781,25 @@ impl Processor for SmartTurn {
                 ctx.push(frame, direction).await;
                 self.count_overlap(heard, ctx).await;
             }
-            Frame::UserStartedSpeaking => {
-                ctx.push(frame, direction).await;
-                if self.user_started(ctx.now()) {
+            // The speaking events go on under the number of the turn the speech belongs to.
+            Frame::UserStartedSpeaking { at, .. } => {
+                let resumed = self.user_started(ctx.now(), at);
+                let turn = self.turn_number;
+                ctx.push(Frame::UserStartedSpeaking { turn, at }, direction).await;
+                if resumed {
                     // Speech-to-text joins the parts; the reply to the first part is cancelled.
                     self.bot_speaking = false;
-                    ctx.push_downstream(Frame::UserTurnResumed).await;
+                    ctx.push_downstream(Frame::UserTurnResumed { turn }).await;
                     ctx.push_downstream(Frame::Interruption).await;
                 }
             }
-            Frame::UserSpeechPaused { at, stop_after } => {
-                ctx.push(frame, direction).await;
+            Frame::UserSpeechPaused { at, stop_after, .. } => {
+                ctx.push(Frame::UserSpeechPaused { turn: self.turn_number, at, stop_after }, direction).await;
                 self.user_paused(at, stop_after);
             }
-            Frame::UserStoppedSpeaking => {
-                ctx.push(frame, direction).await;
-                self.user_stopped(ctx).await;
-            }
-            Frame::Metrics(ref metric) => {
-                if metric.name == SPEECH_END_METRIC {
-                    self.vad_end = Some(metric.value);
-                }
-                if metric.name == crate::vad::SPEECH_START_METRIC {
-                    self.speech_start_at = Some(metric.value);
-                }
-                ctx.push(frame, direction).await;
+            Frame::UserStoppedSpeaking { at, .. } => {
+                ctx.push(Frame::UserStoppedSpeaking { turn: self.turn_number, at }, direction).await;
+                self.user_stopped(at, ctx).await;
             }
             Frame::InterimTranscription(ref t) if direction == Direction::Upstream => {
                 self.heard(t.end, &t.text, ctx);

@@ -9,10 +9,12 @@
 //! the stop (their work takes longer than the stop wait on a small CPU); the stop then confirms it
 //! when it reports the same end of speech.
 //!
-//! Each event is preceded by a metric with the boundary's position on the pipeline timeline
-//! (taken from the audio's timestamps, not from when the event was emitted):
-//! `user_speech_start_at` (where the speech began, `start_ms` before `UserStartedSpeaking`) and
-//! `user_speech_end_at` (where it ended, `stop_ms` before `UserStoppedSpeaking`).
+//! Each event carries the boundary's position on the pipeline timeline (taken from the audio's
+//! timestamps, not from when the event was emitted: the speech began `start_ms` before
+//! `UserStartedSpeaking`, and ended `stop_ms` before `UserStoppedSpeaking`), and the number of the
+//! speech: each `UserStartedSpeaking` opens the next (see `Frame` on turn numbers). The start and
+//! the stop are preceded by a metric with the same position, for logs and benchmarks:
+//! `user_speech_start_at` and `user_speech_end_at`.
 //!
 //! Silero's inference runs on tokio's blocking pool, never on the thread that routes every frame
 //! (see `slowcat_core::runtime`); WebRTC's detector ([`Detector::BLOCKING`] false) is a few
@@ -33,16 +35,11 @@ use async_trait::async_trait;
 use crate::PIPELINE_SAMPLE_RATE;
 use crate::audio::resample::{StreamResampler, to_i16, to_mono_f32};
 use crate::error::ErrorChain;
-use crate::frame::{AudioFrame, Direction, Frame};
+use crate::frame::{AudioFrame, Direction, Frame, MetricName};
 use crate::processor::{ProcessError, Processor, ProcessorContext};
 
 pub use silero::{SileroDetector, SileroVadSettings};
 pub use webrtc::{WebRtcDetector, WebRtcVadSettings};
-
-/// Metric: where the user's speech began on the pipeline timeline.
-pub const SPEECH_START_METRIC: &str = "user_speech_start_at";
-/// Metric: where the user's speech ended on the pipeline timeline.
-pub const SPEECH_END_METRIC: &str = "user_speech_end_at";
 
 /// A speech boundary found by the [`SpeechTracker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +376,8 @@ impl<D: Detector> VadCore<D> {
 pub struct VadProcessor<D> {
     shared: std::sync::Arc<std::sync::Mutex<Shared<D>>>,
     failed: bool,
+    /// The number of the speech heard last (0: none yet).
+    speech: u64,
 }
 
 /// What the processor shares with its blocking detection jobs.
@@ -399,7 +398,11 @@ impl<D: Detector> Shared<D> {
 impl<D: Detector> VadProcessor<D> {
     /// A processor around a detection core.
     pub fn new(core: VadCore<D>) -> Self {
-        Self { shared: std::sync::Arc::new(std::sync::Mutex::new(Shared { core, pending: Vec::new() })), failed: false }
+        Self {
+            shared: std::sync::Arc::new(std::sync::Mutex::new(Shared { core, pending: Vec::new() })),
+            failed: false,
+            speech: 0,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared<D>> {
@@ -422,21 +425,24 @@ impl<D: Detector> VadProcessor<D> {
     }
 }
 
-async fn emit(event: SpeechEvent, stop_after: Duration, ctx: &ProcessorContext) {
+/// Pushes `event` of the speech numbered `speech` (a start numbers the next one).
+async fn emit(event: SpeechEvent, speech: &mut u64, stop_after: Duration, ctx: &ProcessorContext) {
     match event {
         SpeechEvent::Started { at } => {
-            tracing::debug!(processor = ctx.id(), at_ms = at.as_millis() as u64, "user started speaking");
-            ctx.push_metric(SPEECH_START_METRIC, None, at).await;
-            ctx.push_downstream(Frame::UserStartedSpeaking).await;
+            *speech += 1;
+            let turn = *speech;
+            tracing::debug!(processor = ctx.id(), turn, at_ms = at.as_millis() as u64, "user started speaking");
+            ctx.push_metric(MetricName::UserSpeechStartAt, None, at).await;
+            ctx.push_downstream(Frame::UserStartedSpeaking { turn, at }).await;
         }
         SpeechEvent::Paused { at } => {
             tracing::trace!(processor = ctx.id(), at_ms = at.as_millis() as u64, "user paused");
-            ctx.push_downstream(Frame::UserSpeechPaused { at, stop_after }).await;
+            ctx.push_downstream(Frame::UserSpeechPaused { turn: *speech, at, stop_after }).await;
         }
         SpeechEvent::Stopped { at } => {
             tracing::debug!(processor = ctx.id(), at_ms = at.as_millis() as u64, "user stopped speaking");
-            ctx.push_metric(SPEECH_END_METRIC, None, at).await;
-            ctx.push_downstream(Frame::UserStoppedSpeaking).await;
+            ctx.push_metric(MetricName::UserSpeechEndAt, None, at).await;
+            ctx.push_downstream(Frame::UserStoppedSpeaking { turn: *speech, at }).await;
         }
     }
 }
@@ -465,7 +471,7 @@ impl<D: Detector> Processor for VadProcessor<D> {
             (std::mem::take(&mut shared.pending), shared.core.stop_after())
         };
         for event in events {
-            emit(event, stop_after, ctx).await;
+            emit(event, &mut self.speech, stop_after, ctx).await;
         }
         match result {
             Ok(()) => self.failed = false,
@@ -488,7 +494,7 @@ impl<D: Detector> Processor for VadProcessor<D> {
             (events, shared.core.stop_after())
         };
         for event in events {
-            emit(event, stop_after, ctx).await;
+            emit(event, &mut self.speech, stop_after, ctx).await;
         }
         Ok(())
     }
