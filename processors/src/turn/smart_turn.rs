@@ -16,10 +16,10 @@
 //!
 //! One utterance stays one turn: people leave pauses between words, and a pause of a few tenths
 //! of a second can look like the end of a complete utterance ("turn" … "left"). When the user
-//! starts speaking again after the turn has ended but before its reply is heard, or too soon
-//! after to be answering it (within `merge_window_ms`; the VAD's speech start counts, not its
-//! report `start_ms` later),
-//! the turn goes on: `UserTurnResumed` then an `Interruption` go downstream (the reply in progress
+//! starts speaking again after the turn has ended, before its reply is heard or too soon after to
+//! be answering it, and within `merge_window_ms` of their last words (the gap on the input
+//! timeline, from the VAD's end of speech to its start of speech, so a loaded machine's slow
+//! verdict or reply does not stretch it), the turn goes on: `UserTurnResumed` then an `Interruption` go downstream (the reply in progress
 //! is cancelled, speech-to-text joins the two parts into one turn), and the model hears the whole
 //! turn at the next pause.
 //!
@@ -175,8 +175,8 @@ pub struct SmartTurnSettings {
     pub barge_in: bool,
     /// How long the user must talk over the assistant before it is interrupted.
     pub barge_in_min_ms: u64,
-    /// Speech that starts within this long after the end of a turn, before its reply is heard,
-    /// continues that turn (its reply is cancelled). 0: never.
+    /// Speech that starts within this long after the speech that ended a turn, before its reply
+    /// is heard, continues that turn (its reply is cancelled). 0: never.
     pub merge_window_ms: u64,
 }
 
@@ -361,9 +361,10 @@ pub struct SmartTurn {
     early: PauseWork<Inference>,
     /// The number of the turn in progress, or of the last one (0: none yet).
     turn_number: u64,
-    /// The turn that ended last, with no other reply playing: where its audio starts and until
-    /// when speech that begins before its reply is heard continues it.
-    resumable: Option<(u64, tokio::time::Instant)>,
+    /// The turn that ended last, with no other reply playing: where its audio starts, and where
+    /// its speech ended on the input timeline (speech that begins within `merge_window_ms` of it,
+    /// before its reply is heard, continues the turn).
+    resumable: Option<(u64, Duration)>,
     /// When the reply to the resumable turn became audible (pipeline timeline).
     reply_heard_at: Option<Duration>,
     /// Whisper's early transcript of the turn up to the end of speech it names.
@@ -493,7 +494,12 @@ impl SmartTurn {
         let heard = self.reply_heard_at.take();
         let before_reply = heard.is_none_or(|heard| began < heard + REACTION_TIME);
         debug!(?began, ?heard, resumable = self.resumable.is_some(), "user started");
-        let resumable = self.resumable.take().filter(|&(_, until)| before_reply && tokio::time::Instant::now() < until);
+        // The window is measured on the input timeline, from the end of the turn's speech to the
+        // start of this one: the gap the user left. Measured from when the end of the turn was
+        // decided, it would grow with the machine's load (a slow verdict, a slow reply), and two
+        // questions asked seconds apart would be taken for one.
+        let window = Duration::from_millis(self.settings.merge_window_ms);
+        let resumable = self.resumable.take().filter(|&(_, end)| before_reply && at.saturating_sub(end) < window);
         let mut resumed = false;
         self.turn = match std::mem::replace(&mut self.turn, Turn::Idle) {
             Turn::Idle => match resumable {
@@ -669,9 +675,11 @@ impl SmartTurn {
         self.turn = Turn::Idle;
         self.reply_heard_at = None;
         // A turn said over a reply that is playing is not one whose reply the user waits for.
-        if self.settings.merge_window_ms > 0 && !self.bot_speaking {
-            let until = tokio::time::Instant::now() + Duration::from_millis(self.settings.merge_window_ms);
-            self.resumable = Some((start, until));
+        if self.settings.merge_window_ms > 0
+            && !self.bot_speaking
+            && let Some(end) = self.vad_end
+        {
+            self.resumable = Some((start, end));
         }
         ctx.cancel_wake();
         ctx.push_downstream(Frame::UserTurnEnded).await;
