@@ -304,9 +304,9 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
     let (mut errors, mut total) = (0, 0);
     for (i, u) in set.iter().enumerate() {
         let h = heard.get(i).map(String::as_str).unwrap_or("<no turn>");
-        let e = word_errors(&u.words, h);
+        let (e, n) = word_errors(&u.words, h);
         errors += e;
-        total += words(&u.words).len();
+        total += n;
         if e > 0 {
             report.push_str(&format!("  {} said {:?}, heard {:?} ({e} word errors)\n", u.name, u.words, h));
         }

@@ -32,8 +32,12 @@ fn scoring_ignores_case_punctuation_and_number_spelling() {
     assert_eq!(word_errors("and mister john dashwood", "And Mr. John Dashwood"), (0, 4));
     assert_eq!(word_errors("cold hearted", "cold-hearted"), (0, 2));
     assert_eq!(word_errors("Well, there isn't that much difference.", "Well there isn't much difference"), (1, 6));
-    assert_eq!(word_errors("ten of clubs", "Ten of close."), (0, 4));
-    assert_eq!(word_errors("four queen of clubs", "4. Queen of Cloves"), (1, 4));
+    // A word misheard is an error, however close it sounds.
+    assert_eq!(word_errors("ten of clubs", "Ten of close."), (1, 4));
+    assert_eq!(word_errors("twenty one", "21"), (0, 2));
+    assert_eq!(word_errors("three hundred five", "305"), (0, 3));
+    assert_eq!(word_errors("twenty twenty", "2020"), (0, 4));
+    assert_eq!(word_errors("ninety nine", "99"), (0, 2));
     assert_eq!(word_errors("hello", ""), (1, 1));
 }
 
@@ -79,9 +83,10 @@ fn tiny_en_hears_every_human_utterance_without_looping() {
         println!("missed {m}");
     }
     assert!(looped.is_empty(), "transcripts that repeat themselves: {looped:#?}");
-    // #15 asks for 95 %. tiny.en Q8_0 reaches 94.9 % here (the full window: 94.8 %): its misses are
-    // words it mishears whatever the window ("ill disposed" as "old-sposed", "in Texas" as "and
-    // Texas"). The bar sits just under what it reaches, so a change that costs words fails.
+    // #15 asks for 95 %. tiny.en Q8_0 greedy reaches 93.6 % here: its misses are words it
+    // mishears whatever the window ("ill disposed" as "old-sposed", "in Texas" as "and Texas",
+    // "clubs" as "close"). The bar sits just under what it reaches, so a change that costs words
+    // fails.
     assert!(right >= 0.93, "words right {:.1} % < 93 %: {missed:#?}", right * 100.0);
 }
 
