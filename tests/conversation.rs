@@ -324,9 +324,10 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
     for h in &heard {
         assert!(longest_repeat(h) < 3, "a word said three times in a row: {h:?}");
     }
-    // #15 asks for 95 %; tiny.en Q8_0 gets about 94 % of this set's words right (see
-    // processors/tests/speech_in_human.rs for what it mishears). The bar is just under that.
-    assert!(right >= 0.90, "words right {:.1} % (< 90 %):\n{report}", right * 100.0);
+    // #15 asks for 95 %; tiny.en Q8_0 gets 93.5 % of this set's words right through the pipeline,
+    // counted as processors/tests/speech_in_human.rs counts them (see there for what it
+    // mishears). The bar is just under that.
+    assert!(right >= 0.92, "words right {:.1} % (< 92 %):\n{report}", right * 100.0);
     for t in &turns {
         assert!(t["reply_text"].as_str().is_some_and(|r| !r.trim().is_empty()), "every turn is answered aloud: {t}");
     }
