@@ -287,17 +287,12 @@ fn user_texts(turns: &[serde_json::Value]) -> Vec<String> {
     turns.iter().map(|t| t["user_text"].as_str().unwrap_or("").to_string()).collect()
 }
 
-/// Recordings the default VAD does not hear: "Hello?" said quietly on a telephone line (peaks at
-/// -27.6 dBFS, -42 dBFS on average); Silero's speech probability stays under its 0.5 threshold.
-/// Raised by 24 dB it is heard and answered. Said in the closing note of #15.
-const TOO_QUIET: &[&str] = &["hello-diane"];
-
 #[tokio::test]
 async fn every_recording_of_real_people_is_one_turn_heard_right() {
     let set = human_speech();
     let dir = tempfile::tempdir().unwrap();
+    // Every one, the quiet "Hello?" (peaks at -27.6 dBFS) too: the VAD raises quiet input.
     let inputs: Vec<_> = set.iter().map(|u| u.path.clone()).collect();
-    let set: Vec<_> = set.into_iter().filter(|u| !TOO_QUIET.contains(&u.name.as_str())).collect();
     let d = dir.path().to_path_buf();
     // Each recording is played as fast as it goes (the next one once the reply is out): the turn
     // boundaries come from the recordings' own silences, and the test takes a minute, not three.
@@ -309,9 +304,9 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
     let (mut errors, mut total) = (0, 0);
     for (i, u) in set.iter().enumerate() {
         let h = heard.get(i).map(String::as_str).unwrap_or("<no turn>");
-        let e = word_errors(&u.words, h);
+        let (e, n) = word_errors(&u.words, h);
         errors += e;
-        total += words(&u.words).len();
+        total += n;
         if e > 0 {
             report.push_str(&format!("  {} said {:?}, heard {:?} ({e} word errors)\n", u.name, u.words, h));
         }
@@ -329,9 +324,10 @@ async fn every_recording_of_real_people_is_one_turn_heard_right() {
     for h in &heard {
         assert!(longest_repeat(h) < 3, "a word said three times in a row: {h:?}");
     }
-    // #15 asks for 95 %; tiny.en Q8_0 gets about 94 % of this set's words right (see
-    // processors/tests/speech_in_human.rs for what it mishears). The bar is just under that.
-    assert!(right >= 0.90, "words right {:.1} % (< 90 %):\n{report}", right * 100.0);
+    // #15 asks for 95 %; tiny.en Q8_0 gets 93.5 % of this set's words right through the pipeline,
+    // counted as processors/tests/speech_in_human.rs counts them (see there for what it
+    // mishears). The bar is just under that.
+    assert!(right >= 0.92, "words right {:.1} % (< 92 %):\n{report}", right * 100.0);
     for t in &turns {
         assert!(t["reply_text"].as_str().is_some_and(|r| !r.trim().is_empty()), "every turn is answered aloud: {t}");
     }

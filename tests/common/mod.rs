@@ -128,35 +128,15 @@ pub fn human_speech() -> Vec<Utterance> {
     set
 }
 
-/// Words of `heard` that are not in `said`, position by position (a word error count: the
-/// Levenshtein distance between the two word lists, numbers written as words).
-pub fn word_errors(said: &str, heard: &str) -> usize {
-    let norm = |s: &str| -> Vec<String> { words(s).iter().flat_map(|w| number_words(w)).collect() };
-    let (a, b) = (norm(said), norm(heard));
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, wa) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, wb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(wa != wb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
+/// The scoring of processors/tests/speech_in_human.rs, so the pipeline's figure and the engine's
+/// are counted the same way.
+#[path = "../../processors/tests/speech_in_util/score.rs"]
+mod score;
 
-/// "10" as "ten", "29340" as "two nine three four zero" (how the set's transcripts spell them).
-fn number_words(w: &str) -> Vec<String> {
-    const ONES: [&str; 10] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
-    match w.parse::<u32>() {
-        Ok(10) => vec!["ten".into()],
-        Ok(n) if n < 10 => vec![ONES[n as usize].into()],
-        Ok(_) => w.chars().map(|c| ONES[c.to_digit(10).unwrap_or(0) as usize].to_string()).collect(),
-        Err(_) => vec![match w {
-            "mr" => "mister".to_string(),
-            "meters" | "metres" => "meters".to_string(),
-            other => other.to_string(),
-        }],
-    }
+/// Word errors in `heard` against `said` (the Levenshtein distance between their word lists,
+/// case, punctuation and the spelling of numbers aside), and the number of words said.
+pub fn word_errors(said: &str, heard: &str) -> (usize, usize) {
+    score::word_errors(said, heard)
 }
 
 /// The longest run of one word said again and again in `text` ("W, W, W" is 3).

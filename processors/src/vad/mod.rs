@@ -24,6 +24,7 @@
 //! after the next audio frame). Each audio frame is forwarded after its detection, then its
 //! events, in that order.
 
+mod level;
 mod silero;
 mod webrtc;
 
@@ -38,6 +39,7 @@ use crate::error::ErrorChain;
 use crate::frame::{AudioFrame, Direction, Frame, MetricName};
 use crate::processor::{ProcessError, Processor, ProcessorContext};
 
+pub use level::AutoGain;
 pub use silero::{SileroDetector, SileroVadSettings};
 pub use webrtc::{WebRtcDetector, WebRtcVadSettings};
 
@@ -291,6 +293,8 @@ pub struct VadCore<D> {
     detector: D,
     decision: Decision,
     tracker: SpeechTracker,
+    /// Raises quiet input before the detector judges it (see [`AutoGain`]).
+    gain: Option<AutoGain>,
     buf: Vec<i16>,
     /// Timeline position of `buf[0]`.
     buf_pts: Duration,
@@ -308,12 +312,19 @@ impl<D: Detector> VadCore<D> {
         Self { tracker: self.tracker.with_pause(pause), ..self }
     }
 
+    /// Raises quiet input by up to `max_gain_db` before the detector hears it (0: never).
+    pub fn with_gain(self, max_gain_db: f32) -> Self {
+        let gain = (max_gain_db > 0.0).then(|| AutoGain::new(max_gain_db, self.decision.min_volume_db));
+        Self { gain, ..self }
+    }
+
     /// Detection with `detector`, thresholds and the start/stop durations.
     pub fn new(detector: D, decision: Decision, start: Duration, stop: Duration) -> Self {
         Self {
             detector,
             decision,
             tracker: SpeechTracker::new(start, stop),
+            gain: None,
             buf: Vec::new(),
             buf_pts: Duration::ZERO,
             convert: To16kMono::default(),
@@ -335,6 +346,7 @@ impl<D: Detector> VadCore<D> {
         if self.buf.is_empty() || gap > Duration::from_millis(100) {
             if !self.buf.is_empty() {
                 self.detector.reset();
+                self.gain.as_mut().map(AutoGain::reset);
                 self.buf.clear();
             }
             self.buf_pts = frame.pts;
@@ -348,9 +360,15 @@ impl<D: Detector> VadCore<D> {
             let w = &self.buf[taken..taken + window];
             let at = self.buf_pts + samples_to_duration(taken);
             taken += window;
-            let p = self.detector.speech_probability(w)?;
+            let level = rms_db(w);
+            let heard = match self.gain.as_mut() {
+                Some(gain) => gain.apply(w, level, len.as_secs_f32()),
+                None => w,
+            };
+            let p = self.detector.speech_probability(heard)?;
             let threshold = if self.tracker.speaking() { self.decision.off } else { self.decision.on };
-            let speech = p >= threshold && rms_db(w) >= self.decision.min_volume_db;
+            // The floor is on the audio as it came: far-away speech stays ignored however raised.
+            let speech = p >= threshold && level >= self.decision.min_volume_db;
             events.extend(self.tracker.update(at, len, speech));
         }
         self.buf.drain(..taken);

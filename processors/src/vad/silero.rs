@@ -42,6 +42,10 @@ pub struct SileroVadSettings {
     pub pause_ms: u32,
     /// Windows quieter than this RMS level (dBFS) are silence whatever the model says.
     pub min_volume_db: f32,
+    /// Quiet input is raised by up to this many dB before the detector judges it, so a quiet
+    /// speaker is heard (speech whose loudest part reaches -20 dBFS is not raised; 0: never).
+    /// `min_volume_db` still applies to the input as it arrives.
+    pub max_gain_db: f32,
     /// ONNX Runtime threads; one is plenty for a 32 ms window every 32 ms.
     pub threads: usize,
 }
@@ -55,6 +59,7 @@ impl Default for SileroVadSettings {
             stop_ms: 200,
             pause_ms: 0,
             min_volume_db: -45.0,
+            max_gain_db: 24.0,
             threads: 1,
         }
     }
@@ -77,6 +82,9 @@ impl Settings for SileroVadSettings {
         if !(-100.0..=0.0).contains(&self.min_volume_db) {
             problems.push(Problem::at("min_volume_db", "`min_volume_db` is in dBFS: between -100 and 0"));
         }
+        if !(0.0..=40.0).contains(&self.max_gain_db) {
+            problems.push(Problem::at("max_gain_db", "`max_gain_db` must be between 0 (no gain) and 40 dB"));
+        }
         if !(1..=8).contains(&self.threads) {
             problems.push(Problem::at("threads", "`threads` must be between 1 and 8"));
         }
@@ -98,7 +106,8 @@ impl Settings for SileroVadSettings {
             Duration::from_millis(self.start_ms.into()),
             Duration::from_millis(self.stop_ms.into()),
         )
-        .with_pause(Duration::from_millis(self.pause_ms.into()));
+        .with_pause(Duration::from_millis(self.pause_ms.into()))
+        .with_gain(self.max_gain_db);
         Ok(Box::new(VadProcessor::new(core)))
     }
 }
