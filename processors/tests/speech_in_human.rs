@@ -128,8 +128,8 @@ async fn vad_turns(vad: BoxProcessor, samples: &[i16]) -> (Vec<(Duration, Durati
     let (mut starts, mut ends) = (Vec::new(), Vec::new());
     for frame in &out.downstream {
         match frame {
-            Frame::Metrics(m) if m.name == "user_speech_start_at" => starts.push(m.value),
-            Frame::Metrics(m) if m.name == "user_speech_end_at" => ends.push(m.value),
+            Frame::UserStartedSpeaking { at, .. } => starts.push(*at),
+            Frame::UserStoppedSpeaking { at, .. } => ends.push(*at),
             _ => {}
         }
     }
