@@ -91,6 +91,32 @@ fn tiny_en_hears_every_human_utterance_without_looping() {
 }
 
 #[test]
+fn a_beam_search_hears_as_many_words_as_greedy_decoding_and_does_not_loop() {
+    let mut greedy = engine();
+    let mut beam = engine();
+    beam.set_beam_size(5);
+    let set = human_set();
+    let (mut greedy_errors, mut beam_errors) = (0, 0);
+    for name in ["go-forward", "four-of-clubs", "austen-0880", "sheila-in-texas"] {
+        let u = set.iter().find(|u| u.name == name).expect("in the set");
+        let audio = to_f32(&u.samples);
+        let g = greedy.transcribe(&audio).expect("whisper runs");
+        let b = beam.transcribe(&audio).expect("whisper runs with a beam");
+        println!(
+            "{name}: greedy {:?} ({} ms), beam {:?} ({} ms)",
+            g.text,
+            g.elapsed.as_millis(),
+            b.text,
+            b.elapsed.as_millis()
+        );
+        assert!(!repeats_itself(&b.raw), "{name}: the beam repeats itself: {:?}", b.raw);
+        greedy_errors += word_errors(&u.transcript, &g.text).0;
+        beam_errors += word_errors(&u.transcript, &b.text).0;
+    }
+    assert!(beam_errors <= greedy_errors, "beam 5: {beam_errors} word errors, greedy: {greedy_errors}");
+}
+
+#[test]
 fn noise_breath_and_a_cough_give_no_text() {
     let mut engine = engine();
     let sounds = [

@@ -128,10 +128,9 @@ pub fn human_speech() -> Vec<Utterance> {
     set
 }
 
-/// The scoring of processors/tests/speech_in_human.rs, so the pipeline's figure and the engine's
-/// are counted the same way.
-#[path = "../../processors/tests/speech_in_util/score.rs"]
-mod score;
+// The scoring of processors/tests/speech_in_human.rs and `slowcat bench conversation --speech
+// human`, so the pipeline's figure and the engine's are counted the same way.
+use slowcat_bench::score;
 
 /// Word errors in `heard` against `said` (the Levenshtein distance between their word lists,
 /// case, punctuation and the spelling of numbers aside), and the number of words said.

@@ -7,6 +7,7 @@ use super::Speech;
 use super::collect::{TurnRecord, ms};
 use super::drive::Assistant;
 use crate::host::{disk_usage, proc_status_kib};
+use crate::score;
 use crate::stats::{median, percentile, sorted};
 
 /// A table cell: whole milliseconds, or `-` when not measured.
@@ -49,6 +50,8 @@ pub(super) fn conversation(r: &Conversation<'_>) {
         }
     );
     println!();
+    // Word errors and words said, over the turns paired with what was said.
+    let mut word_count = (0usize, 0usize);
     println!(
         "{:>3} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  heard",
         "run", "turn", "eot", "smart", "stt", "memory", "ttfb", "sent", "tts", "v2v", "ovh"
@@ -71,10 +74,13 @@ pub(super) fn conversation(r: &Conversation<'_>) {
         );
         // What was said, where it was not heard word for word.
         let i = (t.turn as usize).saturating_sub(1) % n;
-        if let Some(said) = said.get(i)
-            && normalized(said) != normalized(&t.heard)
-        {
-            println!("{:>52}  said: {said}", "");
+        if let Some(said) = said.get(i) {
+            let (errors, words) = score::word_errors(said, &t.heard);
+            word_count.0 += errors;
+            word_count.1 += words;
+            if errors > 0 {
+                println!("{:>52}  said: {said}", "");
+            }
         }
     }
     let turns_only: Vec<&TurnRecord> = all.iter().map(|(_, t)| t).collect();
@@ -90,16 +96,16 @@ pub(super) fn conversation(r: &Conversation<'_>) {
     }
     let complete = turns_only.iter().filter(|t| t.overhead_ms().is_some()).count();
     println!("turns fully measured: {complete} of {}", turns * runs);
+    if word_count.1 > 0 {
+        // Turn n is paired with utterance n: a recording heard as two turns (or none) shifts the
+        // pairs after it, and shows here as errors.
+        let (errors, words) = word_count;
+        println!(
+            "words heard right: {:.1} % ({errors} errors in {words} words said; turns paired with utterances in order)",
+            100.0 * (1.0 - errors as f64 / words as f64)
+        );
+    }
     report_problems(r.errors, r.interruptions);
-}
-
-/// Lower-case words without punctuation, to compare what was said with what was heard.
-fn normalized(text: &str) -> String {
-    text.split_whitespace()
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn print_stage_table(turns: &[&TurnRecord]) {

@@ -166,6 +166,8 @@ pub struct WhisperEngine {
     language: String,
     audio_ctx: AudioCtx,
     guards: Guards,
+    /// Beams of whisper's beam search; 1 decodes greedily.
+    beam_size: u32,
 }
 
 /// One transcription.
@@ -257,7 +259,13 @@ impl WhisperEngine {
             language: language.to_string(),
             audio_ctx,
             guards: Guards::default(),
+            beam_size: 1,
         })
+    }
+
+    /// Decodes with a beam search of `beams` (1 or 0: greedily, the default).
+    pub fn set_beam_size(&mut self, beams: u32) {
+        self.beam_size = beams.max(1);
     }
 
     /// Turns guards on or off (for benchmarks and tests).
@@ -367,7 +375,12 @@ impl WhisperEngine {
         threads: usize,
         abandoned: Option<&Arc<AtomicBool>>,
     ) -> Result<Decoded, SttError> {
-        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        let strategy = if self.beam_size > 1 {
+            SamplingStrategy::BeamSearch { beam_size: self.beam_size as i32, patience: -1.0 }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        };
+        let mut params = FullParams::new(strategy);
         params.set_n_threads(threads.max(1) as i32);
         // English-only models ignore the language; "auto" makes a multilingual one detect it.
         params.set_language(Some(if self.multilingual { self.language.as_str() } else { "en" }));

@@ -79,6 +79,10 @@ pub struct WhisperSttSettings {
     /// (fast for short turns), a number of encoder frames (50 per second, at most 1500), or 0
     /// for whisper's full 30 s window.
     pub audio_ctx: AudioCtx,
+    /// Beams of whisper's beam search: 1 decodes greedily (the fastest); a beam hears a few more
+    /// words right for several times the transcription time (config.toml has the figures). At
+    /// most 8.
+    pub beam_size: u32,
     /// Audio kept from before the VAD reported speech, in milliseconds; should exceed the VAD's
     /// `start_ms` or the first syllable is lost.
     pub pre_roll_ms: u32,
@@ -111,6 +115,7 @@ impl Default for WhisperSttSettings {
             language: "en".into(),
             threads: 2,
             audio_ctx: AudioCtx::Auto,
+            beam_size: 1,
             pre_roll_ms: 300,
             end_turn_on: EndTurnOn::UserTurnEnded,
             transcribe_early: true,
@@ -164,6 +169,9 @@ impl Settings for WhisperSttSettings {
         if !(1..=32).contains(&self.early_threads) {
             problems.push(Problem::at("early_threads", "`early_threads` must be between 1 and 32"));
         }
+        if !(1..=8).contains(&self.beam_size) {
+            problems.push(Problem::at("beam_size", "`beam_size` must be between 1 (greedy) and 8"));
+        }
         if self.pre_roll_ms > 2000 {
             problems.push(Problem::at("pre_roll_ms", "`pre_roll_ms` must be at most 2000"));
         }
@@ -176,8 +184,9 @@ impl Settings for WhisperSttSettings {
     fn build(self, ctx: &BuildContext, _: crate::registry::Passed) -> Result<BoxProcessor, BuildError> {
         let model = ctx.model_path(&self.model);
         let loaded = Instant::now();
-        let engine =
+        let mut engine =
             WhisperEngine::load(&model, self.threads, &self.language, self.audio_ctx).map_err(BuildError::other)?;
+        engine.set_beam_size(self.beam_size);
         tracing::info!(model = %model.display(), ms = loaded.elapsed().as_millis() as u64, "Whisper model loaded");
         Ok(Box::new(WhisperStt::new(self, engine)))
     }

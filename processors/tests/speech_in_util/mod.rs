@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod human;
-pub mod score;
+/// The scoring `slowcat bench conversation --speech human` prints, so its figure and the tests' agree.
+#[allow(unused_imports)] // the examples that include this module do not score
+pub use slowcat_bench::score;
 
 /// The models directory: `SLOWCAT_MODELS_DIR`, else `<repo>/models`.
 pub fn models_dir() -> PathBuf {
