@@ -57,28 +57,12 @@ pub fn to_f32(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
 }
 
-fn words(s: &str) -> Vec<String> {
-    s.split_whitespace()
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>().to_lowercase())
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
 /// Word error rate of `hyp` against `reference`: word-level edit distance over the reference's
-/// word count, ignoring case and punctuation.
+/// word count, counted by the scorer the human-speech tests and benchmarks use (case,
+/// punctuation and the spelling of numbers aside).
 pub fn wer(reference: &str, hyp: &str) -> f64 {
-    let r = words(reference);
-    let h = words(hyp);
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut cur = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            let sub = prev[j] + usize::from(rw != hw);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[h.len()] as f64 / r.len().max(1) as f64
+    let (errors, words) = slowcat_bench::score::word_errors(reference, hyp);
+    errors as f64 / words.max(1) as f64
 }
 
 /// A build context whose models directory is [`models_dir`].
