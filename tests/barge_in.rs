@@ -467,8 +467,9 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
 
     // Backchannels while it speaks must not interrupt it. That needs the assistant speaking
     // throughout; Piper may fall behind between sentences on a loaded machine, so try again then.
-    // When the reply ends before that (the 135M model may answer in one short sentence), the user
-    // asks for the story again.
+    // When the reply ends before that (the 135M model may answer in one short sentence, and with
+    // the earlier turns in memory it did so three times in a row once), the user asks for the
+    // story again, as often as the deadline allows.
     let mut blips = None;
     let mut asked_again = 0;
     let deadline = Instant::now() + Duration::from_secs(150);
@@ -476,7 +477,7 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
         let played = stats.played_frames();
         user.silence(Duration::from_millis(300)).await;
         if !user.bot_speaking() || stats.played_frames() == played {
-            if user.idle_since_reply().is_some_and(|s| s > 1.0) && asked_again < 3 {
+            if user.idle_since_reply().is_some_and(|s| s > 1.0) && asked_again < 8 {
                 println!("the reply ended before the backchannels; the user asks for the story again");
                 user.say(&story).await;
                 asked_again += 1;
