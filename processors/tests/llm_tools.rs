@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use llm_support::{FakeServer, Reply, assert_fault, request, texts, turn};
+use llm_support::{FakeServer, Reply, assert_fault, call_events, calls_reply, request, requests, texts, turn};
 use serde_json::{Value, json};
 use slowcat_processors::harness::Harness;
 use slowcat_processors::llm::{OpenAiLlm, OpenAiLlmSettings, metrics};
@@ -133,47 +133,6 @@ async fn harness(settings: OpenAiLlmSettings, tools: Vec<TestTool>) -> Harness {
 
 fn tool(name: &'static str, act: Act, log: &Arc<Log>) -> TestTool {
     TestTool { name, act, log: log.clone() }
-}
-
-fn event(delta: Value, finish: Option<&str>) -> String {
-    let chunk =
-        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-    format!("data: {chunk}\n\n")
-}
-
-/// The events of a reply that calls `calls` (id, name, arguments), each call's id, name and
-/// arguments sent one character per event, with the finish reason `tool_calls` and `[DONE]`
-/// when `finish`.
-fn call_events(calls: &[(&str, &str, &str)], finish: bool) -> Vec<String> {
-    let mut events = vec![event(json!({"role": "assistant"}), None)];
-    for (index, (id, name, arguments)) in calls.iter().enumerate() {
-        for c in id.chars() {
-            events
-                .push(event(json!({"tool_calls": [{"index": index, "id": c.to_string(), "type": "function"}]}), None));
-        }
-        for c in name.chars() {
-            events.push(event(json!({"tool_calls": [{"index": index, "function": {"name": c.to_string()}}]}), None));
-        }
-        for c in arguments.chars() {
-            let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": c.to_string()}}]});
-            events.push(event(delta, None));
-        }
-    }
-    if finish {
-        events.push(event(json!({}), Some("tool_calls")));
-        events.push("data: [DONE]\n\n".into());
-    }
-    events
-}
-
-/// A reply calling `calls`, one event per HTTP chunk.
-fn calls_reply(calls: &[(&str, &str, &str)]) -> Reply {
-    Reply::Chunks(call_events(calls, true))
-}
-
-/// The chat requests the server received, as JSON.
-fn requests(server: &FakeServer) -> Vec<Value> {
-    server.chat_requests().iter().map(|r| serde_json::from_str(r).expect("a JSON request")).collect()
 }
 
 fn metric_names(frames: &[Frame]) -> Vec<slowcat_processors::MetricName> {

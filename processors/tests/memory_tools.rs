@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use llm_support::{FakeServer, Reply};
+use llm_support::{FakeServer, Reply, calls_reply, requests};
 use serde_json::{Value, json};
 use slowcat_processors::frame::SpokenReply;
 use slowcat_processors::harness::Harness;
@@ -42,13 +42,7 @@ fn llm_settings(base_url: String) -> OpenAiLlmSettings {
 
 /// A reply that calls `name` with `arguments`, then finishes for the tools.
 fn call(name: &str, arguments: &str) -> Reply {
-    let event = |delta: Value, finish: Option<&str>| {
-        let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        format!("data: {chunk}\n\n")
-    };
-    let delta = json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-        "function": {"name": name, "arguments": arguments}}]});
-    Reply::Chunks(vec![event(delta, None), event(json!({}), Some("tool_calls")), "data: [DONE]\n\n".into()])
+    calls_reply(&[("call_1", name, arguments)])
 }
 
 /// Memory and the LLM (and `after` it), built from their settings as the runtime builds them,
@@ -90,11 +84,6 @@ async fn turn(h: &mut Harness, speaker: &str, n: u64, question: &str, heard: Opt
     h.wait_for(LIMIT, |f, d| d == Direction::Upstream && matches!(f, Frame::SpokenReply(r) if r.turn == n))
         .await
         .expect("the spoken reply passes memory");
-}
-
-/// The chat requests the server received, as JSON.
-fn requests(server: &FakeServer) -> Vec<Value> {
-    server.chat_requests().iter().map(|r| serde_json::from_str(r).unwrap()).collect()
 }
 
 fn messages(request: &Value) -> Vec<(String, String)> {

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
 use slowcat_processors::harness::Harness;
 use slowcat_processors::llm::OpenAiLlmSettings;
 use slowcat_processors::{BoxProcessor, BuildContext, ChatMessage, Frame, LlmRequest, Role, Settings};
@@ -289,10 +290,10 @@ async fn serve(
         Reply::Stream(pieces) => {
             let _ = socket.write_all(response_head(200, "text/event-stream", None).as_bytes()).await;
             for piece in pieces {
-                let _ = write_chunk(&mut socket, &event(Some(piece), None)).await;
+                let _ = write_chunk(&mut socket, &event(json!({ "content": piece }), None)).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let _ = write_chunk(&mut socket, &event(None, Some("stop"))).await;
+            let _ = write_chunk(&mut socket, &event(json!({}), Some("stop"))).await;
             let _ = write_chunk(&mut socket, "data: [DONE]\n\n").await;
             let _ = socket.write_all(b"0\r\n\r\n").await;
         }
@@ -330,7 +331,7 @@ async fn serve(
         Reply::DropAfter(pieces) => {
             let _ = socket.write_all(response_head(200, "text/event-stream", None).as_bytes()).await;
             for piece in pieces {
-                let _ = write_chunk(&mut socket, &event(Some(piece), None)).await;
+                let _ = write_chunk(&mut socket, &event(json!({ "content": piece }), None)).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             // Dropping the socket mid-body: the chunked body never ends.
@@ -345,18 +346,6 @@ fn response_head(status: u16, content_type: &str, length: Option<usize>) -> Stri
         None => "Transfer-Encoding: chunked".into(),
     };
     format!("HTTP/1.1 {status} Fake\r\nContent-Type: {content_type}\r\n{framing}\r\nConnection: close\r\n\r\n")
-}
-
-fn event(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => serde_json::json!({ "content": c }),
-        None => serde_json::json!({}),
-    };
-    let chunk = serde_json::json!({
-        "object": "chat.completion.chunk",
-        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-    });
-    format!("data: {chunk}\n\n")
 }
 
 async fn write_chunk(socket: &mut TcpStream, data: &str) -> std::io::Result<()> {
@@ -394,4 +383,46 @@ async fn read_request(socket: &mut TcpStream) -> Option<(String, String)> {
         }
     };
     tokio::time::timeout(Duration::from_secs(10), read).await.ok().flatten()
+}
+
+/// One server-sent event of a streamed chat completion chunk.
+pub fn event(delta: Value, finish: Option<&str>) -> String {
+    let chunk =
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {chunk}\n\n")
+}
+
+/// The events of a reply that calls `calls` (id, name, arguments), each call's id, name and
+/// arguments sent one character per event, with the finish reason `tool_calls` and `[DONE]`
+/// when `finish`.
+pub fn call_events(calls: &[(&str, &str, &str)], finish: bool) -> Vec<String> {
+    let mut events = vec![event(json!({"role": "assistant"}), None)];
+    for (index, (id, name, arguments)) in calls.iter().enumerate() {
+        for c in id.chars() {
+            events
+                .push(event(json!({"tool_calls": [{"index": index, "id": c.to_string(), "type": "function"}]}), None));
+        }
+        for c in name.chars() {
+            events.push(event(json!({"tool_calls": [{"index": index, "function": {"name": c.to_string()}}]}), None));
+        }
+        for c in arguments.chars() {
+            let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": c.to_string()}}]});
+            events.push(event(delta, None));
+        }
+    }
+    if finish {
+        events.push(event(json!({}), Some("tool_calls")));
+        events.push("data: [DONE]\n\n".into());
+    }
+    events
+}
+
+/// A reply calling `calls`, one event per HTTP chunk.
+pub fn calls_reply(calls: &[(&str, &str, &str)]) -> Reply {
+    Reply::Chunks(call_events(calls, true))
+}
+
+/// The chat requests the server received, as JSON.
+pub fn requests(server: &FakeServer) -> Vec<Value> {
+    server.chat_requests().iter().map(|r| serde_json::from_str(r).expect("a JSON request")).collect()
 }
