@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
 
+#[path = "../../tests/common/pulse.rs"]
+mod pulse;
 mod speech_out_util;
 
-use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pulse::{RATE, Recorder, require_pulse};
 use slowcat_processors::audio::resample::resample_clip;
 use slowcat_processors::audio::{Speaker, SpeakerSettings};
 use slowcat_processors::frame::SpokenReply;
@@ -18,67 +18,18 @@ use slowcat_processors::tts::{Overrides, Piper, PiperSettings, PiperVoice};
 use slowcat_processors::{AudioFrame, Direction, Frame, Settings};
 use speech_out_util::*;
 
-const RECORD_RATE: u32 = 16_000;
-
 /// The tests share one null sink and record its monitor: played at the same time, their audio
 /// would mix. Each test holds this while it uses the device.
 static DEVICE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn require_pulse() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pulse.sh");
-    let status = Command::new(&script).arg("status").output().expect("scripts/pulse.sh runs");
-    assert!(
-        status.status.success(),
-        "PulseAudio with the slowcat_null sink is not running ({}): run `scripts/pulse.sh start`",
-        String::from_utf8_lossy(&status.stdout).trim()
-    );
+/// Records the null sink's monitor (what is played) from now on.
+fn record() -> Recorder {
+    Recorder::start("slowcat_null.monitor", Instant::now())
 }
 
-/// Records the null sink's monitor (what is played) as 16 kHz mono.
-struct Recorder {
-    child: Child,
-    data: Arc<Mutex<Vec<u8>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Recorder {
-    fn start() -> Self {
-        let mut child = Command::new("parec")
-            .args(["-d", "slowcat_null.monitor", "--format=s16le", "--rate=16000", "--channels=1", "--latency-msec=20"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("parec (pulseaudio-utils) runs; run scripts/setup-system.sh");
-        let mut stdout = child.stdout.take().unwrap();
-        let data = Arc::new(Mutex::new(Vec::new()));
-        let sink = data.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        // Capture delivers nothing for a while after it starts; play only once data flows.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while data.lock().unwrap().len() < 3200 {
-            assert!(Instant::now() < deadline, "parec recorded nothing from slowcat_null.monitor in 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, data, reader: Some(reader) }
-    }
-
-    fn stop(mut self) -> Vec<f32> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let bytes = self.data.lock().unwrap();
-        bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect()
-    }
+/// What `recorder` recorded, as 16 kHz mono in [-1, 1].
+fn recorded(recorder: Recorder) -> Vec<f32> {
+    recorder.stop().samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
 }
 
 fn voice() -> Piper {
@@ -187,7 +138,7 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
     require_pulse();
     let sentence = "The speaker plays this sentence on the null sink.";
     let clip = voice().synthesize_clip(sentence).await.unwrap();
-    let recorder = Recorder::start();
+    let recorder = record();
     let speaker = Speaker::open(SpeakerSettings::default()).expect("the default output device opens");
     let mut h = Harness::start(vec![Box::new(speaker)]).await;
     h.send(Frame::TtsStarted { text: sentence.into(), turn: 5 }).await;
@@ -203,7 +154,7 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
         Some(Frame::SpokenReply(Box::new(SpokenReply { text: sentence.into(), interrupted: false, turn: 5 })))
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let recording = recorder.stop();
+    let recording = recorded(recorder);
     let out = h.finish(Duration::from_secs(10)).await;
     for dir in [Direction::Upstream, Direction::Downstream] {
         assert_eq!(count(&out, dir, |f| matches!(f, Frame::BotStartedSpeaking)), 1, "{dir:?}");
@@ -216,7 +167,7 @@ async fn speech_played_on_the_null_sink_is_recorded_back() {
     assert_eq!(first.map(|m| m.turn), Some(Some(5)), "first_audio_at with the turn");
 
     let played: Vec<f32> = clip.iter().map(|&s| f32::from(s) / 32768.0).collect();
-    let played = resample_clip(&played, 22_050, RECORD_RATE).unwrap();
+    let played = resample_clip(&played, 22_050, RATE).unwrap();
     let (correlation, at) = locate(&recording, &played);
     println!(
         "recorded {:.2} s; the clip is at {:.3} s with correlation {correlation:.3}",
@@ -309,7 +260,7 @@ async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
     let _device = DEVICE.lock().await;
     require_pulse();
     let reply = "Hello there, your assistant is ready. The park looks lovely today.";
-    let recorder = Recorder::start();
+    let recorder = record();
     let piper = PiperSettings::default().check_and_build(&build_context()).unwrap();
     let speaker = SpeakerSettings::default().check_and_build(&build_context()).unwrap();
     let mut h = Harness::start(vec![piper, speaker]).await;
@@ -325,7 +276,7 @@ async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
         spoken,
         Some(Frame::SpokenReply(Box::new(SpokenReply { text: reply.into(), interrupted: false, turn: 11 })))
     );
-    let recording = recorder.stop();
+    let recording = recorded(recorder);
     let out = h.finish(Duration::from_secs(10)).await;
     let started = out.upstream.iter().position(|f| matches!(f, Frame::BotStartedSpeaking));
     let stopped = out.upstream.iter().rposition(|f| matches!(f, Frame::BotStoppedSpeaking));
@@ -341,7 +292,7 @@ async fn piper_into_the_speaker_is_heard_and_remembered_as_played() {
     assert!(metrics.contains(&("first_audio_at", Some(11))), "{metrics:?}");
     assert!(metrics.contains(&("tts_ttfb", Some(11))), "{metrics:?}");
     let samples: Vec<i16> = recording.iter().map(|&s| (s * 32767.0) as i16).collect();
-    let heard = transcribe(&mut whisper(), trim_silence(&samples, RECORD_RATE), RECORD_RATE);
+    let heard = transcribe(&mut whisper(), trim_silence(&samples, RATE), RATE);
     let wer = wer(reply, &heard);
     println!("heard from the null sink: {heard:?} (WER {wer:.2})");
     assert!(wer <= 0.2, "WER {wer:.2}: {heard:?}");

@@ -1,4 +1,6 @@
-//! The test PulseAudio: a null sink of a test's own, and a recorder of what it plays.
+//! The test PulseAudio: a null sink of a test's own, and a recorder of what it plays. Used by the
+//! end-to-end tests and, included by its path, by slowcat-processors' speaker tests.
+#![allow(dead_code)] // each test uses its own part of this
 
 use std::io::Read as _;
 use std::path::Path;
@@ -13,7 +15,13 @@ pub const LOUD: u16 = 100;
 
 /// Fails the test with what to do when the test PulseAudio (scripts/pulse.sh) is not running.
 pub fn require_pulse() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pulse.sh");
+    // The repository's scripts/ sits beside the manifest of the root crate, above that of
+    // slowcat-processors.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("scripts/pulse.sh"))
+        .find(|script| script.is_file())
+        .expect("scripts/pulse.sh in the repository");
     let status = Command::new(&script).arg("status").output().expect("scripts/pulse.sh runs");
     assert!(
         status.status.success(),
