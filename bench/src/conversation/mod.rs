@@ -88,34 +88,55 @@ pub async fn conversation(assistant: &dyn Assistant, turns: usize, runs: usize, 
         reply_start_timeout_ms: 20_000,
         ..WavInputSettings::default()
     };
-    let mut all: Vec<(usize, TurnRecord)> = Vec::new();
-    let mut errors = Vec::new();
-    let mut interruptions = 0;
-    let mut pipeline_desc = String::new();
-    for run in 1..=runs {
-        let dir = tempfile::tempdir()?;
-        let prepared = assistant.prepare(&rewiring(dir.path(), input.clone(), true, None))?;
-        pipeline_desc = prepared.description;
-        eprintln!("run {run}/{runs}: {turns} turns in real time through {pipeline_desc}");
-        let limit = Duration::from_secs(120 + 400 * turns as u64);
-        let c = drive(prepared.build, turns as u64, limit, Collector::new(None)).await?;
-        errors.extend(c.errors);
-        interruptions += c.interruptions;
-        all.extend(c.turns.into_values().filter(|t| t.turn <= turns as u64).map(|t| (run, t)));
-    }
+    let r = real_time_runs(assistant, &input, turns, runs, "turns").await?;
     report::conversation(&report::Conversation {
         assistant,
         speech,
         turns,
         runs,
-        pipeline: &pipeline_desc,
+        pipeline: &r.pipeline,
         said: &said,
         utterances: n,
-        all: &all,
-        errors: &errors,
-        interruptions,
+        all: &r.all,
+        errors: &r.errors,
+        interruptions: r.interruptions,
     });
     Ok(())
+}
+
+/// What [`real_time_runs`] measured.
+struct Runs {
+    /// Every turn of every run, with its run number.
+    all: Vec<(usize, TurnRecord)>,
+    errors: Vec<String>,
+    interruptions: usize,
+    /// The pipeline, as `id(type) → …`.
+    pipeline: String,
+}
+
+/// Plays `input` (`turns` utterances, one a turn) through the assistant in real time, `runs`
+/// times, each with a fresh data directory (an empty memory). `what` names the turns in the
+/// progress lines.
+async fn real_time_runs(
+    assistant: &dyn Assistant,
+    input: &WavInputSettings,
+    turns: usize,
+    runs: usize,
+    what: &str,
+) -> anyhow::Result<Runs> {
+    let mut r = Runs { all: Vec::new(), errors: Vec::new(), interruptions: 0, pipeline: String::new() };
+    for run in 1..=runs {
+        let dir = tempfile::tempdir()?;
+        let prepared = assistant.prepare(&rewiring(dir.path(), input.clone(), true, None))?;
+        r.pipeline = prepared.description;
+        eprintln!("run {run}/{runs}: {turns} {what} in real time through {}", r.pipeline);
+        let limit = Duration::from_secs(120 + 400 * turns as u64);
+        let c = drive(prepared.build, turns as u64, limit, Collector::new(None)).await?;
+        r.errors.extend(c.errors);
+        r.interruptions += c.interruptions;
+        r.all.extend(c.turns.into_values().filter(|t| t.turn <= turns as u64).map(|t| (run, t)));
+    }
+    Ok(r)
 }
 
 /// `slowcat bench tools`: [`TOOL_QUESTIONS`] spoken through the assistant in real time, `runs`
@@ -136,20 +157,8 @@ pub async fn tools(assistant: &dyn Assistant, runs: usize) -> anyhow::Result<()>
         reply_timeout_ms: 300_000,
         ..WavInputSettings::default()
     };
-    let mut all: Vec<(usize, TurnRecord)> = Vec::new();
-    let mut errors = Vec::new();
-    let mut pipeline_desc = String::new();
-    for run in 1..=runs {
-        let dir = tempfile::tempdir()?;
-        let prepared = assistant.prepare(&rewiring(dir.path(), input.clone(), true, None))?;
-        pipeline_desc = prepared.description;
-        eprintln!("run {run}/{runs}: {turns} tool questions in real time through {pipeline_desc}");
-        let limit = Duration::from_secs(120 + 400 * turns as u64);
-        let c = drive(prepared.build, turns as u64, limit, Collector::new(None)).await?;
-        errors.extend(c.errors);
-        all.extend(c.turns.into_values().filter(|t| t.turn <= turns as u64).map(|t| (run, t)));
-    }
-    report::tools(assistant, runs, &pipeline_desc, &all, &errors);
+    let r = real_time_runs(assistant, &input, turns, runs, "tool questions").await?;
+    report::tools(assistant, runs, &r.pipeline, &r.all, &r.errors);
     Ok(())
 }
 
