@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test, with its line
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -130,12 +130,20 @@ fn any_rate_and_channel_count_is_converted_to_16khz_mono() {
     assert!((480.0..=520.0).contains(&crossings), "the tone must stay at 500 Hz, got {crossings:.0}");
 }
 
+/// Writes `text` as the config file `name` in `dir` and runs `slowcat check` on it.
+fn check(dir: &Path, name: &str, text: &str) -> (PathBuf, std::process::Output) {
+    let cfg = dir.join(name);
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    (cfg, out)
+}
+
 #[test]
 fn check_refuses_a_processor_without_what_it_needs_before_it_naming_both() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("needs.toml");
-    std::fs::write(
-        &cfg,
+    let (_, out) = check(
+        dir.path(),
+        "needs.toml",
         r#"pipeline = ["input", "llm", "output"]
 
 [processors.input]
@@ -148,9 +156,7 @@ type = "openai_llm"
 type = "wav_output"
 path = "out.wav"
 "#,
-    )
-    .unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -162,9 +168,9 @@ path = "out.wav"
 #[test]
 fn a_config_with_three_problems_reports_all_of_them_with_lines_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let (cfg, out) = check(
+        dir.path(),
+        "bad.toml",
         r#"pipeline = ["input", "vad", "output"]
 
 [processors.input]
@@ -179,9 +185,7 @@ type = "wav_output"
 path = "out.wav"
 smaple_rate = 16000
 "#,
-    )
-    .unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("3 problems"), "{stderr}");
