@@ -102,3 +102,165 @@ pub fn word_errors(reference: &str, hyp: &str) -> (usize, usize) {
     }
     (prev[h.len()], r.len())
 }
+
+/// What one heard turn is compared with, once the turns of a run are lined up with the
+/// utterances played ([`align_turns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paired {
+    /// What was said in it (two utterances joined when one turn heard both), and the word
+    /// errors against it.
+    Said { said: String, errors: usize },
+    /// The second turn of an utterance heard as two: counted with the turn before.
+    SplitFrom,
+    /// Nobody said it (every word is an error).
+    Extra { errors: usize },
+}
+
+/// The turns of a run lined up with the utterances played.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alignment {
+    /// One per heard turn, in order.
+    pub turns: Vec<Paired>,
+    /// Utterances (indices into `said`) heard as no turn; their words count as errors.
+    pub lost: Vec<usize>,
+    /// Word errors in all, and the words of the utterances played.
+    pub errors: usize,
+    pub words: usize,
+}
+
+/// Lines up the turns heard in one run (`heard`, in order) with the utterances said (`said`,
+/// in the order played) at the fewest word errors, as a word error rate lines up words: a turn
+/// is one utterance, two utterances heard as one turn, one half of an utterance heard as two
+/// turns, or said by nobody; an utterance can be heard as no turn. So one lost or split
+/// recording costs its own words, not the pairs of every turn after it. Utterances after the
+/// last one lined up count as not played (a run that stopped after its turns).
+pub fn align_turns(said: &[&str], heard: &[&str]) -> Alignment {
+    let (ns, nh) = (said.len(), heard.len());
+    let len = |t: &str| words(t).len();
+    const INF: usize = usize::MAX / 4;
+    // cost[i][j]: fewest errors lining up heard[..i] with said[..j]; step[i][j]: the last move.
+    let mut cost = vec![vec![INF; ns + 1]; nh + 1];
+    let mut step = vec![vec![Move::Start; ns + 1]; nh + 1];
+    cost[0][0] = 0;
+    for i in 0..=nh {
+        for j in 0..=ns {
+            let here = cost[i][j];
+            if here >= INF {
+                continue;
+            }
+            // Errors count double, and joining two utterances or two turns one more: of two
+            // line-ups with as many errors, the one that pairs turns one to one wins.
+            let mut relax = |i2: usize, j2: usize, errors: usize, m: Move| {
+                let c = 2 * errors + usize::from(matches!(m, Move::Merged | Move::Split));
+                if here + c < cost[i2][j2] {
+                    cost[i2][j2] = here + c;
+                    step[i2][j2] = m;
+                }
+            };
+            if j < ns {
+                relax(i, j + 1, len(said[j]), Move::Lost);
+            }
+            if i < nh {
+                relax(i + 1, j, len(heard[i]), Move::Extra);
+            }
+            if i < nh && j < ns {
+                relax(i + 1, j + 1, word_errors(said[j], heard[i]).0, Move::Pair);
+            }
+            if i < nh && j + 1 < ns {
+                let both = format!("{} {}", said[j], said[j + 1]);
+                relax(i + 1, j + 2, word_errors(&both, heard[i]).0, Move::Merged);
+            }
+            if i + 1 < nh && j < ns {
+                let both = format!("{} {}", heard[i], heard[i + 1]);
+                relax(i + 2, j + 1, word_errors(said[j], &both).0, Move::Split);
+            }
+        }
+    }
+    // Unplayed utterances at the end are free: end where the heard turns end, at any utterance.
+    let mut j = (0..=ns).min_by_key(|&j| (cost[nh][j], std::cmp::Reverse(j))).unwrap_or(0);
+    let played = j;
+    let mut i = nh;
+    let mut turns = Vec::new();
+    let mut lost = Vec::new();
+    while i > 0 || j > 0 {
+        match step[i][j] {
+            Move::Start => break,
+            Move::Lost => {
+                j -= 1;
+                lost.push(j);
+            }
+            Move::Extra => {
+                i -= 1;
+                turns.push(Paired::Extra { errors: len(heard[i]) });
+            }
+            Move::Pair => {
+                (i, j) = (i - 1, j - 1);
+                turns.push(Paired::Said { said: said[j].to_string(), errors: word_errors(said[j], heard[i]).0 });
+            }
+            Move::Merged => {
+                (i, j) = (i - 1, j - 2);
+                let both = format!("{} {}", said[j], said[j + 1]);
+                let errors = word_errors(&both, heard[i]).0;
+                turns.push(Paired::Said { said: both, errors });
+            }
+            Move::Split => {
+                (i, j) = (i - 2, j - 1);
+                let both = format!("{} {}", heard[i], heard[i + 1]);
+                turns.push(Paired::SplitFrom);
+                turns.push(Paired::Said { said: said[j].to_string(), errors: word_errors(said[j], &both).0 });
+            }
+        }
+    }
+    turns.reverse();
+    lost.reverse();
+    let errors = turns
+        .iter()
+        .map(|t| match t {
+            Paired::Said { errors, .. } | Paired::Extra { errors } => *errors,
+            Paired::SplitFrom => 0,
+        })
+        .sum::<usize>()
+        + lost.iter().map(|&j| len(said[j])).sum::<usize>();
+    let words = said[..played].iter().map(|s| len(s)).sum();
+    Alignment { turns, lost, errors, words }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Start,
+    Lost,
+    Extra,
+    Pair,
+    Merged,
+    Split,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_utterance_costs_its_own_words_only() {
+        let said = ["go forward", "ten meters", "hello", "this is Diane in New Jersey"];
+        let heard = ["go forward.", "hello?", "This is Diane in New Jersey."];
+        let a = align_turns(&said, &heard);
+        assert_eq!(a.lost, vec![1]);
+        assert_eq!((a.errors, a.words), (3, 12));
+        assert!(a.turns.iter().all(|t| matches!(t, Paired::Said { errors: 0, .. })), "{:?}", a.turns);
+    }
+
+    #[test]
+    fn split_and_merged_utterances_and_unplayed_ones_line_up() {
+        let said = ["go forward ten meters", "seven of clubs", "five five", "hello", "not played"];
+        let heard = ["go forward", "ten meters", "seven of clubs five five", "hello", "uh"];
+        let a = align_turns(&said, &heard);
+        assert_eq!(a.turns[0], Paired::Said { said: said[0].into(), errors: 0 });
+        assert_eq!(a.turns[1], Paired::SplitFrom);
+        assert_eq!(a.turns[2], Paired::Said { said: "seven of clubs five five".into(), errors: 0 });
+        assert_eq!(a.turns[4], Paired::Extra { errors: 1 });
+        assert_eq!((a.errors, a.words, a.lost.len()), (1, 11, 0));
+        // Heard in order, word for word: no errors, nothing lost.
+        let b = align_turns(&said[..2], &["Go forward 10 meters.", "7 of clubs"]);
+        assert_eq!((b.errors, b.words), (0, 8));
+    }
+}

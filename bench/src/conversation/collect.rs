@@ -94,6 +94,10 @@ pub(super) struct Collector {
     open: EndOfTurn,
     /// The last user turn that ended, until its number is known.
     ended: Option<EndOfTurn>,
+    /// A turn the user went on with after it had ended (before its reply was heard), until it
+    /// ends again: what was measured of its first end is dropped, and its measurements count
+    /// from its real end, the end of the user's last words.
+    resumed: Option<u64>,
     /// The turn whose audio is being played.
     audio_turn: u64,
     /// The highest turn whose reply was reported as spoken.
@@ -112,6 +116,7 @@ impl Collector {
             turns: BTreeMap::new(),
             open: EndOfTurn::default(),
             ended: None,
+            resumed: None,
             audio_turn: 0,
             spoken: 0,
             errors: Vec::new(),
@@ -139,7 +144,13 @@ impl Collector {
     pub(super) fn on_frame(&mut self, frame: &Frame, dir: Direction) {
         match frame {
             Frame::Metrics(m) => self.on_metric(m),
-            Frame::Transcription(t) if dir == Direction::Downstream => self.turn(t.turn).heard = t.text.clone(),
+            Frame::Transcription(t) if dir == Direction::Downstream && self.resumed != Some(t.turn) => {
+                self.turn(t.turn).heard = t.text.clone()
+            }
+            Frame::UserTurnResumed { turn } => {
+                self.turns.remove(turn);
+                self.resumed = Some(*turn);
+            }
             Frame::TtsStarted { turn, .. } => self.audio_turn = *turn,
             Frame::OutputAudio(_) if self.audio_turn > 0 => {
                 let now = self.epoch.elapsed();
@@ -179,7 +190,10 @@ impl Collector {
             (MetricName::UserTurnEndAt, _) => {
                 self.open.turn_end = v;
                 self.ended = Some(std::mem::take(&mut self.open));
+                self.resumed = None;
             }
+            // The cancelled first part of a resumed turn.
+            (_, Some(n)) if self.resumed == Some(n) => {}
             (name, Some(n)) => {
                 let t = self.turn(n);
                 if name == MetricName::LlmToolTime {
@@ -255,5 +269,37 @@ mod tests {
         assert_eq!(t.smart_turn, Some(Duration::from_millis(200)));
         assert_eq!(t.smart_wait, Some(Duration::from_millis(20)));
         assert_eq!(t.tts_ttfb, Some(Duration::from_millis(80)), "the first segment's counts");
+    }
+
+    #[test]
+    fn a_resumed_turn_is_measured_from_the_end_of_the_users_last_words() {
+        let mut c = Collector::new(None);
+        let m = |name: MetricName, turn, ms| {
+            Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
+        };
+        use MetricName::*;
+        // "Oh, I'm originally from Chicago also." ends a turn; the user goes on before the reply.
+        for f in [
+            m(UserSpeechEndAt, None, 1000),
+            m(UserTurnEndAt, None, 1200),
+            m(SttTime, Some(7), 100),
+            m(LlmTtfb, Some(7), 90),
+            Frame::UserTurnResumed { turn: 7 },
+            m(LlmFirstSentence, Some(7), 50),
+            m(UserSpeechEndAt, None, 3000),
+            m(UserTurnEndAt, None, 3210),
+            m(SttTime, Some(7), 120),
+            m(LlmTtfb, Some(7), 80),
+            m(FirstAudioAt, Some(7), 3700),
+        ] {
+            c.on_frame(&f, Direction::Downstream);
+        }
+        let t = &c.turns[&7];
+        assert_eq!(t.end_of_turn_ms(), Some(210.0));
+        assert_eq!(t.voice_to_voice_ms(), Some(700.0));
+        assert_eq!(
+            (t.stt, t.llm_ttfb, t.first_sentence),
+            (Some(Duration::from_millis(120)), Some(Duration::from_millis(80)), None)
+        );
     }
 }

@@ -56,6 +56,17 @@ pub(super) fn conversation(r: &Conversation<'_>) {
         "{:>3} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  heard",
         "run", "turn", "eot", "smart", "stt", "memory", "ttfb", "sent", "tts", "v2v", "ovh"
     );
+    // Each run's turns lined up with the utterances it played (which repeat after `n`).
+    let mut paired = Vec::new();
+    for r in 1..=runs {
+        let heard: Vec<&str> = all.iter().filter(|(run, _)| *run == r).map(|(_, t)| t.heard.as_str()).collect();
+        let played: Vec<&str> = (0..2 * heard.len() + 2).map(|k| said[k % n].as_str()).collect();
+        let a = score::align_turns(&played, &heard);
+        word_count.0 += a.errors;
+        word_count.1 += a.words;
+        paired.push(a);
+    }
+    let mut next_in_run = vec![0usize; runs + 1];
     for (run, t) in all {
         println!(
             "{:>3} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
@@ -73,14 +84,18 @@ pub(super) fn conversation(r: &Conversation<'_>) {
             t.heard
         );
         // What was said, where it was not heard word for word.
-        let i = (t.turn as usize).saturating_sub(1) % n;
-        if let Some(said) = said.get(i) {
-            let (errors, words) = score::word_errors(said, &t.heard);
-            word_count.0 += errors;
-            word_count.1 += words;
-            if errors > 0 {
-                println!("{:>52}  said: {said}", "");
-            }
+        let k = next_in_run[*run];
+        next_in_run[*run] += 1;
+        match paired.get(run - 1).and_then(|a| a.turns.get(k)) {
+            Some(score::Paired::Said { said, errors }) if *errors > 0 => println!("{:>52}  said: {said}", ""),
+            Some(score::Paired::SplitFrom) => println!("{:>52}  (the rest of the utterance before)", ""),
+            Some(score::Paired::Extra { .. }) => println!("{:>52}  said: nothing", ""),
+            _ => {}
+        }
+    }
+    for (r, a) in paired.iter().enumerate() {
+        for &lost in &a.lost {
+            println!("run {}: not heard as a turn: {}", r + 1, said[lost % n]);
         }
     }
     let turns_only: Vec<&TurnRecord> = all.iter().map(|(_, t)| t).collect();
@@ -97,11 +112,9 @@ pub(super) fn conversation(r: &Conversation<'_>) {
     let complete = turns_only.iter().filter(|t| t.overhead_ms().is_some()).count();
     println!("turns fully measured: {complete} of {}", turns * runs);
     if word_count.1 > 0 {
-        // Turn n is paired with utterance n: a recording heard as two turns (or none) shifts the
-        // pairs after it, and shows here as errors.
         let (errors, words) = word_count;
         println!(
-            "words heard right: {:.1} % ({errors} errors in {words} words said; turns paired with utterances in order)",
+            "words heard right: {:.1} % ({errors} errors in {words} words said; turns lined up with the utterances played)",
             100.0 * (1.0 - errors as f64 / words as f64)
         );
     }

@@ -64,10 +64,17 @@ pub fn human_utterances() -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// The repository this crate is built from: the speech set's list and its fetch script are there.
-fn repo_dir() -> &'static Path {
+/// The repository: the speech set's list and its fetch script are there. The current directory
+/// when it is a checkout (a binary built elsewhere, CI's clone, still finds them), else the one
+/// this crate was built from.
+fn repo_dir() -> PathBuf {
+    if let Ok(cwd) = std::env::current_dir()
+        && cwd.join("tests/speech/manifest.tsv").is_file()
+    {
+        return cwd;
+    }
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    crate_dir.parent().unwrap_or(crate_dir)
+    crate_dir.parent().unwrap_or(crate_dir).to_path_buf()
 }
 
 /// Where generated test speech is kept: `$SLOWCAT_CACHE/bench` or `~/.cache/slowcat/bench`.
