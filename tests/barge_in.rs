@@ -417,6 +417,10 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
     let mut interrupted = None;
     for _ in 0..3 {
         user.until_speaking(&stats, Duration::from_secs(60)).await;
+        // A person reacts to what they hear after a few hundred ms; speech sooner than smart_turn's
+        // reaction time is the user going on with their turn (the reply, sent ahead, can be
+        // audible 0.3 s after the question).
+        user.silence(Duration::from_millis(600)).await;
         let from = user.events.len();
         user.say(&interruption).await;
         user.silence(Duration::from_millis(1500)).await;
@@ -604,7 +608,13 @@ async fn talking_over_the_assistant_silences_it_at_once_and_the_next_turn_is_ans
     );
 
     // What the assistant said of the interrupted reply: the start of what was synthesized, no more.
-    let synthesized: Vec<&str> = events[..int]
+    // A turn the user went on with keeps its number: the reply to its first part, cancelled before
+    // it was heard (it may have been synthesized already), is not this one.
+    let resumed = events[..int]
+        .iter()
+        .rposition(|e| matches!(e.frame, Frame::UserTurnResumed { turn } if turn == turn1))
+        .map_or(0, |i| i + 1);
+    let synthesized: Vec<&str> = events[resumed..int]
         .iter()
         .filter_map(|e| match &e.frame {
             Frame::TtsStarted { text, turn } if *turn == turn1 => Some(text.as_str()),

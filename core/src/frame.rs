@@ -382,8 +382,9 @@ pub enum Frame {
     LlmRequest(Box<LlmRequest>),
     /// The request the turn will make if it ends with the words heard so far (made from an
     /// [`Frame::InterimTranscription`], while the user pauses and while the end of the turn is
-    /// decided): the LLM has the server read it into its prompt cache, and nothing answers it.
-    /// Memory rewrites it as it would the request.
+    /// decided): the LLM sends it ahead, and answers the turn with that reply when the turn's
+    /// [`Frame::LlmRequest`] is the same; nothing else answers it. Memory rewrites it as it would
+    /// the request.
     LlmReadAhead(Box<LlmRequest>),
     /// The LLM started answering turn `turn`.
     LlmResponseStart {

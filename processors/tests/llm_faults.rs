@@ -106,41 +106,43 @@ async fn after_a_reply_the_next_turns_prompt_is_sent_ahead_for_one_token() {
 }
 
 /// While the end of the turn is decided, the request the turn will make with the words so far goes
-/// to the server for one token (the server reads it into its prompt cache); the turn's own request
-/// is then answered as usual, and nothing of the read-ahead reaches the pipeline.
+/// to the server in full: when the turn ends with those words, its reply is that request's (the
+/// server answers once, and sooner); when the user said more, it is dropped and the turn's own
+/// request is answered. Nothing of a request sent ahead reaches the pipeline but its reply.
 #[tokio::test]
-async fn a_request_read_ahead_goes_out_for_one_token_before_the_turns() {
-    let one_token =
-        r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"It"}}]}"#;
-    let script = vec![Reply::Status(200, one_token), Reply::Stream(vec!["It", " is", " noon."])];
-    for read_ahead_turn in [true, false] {
-        let server = FakeServer::start(script.clone()).await;
+async fn a_request_sent_ahead_is_the_turns_when_the_words_are_the_same() {
+    let noon = || Reply::Stream(vec!["It", " is", " noon."]);
+    for (read_ahead_turn, ahead_words, script) in [
+        (true, "What time is it?", vec![noon()]),
+        (true, "What time", vec![Reply::Stream(vec!["Time", " for", " what?"]), noon()]),
+        (false, "What time is it?", vec![noon()]),
+    ] {
+        let server = FakeServer::start(script).await;
         let mut h = harness(OpenAiLlmSettings { read_ahead_turn, ..settings(server.base_url()) }).await;
-        let Frame::LlmRequest(asked) = request(1, "What time is it?") else { unreachable!() };
+        let Frame::LlmRequest(asked) = request(1, ahead_words) else { unreachable!() };
         h.send(Frame::LlmReadAhead(asked)).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while server.chat_requests().is_empty() && tokio::time::Instant::now() < deadline {
+        while read_ahead_turn && server.chat_requests().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let frames = turn(&mut h, 1, "What time is it?", LIMIT).await;
         let requests = server.chat_requests();
-        if !read_ahead_turn {
-            assert_eq!(requests.len(), 1, "read ahead although read_ahead_turn = false");
-            assert_reply(&frames, 1, 1);
-            h.finish(LIMIT).await;
-            continue;
-        }
-        assert_eq!(assert_reply(&frames, 1, 3), ["It", " is", " noon."], "the turn got the read-ahead's reply");
-        assert_eq!(requests.len(), 2, "{requests:?}");
-        let ahead: serde_json::Value = serde_json::from_str(&requests[0]).unwrap();
-        let asked: serde_json::Value = serde_json::from_str(&requests[1]).unwrap();
-        assert_eq!((&ahead["stream"], &ahead["max_tokens"]), (&false.into(), &1.into()));
-        assert_eq!(asked["stream"], true);
-        assert_eq!(ahead["messages"], asked["messages"], "read ahead exactly as the turn asks");
+        let case = format!("read_ahead_turn = {read_ahead_turn}, {ahead_words:?} ahead");
+        assert_eq!(assert_reply(&frames, 1, 3), ["It", " is", " noon."], "{case}");
+        let bodies: Vec<serde_json::Value> = requests.iter().map(|r| serde_json::from_str(r).unwrap()).collect();
+        let expected = if read_ahead_turn && ahead_words != "What time is it?" { 2 } else { 1 };
+        assert_eq!(bodies.len(), expected, "{case}: {requests:?}");
+        let answered = bodies.last().unwrap();
+        assert_eq!(
+            (&answered["stream"], &answered["max_tokens"]),
+            (&true.into(), &settings(String::new()).max_tokens.into())
+        );
+        let last = answered["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["content"], "What time is it?", "{case}: the turn's words are answered");
         let out = h.finish(LIMIT).await;
         assert!(!out.downstream.iter().any(|f| matches!(f, Frame::LlmReadAhead(_))));
         let starts = out.downstream.iter().filter(|f| matches!(f, Frame::LlmResponseStart { .. })).count();
-        assert_eq!(starts, 1);
+        assert_eq!(starts, 1, "{case}");
     }
 }
 

@@ -432,3 +432,42 @@ async fn a_repeated_question_takes_one_line_of_the_memory_section() {
     }
     assert!(system.contains("Margaret"), "no room was left for the name:\n{system}");
 }
+
+/// "Stop." can end its turn as it interrupts the reply, and its request reach memory before the
+/// output's report of what was heard of that reply: the request waits for the report (briefly),
+/// so it carries the interrupted reply; with no report coming it goes on after a short wait.
+#[tokio::test]
+async fn a_request_right_after_an_interruption_waits_for_the_report_of_the_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(dir.path(), settings(dir.path())).await;
+    turn(&mut h, "default", 1, "tell me a long story", None).await;
+    interrupt(&mut h).await;
+    let is_turn = |n: u64| {
+        move |f: &Frame, d: Direction| d == Direction::Downstream && matches!(f, Frame::LlmRequest(r) if r.turn == n)
+    };
+    h.send(Frame::LlmRequest(Box::new(request("default", 2, "Stop.")))).await;
+    assert!(h.wait_for(Duration::from_millis(100), is_turn(2)).await.is_none(), "it did not wait for the report");
+    h.send_upstream(Frame::SpokenReply(Box::new(slowcat_processors::frame::SpokenReply {
+        text: "Once upon a time".into(),
+        interrupted: true,
+        turn: 1,
+    })))
+    .await;
+    let Some(Frame::LlmRequest(r)) = h.wait_for(Duration::from_secs(5), is_turn(2)).await else {
+        panic!("the request never came out")
+    };
+    assert!(all_text(&r).contains("Once upon a time [interrupted]"), "{:?}", r.messages);
+    // No report comes (nothing was played): the request goes on after the wait.
+    interrupt(&mut h).await;
+    let started = std::time::Instant::now();
+    turn(&mut h, "default", 3, "hello", None).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "waited {waited:?}");
+    h.finish(Duration::from_secs(10)).await;
+}
+
+/// Sends an interruption and waits until it has passed (it drops data queued behind it).
+async fn interrupt(h: &mut Harness) {
+    h.send(Frame::Interruption).await;
+    h.wait_for(Duration::from_secs(5), |f, _| matches!(f, Frame::Interruption)).await.expect("the interruption passed");
+}

@@ -635,3 +635,23 @@ async fn a_sentence_that_sounds_complete_waits_when_its_words_end_on_and() {
     println!("ended {} ms after the stop", ms(waited));
     assert!(waited >= Duration::from_millis(2000), "ended after {} ms on a dangling 'and'", ms(waited));
 }
+
+/// Whisper's words can come late (a transcript that looped is decoded again): the user has been
+/// silent since the stop, and the short wait for complete words counts from there, so the turn
+/// ends as soon as the late words say the question is complete, not 400 ms after them.
+#[tokio::test(start_paused = true)]
+async fn complete_words_that_come_late_end_the_turn_at_once() {
+    let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
+    let mut mic = Mic::start(smart_turn(settings)).await;
+    mic.started().await;
+    assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none());
+    let end = mic.pts - Duration::from_millis(200);
+    stop_at(&mic, end).await;
+    assert!(mic.play(&silence(600), turn_ended).await.is_none(), "the turn ended before the words came");
+    mic.harness.send_upstream(heard(end, "What time is it in Tokyo?")).await;
+    let words_came = Instant::now();
+    let ended = mic.play(&silence(4000), turn_ended).await.expect("the turn never ended");
+    println!("ended {} ms after the words", ms(ended - words_came));
+    assert!(ended - words_came < Duration::from_millis(150), "waited {} ms after the words", ms(ended - words_came));
+    mic.harness.finish(Duration::from_secs(10)).await;
+}

@@ -11,7 +11,7 @@ use tokio::time::{Instant as Deadline, timeout_at};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::calls::{Assembler, TextGate};
-use super::error::{LlmError, SetupError, chunk_error, root_cause};
+use super::error::{Fault, LlmError, SetupError, chunk_error, root_cause};
 use super::http::{ApiKey, Call, Endpoint, Server, http_client, pick_model, read_body};
 use super::priming::{Background, Primer};
 use super::settings::OpenAiLlmSettings;
@@ -19,7 +19,7 @@ use super::sse::Chunks;
 use super::wire::{ChatRequest, Chunk, Message, ToolCall, ToolDef, parse_completion_message};
 use crate::frame::{ChatMessage, Direction, Frame, LlmRequest, Role, ToolNote, TurnNotes};
 use crate::processor::{ProcessError, Processor, ProcessorContext};
-use crate::tools::{ToolBox, ToolError};
+use crate::tools::{ToolBox, ToolError, ToolSpec};
 
 /// The longest wait between two retries, whatever `retry_backoff_ms` and the attempt count say.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -72,6 +72,8 @@ pub struct OpenAiLlm {
     model: Arc<OnceLock<String>>,
     /// The warm-up or read-ahead request in flight.
     priming: Background,
+    /// The turn's first request, sent when the user paused.
+    head_start: Option<HeadStart>,
     /// The turn being answered; still set after an interruption dropped the reply.
     replying: Option<u64>,
     /// What the model may call.
@@ -129,6 +131,7 @@ impl OpenAiLlm {
             server,
             model,
             priming: Background::default(),
+            head_start: None,
             replying: None,
             tools: ToolBox::new(),
             running_tools: Mutex::new(Vec::new()),
@@ -141,6 +144,41 @@ impl OpenAiLlm {
     pub fn with_tools(mut self, tools: ToolBox) -> Self {
         self.tools = tools;
         self
+    }
+
+    /// The tools a request of tool round `round` offers: none once the rounds are used up, or
+    /// when the model writes its calls as text (`text_caller`).
+    fn tools_offered<'a>(&self, specs: &'a [ToolSpec], round: u32, text_caller: bool) -> Option<Vec<ToolDef<'a>>> {
+        let offer = !specs.is_empty() && round < self.settings.max_tool_rounds && !text_caller;
+        offer.then(|| specs.iter().map(ToolDef::new).collect())
+    }
+
+    /// Temperature, longest reply and seed of turn `turn`'s requests.
+    fn sampling(&self, turn: u64) -> (f32, u32, Option<u64>) {
+        let seed = self.settings.seed.map(|seed| seed.wrapping_add(turn));
+        (self.settings.temperature, self.settings.max_tokens, seed)
+    }
+
+    /// Sends the first request `request` will make, as it will make it, when the user pauses:
+    /// the server reads the prompt and starts the reply while `turn` decides whether the turn is
+    /// over, and the reply streams into the connection's buffers. The turn's request uses it when
+    /// it is the same, byte for byte (the user said nothing more); anything else drops it, which
+    /// closes its connection and stops the server's work on it.
+    fn start_ahead(&mut self, request: &LlmRequest) -> bool {
+        // The model must be known to write the same request (it is, after the warm-up).
+        let Some(model) = self.model.get().cloned() else { return false };
+        let messages = self.with_system_prompt(request.messages.clone());
+        let specs = self.tools.specs();
+        let tools = self.tools_offered(&specs, 0, false);
+        let Ok(body) = chat_body(Some(&model), &messages, self.sampling(request.turn), tools) else { return false };
+        let body = Bytes::from(body);
+        let server = self.server.clone();
+        let deadline = Deadline::now() + Duration::from_millis(self.settings.total_timeout_ms);
+        let call = Call::Chat { body: body.clone(), stream: true };
+        let response = tokio::spawn(async move { server.send(call, deadline).await });
+        // Replacing an earlier one drops it.
+        self.head_start = Some(HeadStart { body, response: Some(response), turn: request.turn });
+        true
     }
 
     fn first_token_timeout(&self) -> Duration {
@@ -160,7 +198,13 @@ impl OpenAiLlm {
 
     /// Answers `request`, going to the tools and back when the model calls them; returns the
     /// chat with the spoken reply appended when it completed.
-    async fn reply(&self, request: LlmRequest, received: Instant, ctx: &ProcessorContext) -> Option<Vec<ChatMessage>> {
+    async fn reply(
+        &self,
+        request: LlmRequest,
+        received: Instant,
+        ctx: &ProcessorContext,
+        mut head: Option<HeadStart>,
+    ) -> Option<Vec<ChatMessage>> {
         let turn = request.turn;
         if request.messages.is_empty() {
             ctx.push_error(format!("the LLM request for turn {turn} has no messages; nothing was sent")).await;
@@ -174,31 +218,21 @@ impl OpenAiLlm {
         let messages = self.with_system_prompt(request.messages);
         let specs = self.tools.specs();
         let mut chat: Vec<Message> = Vec::new();
-        let mut progress = Progress { received, turn, chunks: 0, text: String::new(), pass_sent: None };
+        let mut progress = Progress { received, turn, chunks: 0, text: String::new(), pass_sent: None, ahead: false };
         let mut round = 0u32;
         // Set once the model wrote its calls as text: it is then offered no more tools.
         let mut text_caller = false;
         // When the last generation that asked for tools ended, and how long its tools took.
         let mut round_trip: Option<(Instant, Duration)> = None;
         let gave_up = loop {
-            let offer = !specs.is_empty() && round < self.settings.max_tool_rounds && !text_caller;
-            let tools = offer.then(|| specs.iter().map(ToolDef::new).collect());
-            let seed = self.settings.seed.map(|seed| seed.wrapping_add(turn));
-            let (temperature, max_tokens) = (self.settings.temperature, self.settings.max_tokens);
+            let tools = self.tools_offered(&specs, round, text_caller);
+            let offer = tools.is_some();
+            let sampling = self.sampling(turn);
             // The turn's own messages until a tool round adds the wire-level ones.
-            fn body<M: serde::Serialize>(
-                model: Option<&str>,
-                messages: &[M],
-                (temperature, max_tokens, seed): (f32, u32, Option<u64>),
-                tools: Option<Vec<ToolDef>>,
-            ) -> serde_json::Result<Vec<u8>> {
-                serde_json::to_vec(&ChatRequest { model, messages, stream: true, temperature, max_tokens, seed, tools })
-            }
-            let sampling = (temperature, max_tokens, seed);
             let body = if chat.is_empty() {
-                body(model.as_deref(), &messages, sampling, tools)
+                chat_body(model.as_deref(), &messages, sampling, tools)
             } else {
-                body(model.as_deref(), &chat, sampling, tools)
+                chat_body(model.as_deref(), &chat, sampling, tools)
             };
             let body = match body {
                 Ok(b) => Bytes::from(b),
@@ -215,7 +249,7 @@ impl OpenAiLlm {
                 ctx.push_metric(metrics::OVERHEAD, Some(turn), ended.elapsed().saturating_sub(tool_time)).await;
                 progress.pass_sent = Some(Instant::now());
             }
-            let generation = match self.generate(&body, ctx, total, &mut progress, round).await {
+            let generation = match self.generate(&body, ctx, total, &mut progress, round, head.take()).await {
                 Ok(generation) => generation,
                 Err(e) => {
                     self.fail(ctx, turn, progress.chunks, e).await;
@@ -304,6 +338,7 @@ impl OpenAiLlm {
             turn,
             chunks = progress.chunks,
             tool_rounds = round,
+            started_ahead = progress.ahead,
             elapsed_ms = received.elapsed().as_millis() as u64,
             "LLM reply complete"
         );
@@ -325,6 +360,7 @@ impl OpenAiLlm {
         total: Deadline,
         progress: &mut Progress,
         round: u32,
+        mut head: Option<HeadStart>,
     ) -> Result<Generation, LlmError> {
         let turn = progress.turn;
         let mut attempt = 0u32;
@@ -336,7 +372,7 @@ impl OpenAiLlm {
                 pushed: 0,
                 text: String::new(),
             };
-            match self.attempt(body, ctx, total, progress, &mut pass).await {
+            match self.attempt(body, ctx, total, progress, &mut pass, head.take()).await {
                 Ok(()) => {
                     let prefix = format!("call_{turn}_{round}_");
                     let mut calls = pass.calls.finish(&prefix);
@@ -448,15 +484,21 @@ impl OpenAiLlm {
         total: Deadline,
         progress: &mut Progress,
         pass: &mut Pass,
+        head: Option<HeadStart>,
     ) -> Result<(), LlmError> {
         let url = self.server.url();
         let first_token = Deadline::now() + self.first_token_timeout();
         let (deadline, is_total) = self.limit(pass, first_token, total);
-        let response = self
-            .server
-            .send(Call::Chat { body: body.clone(), stream: true }, deadline)
-            .await
-            .map_err(|f| f.or_timeout(|| self.timeout_error(is_total)))?;
+        let ahead = match head {
+            Some(head) => timeout_at(deadline, head.take_for(body)).await.map_err(|_| self.timeout_error(is_total))?,
+            None => None,
+        };
+        progress.ahead |= ahead.is_some();
+        let response = match ahead {
+            Some(response) => response,
+            None => self.server.send(Call::Chat { body: body.clone(), stream: true }, deadline).await,
+        }
+        .map_err(|f| f.or_timeout(|| self.timeout_error(is_total)))?;
         let content_type =
             response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
         if content_type.starts_with("application/json") {
@@ -622,14 +664,17 @@ impl Processor for OpenAiLlm {
                 self.replying = Some(turn);
                 self.priming.cancel_unsent_read_ahead();
                 self.priming.wait(self.first_token_timeout()).await;
-                let chat = self.reply(*request, received, ctx).instrument(info_span!("llm_reply", turn)).await;
+                let head = self.head_start.take();
+                let chat = self.reply(*request, received, ctx, head).instrument(info_span!("llm_reply", turn)).await;
                 self.replying = None;
                 if let Some(chat) = chat.filter(|_| self.settings.prefill_next_turn) {
                     self.prefill(chat);
                 }
             }
             Frame::LlmReadAhead(request) if direction == Direction::Downstream => {
-                if self.settings.read_ahead_turn && !request.messages.is_empty() {
+                if self.settings.read_ahead_turn && request.turn > 0 && self.start_ahead(&request) {
+                    debug!(turn = request.turn, "the turn's request sent ahead");
+                } else if self.settings.read_ahead_turn && !request.messages.is_empty() {
                     debug!(turn = request.turn, "reading the turn's prompt ahead");
                     let chat = self.with_system_prompt(request.messages);
                     let primer = self.primer();
@@ -644,6 +689,7 @@ impl Processor for OpenAiLlm {
     }
 
     async fn interrupted(&mut self, _ctx: &ProcessorContext) {
+        self.head_start = None;
         // The reply's future, and with it the HTTP response and its connection, is already gone.
         if let Some(turn) = self.replying.take() {
             info!(turn, "LLM reply interrupted; its HTTP stream was closed");
@@ -666,6 +712,45 @@ impl Processor for OpenAiLlm {
     }
 }
 
+/// A chat-completions request body, streamed.
+fn chat_body<M: serde::Serialize>(
+    model: Option<&str>,
+    messages: &[M],
+    (temperature, max_tokens, seed): (f32, u32, Option<u64>),
+    tools: Option<Vec<ToolDef>>,
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&ChatRequest { model, messages, stream: true, temperature, max_tokens, seed, tools })
+}
+
+/// A turn's first request, sent ahead of the turn's end ([`OpenAiLlm::start_ahead`]).
+struct HeadStart {
+    body: Bytes,
+    /// Sending it; its response, unread, once the server answered.
+    response: Option<JoinHandle<Result<reqwest::Response, Fault>>>,
+    turn: u64,
+}
+
+impl HeadStart {
+    /// The response to `body` if this request was it; `None` when it was another (then it is
+    /// dropped) or could not be sent (the turn sends its own).
+    async fn take_for(mut self, body: &Bytes) -> Option<Result<reqwest::Response, Fault>> {
+        if self.body != *body {
+            debug!(turn = self.turn, "the turn's request differs from the one sent ahead; dropped");
+            return None;
+        }
+        self.response.take()?.await.ok()
+    }
+}
+
+impl Drop for HeadStart {
+    /// Closes its connection: the server stops generating a reply nobody will read.
+    fn drop(&mut self) {
+        if let Some(response) = &self.response {
+            response.abort();
+        }
+    }
+}
+
 /// The request's clock and how much text has gone downstream.
 struct Progress {
     received: Instant,
@@ -675,6 +760,8 @@ struct Progress {
     text: String,
     /// When the follow-up request of a tool round went out, until its first text.
     pass_sent: Option<Instant>,
+    /// The reply is the one started when the user paused.
+    ahead: bool,
 }
 
 impl Progress {

@@ -64,9 +64,11 @@ pub struct OpenAiLlmSettings {
     pub prefill_next_turn: bool,
     /// When the user has stopped speaking and the end of the turn is still being decided
     /// ([`Frame::LlmReadAhead`], from the transcript so far), send the request the turn will
-    /// make, for one token: the server then reads the question while the turn ends, and the
-    /// reply's first token comes sooner by that head start. When the user goes on instead, the
-    /// server read a prompt for nothing. Failing is only logged.
+    /// make, in full: the server reads the question and starts the reply while the turn ends.
+    /// When the turn's request is the same (the user said nothing more), that reply is the
+    /// turn's, sooner by the head start; otherwise it is dropped (its connection closed, so the
+    /// server stops) and the turn sends its own. Before the model is known (no warm-up yet), and
+    /// for the read-ahead at start, the request goes out for one token, so the server reads it.
     pub read_ahead_turn: bool,
     /// The tools offered to the model (`[processors.<id>.tools]`): built-in ones and MCP servers.
     /// None by default: the model is offered no tools and replies stream as before.

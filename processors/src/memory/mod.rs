@@ -21,7 +21,9 @@
 //!
 //! Stores go to a writer thread and are acknowledged after their durable commit; before the next
 //! injection the processor waits for the acknowledgements still pending, so a turn always sees
-//! the exchange before it. Reads run on `spawn_blocking`. See [`store`] for the layout and
+//! the exchange before it. A request that comes right after an interruption (a "Stop." whose turn
+//! ended as it cut the reply) waits briefly for the output's report of the interrupted reply, so
+//! it carries what was heard of it. Reads run on `spawn_blocking`. See [`store`] for the layout and
 //! [`index`] for relevance.
 
 pub mod cli;
@@ -408,7 +410,17 @@ pub struct StatelessMemory {
     pending: VecDeque<PendingStore>,
     /// Characters of tool record kept per exchange (0: none).
     tool_record_chars: usize,
+    /// Until when the next turn's request waits for the report of a reply the user interrupted.
+    report_due: Option<tokio::time::Instant>,
+    /// That request, waiting.
+    held: Option<LlmRequest>,
 }
+
+/// How long after an interruption the next turn's request waits for the output's report of what
+/// was heard of the interrupted reply. The report comes right after the interruption reaches the
+/// output (tens of ms), but a turn that ended as the user interrupted ("Stop.") can overtake it,
+/// and its request would then carry nothing of the reply.
+const REPORT_WAIT: Duration = Duration::from_millis(300);
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now_ms() -> u64 {
@@ -427,6 +439,8 @@ impl StatelessMemory {
             turns: VecDeque::new(),
             pending: VecDeque::new(),
             tool_record_chars: StatelessMemorySettings::default().tool_record_chars,
+            report_due: None,
+            held: None,
         }
     }
 
@@ -501,6 +515,14 @@ impl StatelessMemory {
         match result {
             Ok(id) => debug!(turn, id, "exchange stored"),
             Err(e) => ctx.push_error(self.store_failed(turn, &e)).await,
+        }
+    }
+
+    /// Sends on the request that waited for the report of an interrupted reply, if any.
+    async fn release_held(&mut self, ctx: &ProcessorContext) {
+        if let Some(request) = self.held.take() {
+            let request = self.on_request(request, false, ctx).await;
+            ctx.push(Frame::LlmRequest(Box::new(request)), Direction::Downstream).await;
         }
     }
 
@@ -641,8 +663,20 @@ impl Processor for StatelessMemory {
                 ctx.push(Frame::Transcription(t), direction).await;
             }
             (Frame::LlmRequest(request), Direction::Downstream) => {
-                let request = self.on_request(*request, false, ctx).await;
-                ctx.push(Frame::LlmRequest(Box::new(request)), direction).await;
+                self.release_held(ctx).await;
+                let now = tokio::time::Instant::now();
+                match self.report_due.take().filter(|due| *due > now) {
+                    Some(due) => {
+                        debug!(turn = request.turn, "waiting for the report of the interrupted reply");
+                        self.report_due = Some(due);
+                        self.held = Some(*request);
+                        ctx.wake_after(due - now);
+                    }
+                    None => {
+                        let request = self.on_request(*request, false, ctx).await;
+                        ctx.push(Frame::LlmRequest(Box::new(request)), direction).await;
+                    }
+                }
             }
             (Frame::LlmReadAhead(request), Direction::Downstream) => {
                 let request = self.on_request(*request, true, ctx).await;
@@ -651,6 +685,8 @@ impl Processor for StatelessMemory {
             (Frame::SpokenReply(reply), Direction::Upstream) => {
                 self.on_spoken(&reply, ctx).await;
                 ctx.push(Frame::SpokenReply(reply), direction).await;
+                self.report_due = None;
+                self.release_held(ctx).await;
             }
             (Frame::TurnNotes(notes), Direction::Upstream) => {
                 self.on_notes(&notes);
@@ -672,7 +708,25 @@ impl Processor for StatelessMemory {
         Ok(())
     }
 
+    async fn interrupted(&mut self, _ctx: &ProcessorContext) {
+        // A reply is awaited: the output reports what was heard of it now.
+        if !self.turns.is_empty() {
+            self.report_due = Some(tokio::time::Instant::now() + REPORT_WAIT);
+        }
+    }
+
+    async fn wake(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        if self.held.is_some() && self.report_due.is_some_and(|due| due <= tokio::time::Instant::now()) {
+            debug!("no report of the interrupted reply came; the request goes on without it");
+            self.report_due = None;
+            self.release_held(ctx).await;
+        }
+        Ok(())
+    }
+
     async fn end(&mut self, ctx: &ProcessorContext) -> Result<(), ProcessError> {
+        self.report_due = None;
+        self.release_held(ctx).await;
         self.settle(END_WAIT, ctx).await;
         Ok(())
     }

@@ -347,7 +347,10 @@ impl WhisperEngine {
                 }
                 tracing::debug!(raw = %decoded.raw.trim(), audio_ctx = n_ctx, larger, "whisper looped or heard nothing; again with a larger window");
                 n_ctx = larger;
-                decoded = self.decode(audio, n_ctx, threads, abandoned.as_ref())?;
+                // The early pass runs on fewer threads beside the end-of-turn model, which is done
+                // by now: the larger window gets every thread (512 frames: ~215 ms on 2 threads
+                // instead of ~390 on 1, `examples/stt_floors.rs`), and the reply waits for it.
+                decoded = self.decode(audio, n_ctx, threads.max(self.threads), abandoned.as_ref())?;
                 retried = true;
                 if !loops(&decoded.raw) {
                     break;

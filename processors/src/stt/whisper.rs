@@ -101,6 +101,7 @@ pub struct WhisperSttSettings {
     /// Threads for the early transcription, which runs while the end-of-turn detector (Smart
     /// Turn, one thread) decides. On 2 cores, 1 leaves it the other core: both finish sooner
     /// than when three threads share two (ggml's threads spin while they wait for each other).
+    /// A transcript that loops is decoded again on `threads`: the detector is done by then.
     pub early_threads: usize,
     /// The speaker id given to transcriptions.
     pub speaker: String,

@@ -110,7 +110,8 @@ const N_FRAMES: usize = WINDOW_SAMPLES / mel::HOP_LENGTH;
 const PRE_ROLL: Duration = Duration::from_millis(500);
 /// The wait, after the stop, for an utterance the model finds unfinished but whose words make a
 /// complete sentence or question: the model misjudges some complete questions, and whisper puts
-/// a full stop after almost anything, so a short wait still lets the user go on.
+/// a full stop after almost anything, so a short wait still lets the user go on. Counted from the
+/// stop, also when the words come later.
 const COMPLETE_WORDS_WAIT: Duration = Duration::from_millis(400);
 /// Speech that begins this soon after the reply became audible is no answer to it (nobody reacts
 /// that fast): the user is going on with their turn. With a small LLM the reply is audible ~0.4 s
@@ -121,12 +122,16 @@ const MIN_FALLBACK: Duration = Duration::from_millis(1000);
 /// How many of the speaker's recent pauses the fallback learns from, and how many it needs.
 const PAUSES_KEPT: usize = 8;
 const PAUSES_NEEDED: usize = 3;
-/// Words a sentence does not end on.
+/// Words a statement does not end on. A question may ("Where are you from?", "Do you remember
+/// what my name is?"): one closed by a question mark dangles only on [`NEVER_LAST`].
 const DANGLING: &[&str] = &[
     "and", "or", "but", "so", "because", "the", "a", "an", "to", "of", "in", "on", "at", "for", "with", "from", "my",
     "your", "his", "her", "their", "our", "is", "are", "was", "were", "if", "than", "that", "which", "who", "um", "uh",
     "er", "like", "about", "into",
 ];
+
+/// Words nothing ends on, a question neither.
+const NEVER_LAST: &[&str] = &["and", "or", "but", "because", "the", "a", "an", "um", "uh", "er"];
 
 /// How a transcript ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +151,10 @@ fn words_end(text: &str) -> WordsEnd {
         .last()
         .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'').to_lowercase())
         .unwrap_or_default();
+    let question = text.ends_with('?');
     if last.is_empty() {
         WordsEnd::Open
-    } else if DANGLING.contains(&last.as_str()) {
+    } else if NEVER_LAST.contains(&last.as_str()) || (!question && DANGLING.contains(&last.as_str())) {
         WordsEnd::Dangling
     } else if text.ends_with(['.', '?', '!']) && !text.ends_with("...") {
         WordsEnd::Complete
@@ -651,11 +657,15 @@ impl SmartTurn {
                     self.end_turn(ctx, start, speech_end_at).await;
                 } else {
                     let now = tokio::time::Instant::now();
-                    let wait = if words == Some(WordsEnd::Complete) { COMPLETE_WORDS_WAIT } else { self.fallback() };
                     // The pause began at the stop, `waited` ago.
                     let since = now.checked_sub(waited).unwrap_or(now);
-                    self.turn = Turn::Waiting { start, speech_end_at, deadline: now + wait, since };
-                    ctx.wake_after(wait);
+                    let deadline = if words == Some(WordsEnd::Complete) {
+                        (since + COMPLETE_WORDS_WAIT).max(now + Duration::from_millis(1))
+                    } else {
+                        now + self.fallback()
+                    };
+                    self.turn = Turn::Waiting { start, speech_end_at, deadline, since };
+                    ctx.wake_after(deadline - now);
                 }
             }
             Err(e) => {
@@ -723,12 +733,15 @@ impl SmartTurn {
         if words != WordsEnd::Complete || self.words_of_this_turn().is_none() {
             return;
         }
-        if let Turn::Waiting { deadline, .. } = &mut self.turn {
-            let soon = tokio::time::Instant::now() + COMPLETE_WORDS_WAIT;
+        if let Turn::Waiting { deadline, since, .. } = &mut self.turn {
+            // The user has been silent since the stop: the wait counts from there, not from
+            // when the words came (late, when whisper had to decode them twice).
+            let now = tokio::time::Instant::now();
+            let soon = (*since + COMPLETE_WORDS_WAIT).max(now + Duration::from_millis(1));
             if soon < *deadline {
                 debug!(text, "the words are a complete sentence; the turn ends soon");
                 *deadline = soon;
-                ctx.wake_after(COMPLETE_WORDS_WAIT);
+                ctx.wake_after(soon - now);
             }
         }
     }
@@ -919,10 +932,19 @@ mod tests {
 
     #[test]
     fn the_words_tell_a_complete_sentence_from_one_left_hanging() {
-        for text in ["What is the capital of France?", "Stop.", "Turn left!", "Yes, please."] {
+        for text in [
+            "What is the capital of France?",
+            "Stop.",
+            "Turn left!",
+            "Yes, please.",
+            "Do you remember what my name is?",
+            "Where are you from?",
+        ] {
             assert_eq!(words_end(text), WordsEnd::Complete, "{text:?}");
         }
-        for text in ["I want to go to the", "Tell me about", "Pizza and.", "Call my mother and"] {
+        for text in
+            ["I want to go to the", "Tell me about", "Pizza and.", "Call my mother and", "Is it the?", "Tea or?"]
+        {
             assert_eq!(words_end(text), WordsEnd::Dangling, "{text:?}");
         }
         for text in ["", "Go forward", "I was wondering...", "Hmm"] {
