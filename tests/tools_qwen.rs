@@ -133,7 +133,7 @@ async fn qwen_calls_the_calculator_and_the_clock_when_asked_and_no_tool_for_a_jo
     let (out, reply, log) = ask(port, &temp_data_dir("joke", root.path()), "tell me a joke").await;
     assert!(out.status.success(), "ask failed");
     // Qwen may still write a call of a `joke` tool, which does not exist: it is never said, the
-    // model is told there is none, and no tool runs.
+    // question is asked again without tools, and no tool runs.
     assert!(!log.contains("tool call done"), "a joke needs no tool: {:#?}", tool_lines(&log));
     assert!(!reply.trim().is_empty(), "a joke is told");
     assert!(!reply.contains('{') && !reply.contains("\"name\""), "no call's JSON is said: {reply:?}");

@@ -136,7 +136,8 @@ pub struct Alignment {
 /// last one lined up count as not played (a run that stopped after its turns).
 pub fn align_turns(said: &[&str], heard: &[&str]) -> Alignment {
     let (ns, nh) = (said.len(), heard.len());
-    let len = |t: &str| words(t).len();
+    let said_len: Vec<usize> = said.iter().map(|t| words(t).len()).collect();
+    let heard_len: Vec<usize> = heard.iter().map(|t| words(t).len()).collect();
     const INF: usize = usize::MAX / 4;
     // cost[i][j]: fewest errors lining up heard[..i] with said[..j]; step[i][j]: the last move.
     let mut cost = vec![vec![INF; ns + 1]; nh + 1];
@@ -158,10 +159,10 @@ pub fn align_turns(said: &[&str], heard: &[&str]) -> Alignment {
                 }
             };
             if j < ns {
-                relax(i, j + 1, len(said[j]), Move::Lost);
+                relax(i, j + 1, said_len[j], Move::Lost);
             }
             if i < nh {
-                relax(i + 1, j, len(heard[i]), Move::Extra);
+                relax(i + 1, j, heard_len[i], Move::Extra);
             }
             if i < nh && j < ns {
                 relax(i + 1, j + 1, word_errors(said[j], heard[i]).0, Move::Pair);
@@ -191,7 +192,7 @@ pub fn align_turns(said: &[&str], heard: &[&str]) -> Alignment {
             }
             Move::Extra => {
                 i -= 1;
-                turns.push(Paired::Extra { errors: len(heard[i]) });
+                turns.push(Paired::Extra { errors: heard_len[i] });
             }
             Move::Pair => {
                 (i, j) = (i - 1, j - 1);
@@ -220,8 +221,8 @@ pub fn align_turns(said: &[&str], heard: &[&str]) -> Alignment {
             Paired::SplitFrom => 0,
         })
         .sum::<usize>()
-        + lost.iter().map(|&j| len(said[j])).sum::<usize>();
-    let words = said[..played].iter().map(|s| len(s)).sum();
+        + lost.iter().map(|&j| said_len[j]).sum::<usize>();
+    let words = said_len[..played].iter().sum();
     Alignment { turns, lost, errors, words }
 }
 

@@ -7,28 +7,14 @@ mod llm_support;
 
 use std::time::Duration;
 
-use llm_support::{FakeServer, Reply, assert_fault, assert_reply, free_port, llm, request, texts, turn};
+use llm_support::{
+    FakeServer, Reply, assert_fault, assert_reply, free_port, llm, request, scripted_settings, texts, turn,
+};
 use slowcat_processors::Frame;
 use slowcat_processors::harness::Harness;
 use slowcat_processors::llm::OpenAiLlmSettings;
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn settings(base_url: String) -> OpenAiLlmSettings {
-    OpenAiLlmSettings {
-        base_url,
-        model: "fake-model".into(),
-        warmup: false,
-        // The scripted replies are for the turns; the test of the prefill turns it on.
-        prefill_next_turn: false,
-        retries: 2,
-        retry_backoff_ms: 20,
-        connect_timeout_ms: 1_000,
-        first_token_timeout_ms: 2_000,
-        total_timeout_ms: 5_000,
-        ..Default::default()
-    }
-}
 
 async fn harness(settings: OpenAiLlmSettings) -> Harness {
     Harness::start(vec![llm(settings)]).await
@@ -37,7 +23,7 @@ async fn harness(settings: OpenAiLlmSettings) -> Harness {
 #[tokio::test]
 async fn a_good_stream_becomes_separate_text_frames_and_the_request_is_openai_shaped() {
     let server = FakeServer::start(vec![Reply::Stream(vec!["Paris", " is", " the", " capital."])]).await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
     let frames = turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
     assert_eq!(assert_reply(&frames, 1, 4), ["Paris", " is", " the", " capital."]);
     let ttfb = frames.iter().find_map(|f| match f {
@@ -58,7 +44,7 @@ async fn a_good_stream_becomes_separate_text_frames_and_the_request_is_openai_sh
 #[tokio::test]
 async fn a_configured_seed_plus_the_turn_goes_with_every_reply_request() {
     let server = FakeServer::start(vec![Reply::Stream(vec!["Hi."]), Reply::Stream(vec!["Hello."])]).await;
-    let mut h = harness(OpenAiLlmSettings { seed: Some(7), ..settings(server.base_url()) }).await;
+    let mut h = harness(OpenAiLlmSettings { seed: Some(7), ..scripted_settings(server.base_url()) }).await;
     assert_reply(&turn(&mut h, 1, "Hi there.", LIMIT).await, 1, 1);
     assert_reply(&turn(&mut h, 2, "Hello again.", LIMIT).await, 2, 1);
     let seeds: Vec<serde_json::Value> = server
@@ -77,7 +63,7 @@ async fn a_configured_seed_plus_the_turn_goes_with_every_reply_request() {
 #[tokio::test]
 async fn after_a_reply_the_next_turns_prompt_is_sent_ahead_for_one_token() {
     let server = FakeServer::start(vec![Reply::Stream(vec!["Paris", " is", " the", " capital."])]).await;
-    let mut h = harness(OpenAiLlmSettings { prefill_next_turn: true, ..settings(server.base_url()) }).await;
+    let mut h = harness(OpenAiLlmSettings { prefill_next_turn: true, ..scripted_settings(server.base_url()) }).await;
     turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
     let deadline = tokio::time::Instant::now() + LIMIT;
     while server.chat_requests().len() < 2 && tokio::time::Instant::now() < deadline {
@@ -118,7 +104,7 @@ async fn a_request_sent_ahead_is_the_turns_when_the_words_are_the_same() {
         (false, "What time is it?", vec![noon()]),
     ] {
         let server = FakeServer::start(script).await;
-        let mut h = harness(OpenAiLlmSettings { read_ahead_turn, ..settings(server.base_url()) }).await;
+        let mut h = harness(OpenAiLlmSettings { read_ahead_turn, ..scripted_settings(server.base_url()) }).await;
         let Frame::LlmRequest(asked) = request(1, ahead_words) else { unreachable!() };
         h.send(Frame::LlmReadAhead(asked)).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -135,7 +121,7 @@ async fn a_request_sent_ahead_is_the_turns_when_the_words_are_the_same() {
         let answered = bodies.last().unwrap();
         assert_eq!(
             (&answered["stream"], &answered["max_tokens"]),
-            (&true.into(), &settings(String::new()).max_tokens.into())
+            (&true.into(), &scripted_settings(String::new()).max_tokens.into())
         );
         let last = answered["messages"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["content"], "What time is it?", "{case}: the turn's words are answered");
@@ -151,7 +137,7 @@ async fn a_server_that_ignores_stream_true_still_gets_its_answer_through() {
     let json =
         r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there."}}]}"#;
     let server = FakeServer::start(vec![Reply::Status(200, json)]).await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
     assert_eq!(assert_reply(&turn(&mut h, 1, "Hi", LIMIT).await, 1, 1), ["Hi there."]);
     h.finish(LIMIT).await;
 }
@@ -171,7 +157,7 @@ async fn malformed_event_streams_are_errors_and_the_next_turn_works() {
         Reply::RawSse("data: {\"error\":{\"message\":\"context length exceeded\"}}\n\n"),
     ])
     .await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
 
     let frames = turn(&mut h, 1, "Hi", LIMIT).await;
     assert_fault(&frames, 1, &["malformed", &server.base_url(), "oops"]);
@@ -194,7 +180,7 @@ async fn malformed_event_streams_are_errors_and_the_next_turn_works() {
 async fn a_5xx_shows_its_body_is_retried_a_bounded_number_of_times_and_the_next_turn_works() {
     let body = r#"{"error":"model crashed: out of memory"}"#;
     let server = FakeServer::start(vec![Reply::Status(500, body); 3]).await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
 
     let frames = turn(&mut h, 1, "Hi", LIMIT).await;
     assert_fault(&frames, 1, &["HTTP 500", "model crashed: out of memory", &server.base_url()]);
@@ -208,7 +194,7 @@ async fn a_5xx_shows_its_body_is_retried_a_bounded_number_of_times_and_the_next_
 #[tokio::test]
 async fn a_4xx_is_not_retried() {
     let server = FakeServer::start(vec![Reply::Status(400, "unknown model 'fake-model'")]).await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
     let frames = turn(&mut h, 1, "Hi", LIMIT).await;
     assert_fault(&frames, 1, &["HTTP 400", "unknown model 'fake-model'"]);
     assert_eq!(server.chat_requests().len(), 1);
@@ -224,7 +210,7 @@ async fn a_server_busy_at_first_is_retried_before_the_first_token_without_the_us
         Reply::Stream(vec!["Hi", " there."]),
     ])
     .await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
     let frames = turn(&mut h, 1, "Hi", LIMIT).await;
     assert_eq!(assert_reply(&frames, 1, 2), ["Hi", " there."]);
     assert_eq!(server.chat_requests().len(), 3);
@@ -234,7 +220,8 @@ async fn a_server_busy_at_first_is_retried_before_the_first_token_without_the_us
 #[tokio::test]
 async fn no_token_before_the_first_token_timeout_is_an_error_and_the_next_turn_works() {
     let server = FakeServer::start(vec![Reply::Silent]).await;
-    let mut h = harness(OpenAiLlmSettings { first_token_timeout_ms: 300, ..settings(server.base_url()) }).await;
+    let mut h =
+        harness(OpenAiLlmSettings { first_token_timeout_ms: 300, ..scripted_settings(server.base_url()) }).await;
     let frames = turn(&mut h, 1, "Hi", LIMIT).await;
     assert_fault(&frames, 1, &["within 300 ms", "first_token_timeout_ms"]);
     assert_eq!(server.chat_requests().len(), 1, "a slow server is not sent more requests");
@@ -245,7 +232,7 @@ async fn no_token_before_the_first_token_timeout_is_an_error_and_the_next_turn_w
 #[tokio::test]
 async fn a_disconnect_mid_stream_keeps_the_text_so_far_then_apologises_and_the_next_turn_works() {
     let server = FakeServer::start(vec![Reply::DropAfter(vec!["Once", " upon"])]).await;
-    let mut h = harness(settings(server.base_url())).await;
+    let mut h = harness(scripted_settings(server.base_url())).await;
     let frames = turn(&mut h, 1, "Tell me a story", LIMIT).await;
     assert_fault(&frames, 1, &["closed the connection"]);
     assert_eq!(texts(&frames), ["Once", " upon"]);
@@ -258,7 +245,7 @@ async fn a_disconnect_mid_stream_keeps_the_text_so_far_then_apologises_and_the_n
 async fn connection_refused_names_the_url_and_what_to_start_and_a_server_started_later_is_used() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/v1");
-    let mut h = harness(settings(url.clone())).await;
+    let mut h = harness(scripted_settings(url.clone())).await;
     let frames = turn(&mut h, 1, "Hi", LIMIT).await;
     let message = assert_fault(&frames, 1, &[&url, "scripts/llm-server.sh start", "LM Studio"]);
     assert!(message.to_lowercase().contains("refused"), "{message}");
@@ -273,7 +260,8 @@ async fn connection_refused_names_the_url_and_what_to_start_and_a_server_started
 async fn a_server_down_at_start_gives_a_warning_naming_the_url_and_the_pipeline_still_runs() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/v1");
-    let mut h = harness(OpenAiLlmSettings { warmup: true, model: String::new(), ..settings(url.clone()) }).await;
+    let mut h =
+        harness(OpenAiLlmSettings { warmup: true, model: String::new(), ..scripted_settings(url.clone()) }).await;
     let warning = h.wait_for(LIMIT, |f, _| matches!(f, Frame::Error(_))).await.expect("a warm-up warning");
     let Frame::Error(e) = warning else { unreachable!() };
     assert!(e.message.contains("warm-up") && e.message.contains(&url), "{}", e.message);

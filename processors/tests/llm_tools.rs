@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use llm_support::{FakeServer, Reply, assert_fault, call_events, calls_reply, request, requests, texts, turn};
+use llm_support::{
+    FakeServer, Reply, assert_fault, call_events, calls_reply, request, requests, scripted_settings, texts, turn,
+};
 use serde_json::{Value, json};
 use slowcat_processors::harness::Harness;
 use slowcat_processors::llm::{OpenAiLlm, OpenAiLlmSettings, metrics};
@@ -106,22 +108,6 @@ impl Tool for TestTool {
     }
 }
 
-fn settings(base_url: String) -> OpenAiLlmSettings {
-    OpenAiLlmSettings {
-        base_url,
-        model: "fake-model".into(),
-        warmup: false,
-        prefill_next_turn: false,
-        read_ahead_turn: false,
-        retries: 2,
-        retry_backoff_ms: 20,
-        connect_timeout_ms: 1_000,
-        first_token_timeout_ms: 2_000,
-        total_timeout_ms: 5_000,
-        ..Default::default()
-    }
-}
-
 async fn harness(settings: OpenAiLlmSettings, tools: Vec<TestTool>) -> Harness {
     let mut tool_box = ToolBox::new();
     for tool in tools {
@@ -157,7 +143,7 @@ async fn tool_calls_split_at_every_byte_are_run_and_the_answer_follows_in_the_sa
     let bytes: Vec<String> = events.concat().chars().map(|c| c.to_string()).collect();
     let server = FakeServer::start(vec![Reply::Chunks(bytes), Reply::Stream(vec!["It is noon", " in Tokyo."])]).await;
     let log = Arc::new(Log::default());
-    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let mut h = harness(scripted_settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
     let frames = turn(&mut h, 1, "What time is it in Tokyo?", LIMIT).await;
 
     let runs = log.runs();
@@ -202,7 +188,8 @@ async fn two_calls_in_one_reply_run_at_the_same_time() {
     let log = Arc::new(Log::default());
     let slow = Act::Slow(Duration::from_millis(400));
     let mut h =
-        harness(settings(server.base_url()), vec![tool("slow_a", slow, &log), tool("slow_b", slow, &log)]).await;
+        harness(scripted_settings(server.base_url()), vec![tool("slow_a", slow, &log), tool("slow_b", slow, &log)])
+            .await;
     let frames = turn(&mut h, 1, "Do both.", LIMIT).await;
     assert_eq!(texts(&frames), ["Both done."]);
 
@@ -233,7 +220,7 @@ async fn an_unknown_tool_or_malformed_arguments_give_the_model_an_error_and_the_
     ])
     .await;
     let log = Arc::new(Log::default());
-    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let mut h = harness(scripted_settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
 
     let frames = turn(&mut h, 1, "Launch the rockets.", LIMIT).await;
     assert_eq!(texts(&frames), ["I can't do that."]);
@@ -258,7 +245,8 @@ async fn a_tool_that_hangs_is_cut_off_at_its_timeout_and_the_reply_still_comes()
         FakeServer::start(vec![calls_reply(&[("c1", "stuck", "{}")]), Reply::Stream(vec!["The tool did not answer."])])
             .await;
     let log = Arc::new(Log::default());
-    let s = OpenAiLlmSettings { tool_timeout_ms: 500, tool_filler_after_ms: 100, ..settings(server.base_url()) };
+    let s =
+        OpenAiLlmSettings { tool_timeout_ms: 500, tool_filler_after_ms: 100, ..scripted_settings(server.base_url()) };
     let mut h = harness(s, vec![tool("stuck", Act::Hang, &log)]).await;
     let frames = turn(&mut h, 1, "Use the stuck tool.", LIMIT).await;
 
@@ -285,7 +273,7 @@ async fn a_model_that_never_stops_calling_is_stopped_at_the_limit_and_the_turn_e
     let replies = ["c0", "c1", "c2"].iter().map(|id| calls_reply(&[(id, "get_time", "{}")])).collect();
     let server = FakeServer::start(replies).await;
     let log = Arc::new(Log::default());
-    let s = OpenAiLlmSettings { max_tool_rounds: 2, ..settings(server.base_url()) };
+    let s = OpenAiLlmSettings { max_tool_rounds: 2, ..scripted_settings(server.base_url()) };
     let mut h = harness(s, vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
     h.send(request(1, "What time is it?")).await;
     h.wait_for(LIMIT, |f, _| matches!(f, Frame::Speak(_))).await.expect("the turn ends with something said");
@@ -329,7 +317,7 @@ async fn calls_written_as_text_are_run_and_their_json_is_never_spoken_while_norm
     ])
     .await;
     let log = Arc::new(Log::default());
-    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let mut h = harness(scripted_settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
 
     // Text that cannot be a call goes out piece by piece, as it arrives.
     let frames = turn(&mut h, 1, "What is the capital of France?", LIMIT).await;
@@ -368,7 +356,7 @@ async fn a_call_written_as_text_of_a_tool_that_does_not_exist_is_never_spoken_an
     ])
     .await;
     let log = Arc::new(Log::default());
-    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let mut h = harness(scripted_settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
     let frames = turn(&mut h, 1, "Tell me a joke.", LIMIT).await;
     assert_eq!(texts(&frames), ["Why did the tomato blush?", " It saw the salad dressing."], "only the answer is said");
     assert!(log.runs().is_empty(), "no tool ran");
@@ -403,7 +391,7 @@ async fn the_warm_up_begins_as_the_turn_begins_and_the_turn_is_sent_ahead_tools_
         warmup: true,
         read_ahead_turn: true,
         system_prompt: "You are slowcat.".into(),
-        ..settings(server.base_url())
+        ..scripted_settings(server.base_url())
     };
     let mut h = harness(settings, vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
     let warm_up = wait_for_requests(&server, 1).await.remove(0);
@@ -433,7 +421,7 @@ async fn a_generation_cut_off_before_it_finished_runs_none_of_its_calls() {
     let cut = || Reply::ChunksThenDrop(call_events(&[("c1", "get_time", "{}")], false));
     let server = FakeServer::start(vec![cut(), cut(), cut()]).await;
     let log = Arc::new(Log::default());
-    let mut h = harness(settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
+    let mut h = harness(scripted_settings(server.base_url()), vec![tool("get_time", Act::Answer("12:00"), &log)]).await;
     let frames = turn(&mut h, 1, "What time is it?", LIMIT).await;
     assert_fault(&frames, 1, &["closed the connection"]);
     assert!(log.runs().is_empty(), "no call of an unfinished generation runs");
@@ -444,7 +432,7 @@ async fn a_generation_cut_off_before_it_finished_runs_none_of_its_calls() {
 async fn an_interruption_while_a_tool_runs_drops_it_and_the_next_request_carries_no_call() {
     let server = FakeServer::start(vec![calls_reply(&[("c1", "stuck", "{}")]), Reply::Stream(vec!["Hi."])]).await;
     let log = Arc::new(Log::default());
-    let mut h = harness(settings(server.base_url()), vec![tool("stuck", Act::Hang, &log)]).await;
+    let mut h = harness(scripted_settings(server.base_url()), vec![tool("stuck", Act::Hang, &log)]).await;
     let started = log.started.notified();
     h.send(request(1, "Use the stuck tool.")).await;
     tokio::time::timeout(LIMIT, started).await.expect("the tool starts");
@@ -495,7 +483,7 @@ async fn the_filler_said_while_a_slow_tool_runs_is_spoken_in_the_turn_before_the
     let llm_settings = OpenAiLlmSettings {
         tool_filler_after_ms: 100,
         tool_filler: "One moment.".into(),
-        ..settings(server.base_url())
+        ..scripted_settings(server.base_url())
     };
     let llm = OpenAiLlm::new(llm_settings).unwrap().with_tools(tool_box);
     let dir = tempfile::tempdir().unwrap();

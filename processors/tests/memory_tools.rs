@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use llm_support::{FakeServer, Reply, calls_reply, requests};
+use llm_support::{FakeServer, Reply, calls_reply, requests, scripted_settings};
 use serde_json::{Value, json};
 use slowcat_processors::frame::SpokenReply;
 use slowcat_processors::harness::Harness;
@@ -27,16 +27,11 @@ const LIMIT: Duration = Duration::from_secs(15);
 
 fn llm_settings(base_url: String) -> OpenAiLlmSettings {
     OpenAiLlmSettings {
-        base_url,
-        model: "fake-model".into(),
-        warmup: false,
-        prefill_next_turn: false,
-        read_ahead_turn: false,
         first_token_timeout_ms: 5_000,
         total_timeout_ms: 10_000,
         // The built-in tools but those that would start a clock or reach the network.
         tools: ToolsSettings { reminders: false, web_fetch: false, ..ToolsSettings::default() },
-        ..Default::default()
+        ..scripted_settings(base_url)
     }
 }
 

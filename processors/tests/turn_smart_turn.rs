@@ -600,17 +600,20 @@ fn heard(end: Duration, text: &str) -> Frame {
     }))
 }
 
-/// Says `audio` and stops; whisper's transcript of it is `words`. Returns how long after the stop
-/// the turn ended (with a 2000 ms fallback).
-async fn turn_end_with_words(audio: Vec<i16>, words: &str) -> Duration {
+/// Says `audio` and stops; whisper's transcript of it, `words`, comes `late_ms` after the stop.
+/// Returns how long after the words the turn ended (with a 2000 ms fallback).
+async fn turn_end_with_words(audio: Vec<i16>, words: &str, late_ms: u64) -> Duration {
     let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
     let mut mic = Mic::start(smart_turn(settings)).await;
     mic.started().await;
     assert!(mic.play(&audio, turn_ended).await.is_none());
     let end = mic.pts - Duration::from_millis(200);
     stop_at(&mic, end).await;
+    if late_ms > 0 {
+        assert!(mic.play(&silence(late_ms), turn_ended).await.is_none(), "the turn ended before the words came");
+    }
     mic.harness.send_upstream(heard(end, words)).await;
-    let stopped = Instant::now();
+    let words_came = Instant::now();
     let ended = mic.play(&silence(4000), turn_ended).await.expect("the turn never ended");
     let out = mic.harness.finish(Duration::from_secs(10)).await;
     assert_eq!(count(&out.downstream, turn_ended), 1);
@@ -618,20 +621,20 @@ async fn turn_end_with_words(audio: Vec<i16>, words: &str) -> Duration {
         out.upstream.iter().any(|f| matches!(f, Frame::InterimTranscription(_))),
         "the transcript goes on upstream"
     );
-    ended - stopped
+    ended - words_came
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_question_that_sounds_unfinished_ends_soon_when_its_words_are_complete() {
     // The model finds the cut-off recording unfinished; the words say the question is complete.
-    let waited = turn_end_with_words(speak(CUT_OFF), "What time is it in Tokyo?").await;
+    let waited = turn_end_with_words(speak(CUT_OFF), "What time is it in Tokyo?", 0).await;
     println!("ended {} ms after the stop", ms(waited));
     assert!(waited < Duration::from_millis(1000), "waited {} ms: the words did not count", ms(waited));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_sentence_that_sounds_complete_waits_when_its_words_end_on_and() {
-    let waited = turn_end_with_words(speak(COMPLETE), "What is the weather going to be like in Paris and").await;
+    let waited = turn_end_with_words(speak(COMPLETE), "What is the weather going to be like in Paris and", 0).await;
     println!("ended {} ms after the stop", ms(waited));
     assert!(waited >= Duration::from_millis(2000), "ended after {} ms on a dangling 'and'", ms(waited));
 }
@@ -641,17 +644,7 @@ async fn a_sentence_that_sounds_complete_waits_when_its_words_end_on_and() {
 /// ends as soon as the late words say the question is complete, not 400 ms after them.
 #[tokio::test(start_paused = true)]
 async fn complete_words_that_come_late_end_the_turn_at_once() {
-    let settings = SmartTurnSettings { incomplete_timeout_ms: 2000, ..SmartTurnSettings::default() };
-    let mut mic = Mic::start(smart_turn(settings)).await;
-    mic.started().await;
-    assert!(mic.play(&speak(CUT_OFF), turn_ended).await.is_none());
-    let end = mic.pts - Duration::from_millis(200);
-    stop_at(&mic, end).await;
-    assert!(mic.play(&silence(600), turn_ended).await.is_none(), "the turn ended before the words came");
-    mic.harness.send_upstream(heard(end, "What time is it in Tokyo?")).await;
-    let words_came = Instant::now();
-    let ended = mic.play(&silence(4000), turn_ended).await.expect("the turn never ended");
-    println!("ended {} ms after the words", ms(ended - words_came));
-    assert!(ended - words_came < Duration::from_millis(150), "waited {} ms after the words", ms(ended - words_came));
-    mic.harness.finish(Duration::from_secs(10)).await;
+    let waited = turn_end_with_words(speak(CUT_OFF), "What time is it in Tokyo?", 600).await;
+    println!("ended {} ms after the words", ms(waited));
+    assert!(waited < Duration::from_millis(150), "waited {} ms after the words", ms(waited));
 }

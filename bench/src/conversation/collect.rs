@@ -245,22 +245,24 @@ mod tests {
         assert!((t.overhead_ms().unwrap() - 3.0).abs() < 1e-9);
     }
 
+    /// A metric frame as the pipeline sends it.
+    fn m(name: MetricName, turn: Option<u64>, ms: u64) -> Frame {
+        Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
+    }
+
     #[test]
     fn turn_less_measurements_join_the_next_numbered_turn() {
         let mut c = Collector::new(None);
-        let m = |name: &str, turn, ms| {
-            let name = MetricName::ALL.into_iter().find(|n| n.as_str() == name).expect("a metric name");
-            Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
-        };
+        use MetricName::*;
         for f in [
-            m("user_speech_end_at", None, 500),
-            m("user_speech_end_at", None, 1000),
-            m("smart_turn_time", None, 200),
-            m("smart_turn_wait", None, 20),
-            m("user_turn_end_at", None, 1400),
-            m("stt_time", Some(1), 150),
-            m("tts_ttfb", Some(1), 80),
-            m("tts_ttfb", Some(1), 300),
+            m(UserSpeechEndAt, None, 500),
+            m(UserSpeechEndAt, None, 1000),
+            m(SmartTurnTime, None, 200),
+            m(SmartTurnWait, None, 20),
+            m(UserTurnEndAt, None, 1400),
+            m(SttTime, Some(1), 150),
+            m(TtsTtfb, Some(1), 80),
+            m(TtsTtfb, Some(1), 300),
         ] {
             c.on_frame(&f, Direction::Downstream);
         }
@@ -274,9 +276,6 @@ mod tests {
     #[test]
     fn a_resumed_turn_is_measured_from_the_end_of_the_users_last_words() {
         let mut c = Collector::new(None);
-        let m = |name: MetricName, turn, ms| {
-            Frame::Metrics(Box::new(Metric { source: "x".into(), turn, name, value: Duration::from_millis(ms) }))
-        };
         use MetricName::*;
         // "Oh, I'm originally from Chicago also." ends a turn; the user goes on before the reply.
         for f in [

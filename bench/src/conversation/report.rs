@@ -50,22 +50,19 @@ pub(super) fn conversation(r: &Conversation<'_>) {
         }
     );
     println!();
-    // Word errors and words said, over the turns paired with what was said.
-    let mut word_count = (0usize, 0usize);
     println!(
         "{:>3} {:>4} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  heard",
         "run", "turn", "eot", "smart", "stt", "memory", "ttfb", "sent", "tts", "v2v", "ovh"
     );
-    // Each run's turns lined up with the utterances it played (which repeat after `n`).
-    let mut paired = Vec::new();
-    for r in 1..=runs {
-        let heard: Vec<&str> = all.iter().filter(|(run, _)| *run == r).map(|(_, t)| t.heard.as_str()).collect();
-        let played: Vec<&str> = (0..2 * heard.len() + 2).map(|k| said[k % n].as_str()).collect();
-        let a = score::align_turns(&played, &heard);
-        word_count.0 += a.errors;
-        word_count.1 += a.words;
-        paired.push(a);
-    }
+    // Each run's turns lined up with the utterances it played (which repeat after `n`): the word
+    // errors and the words said.
+    let paired: Vec<score::Alignment> = (1..=runs)
+        .map(|r| {
+            let heard: Vec<&str> = all.iter().filter(|(run, _)| *run == r).map(|(_, t)| t.heard.as_str()).collect();
+            let played: Vec<&str> = (0..2 * heard.len() + 2).map(|k| said[k % n].as_str()).collect();
+            score::align_turns(&played, &heard)
+        })
+        .collect();
     let mut next_in_run = vec![0usize; runs + 1];
     for (run, t) in all {
         println!(
@@ -111,8 +108,8 @@ pub(super) fn conversation(r: &Conversation<'_>) {
     }
     let complete = turns_only.iter().filter(|t| t.overhead_ms().is_some()).count();
     println!("turns fully measured: {complete} of {}", turns * runs);
-    if word_count.1 > 0 {
-        let (errors, words) = word_count;
+    let (errors, words) = paired.iter().fold((0, 0), |(e, w), a| (e + a.errors, w + a.words));
+    if words > 0 {
         println!(
             "words heard right: {:.1} % ({errors} errors in {words} words said; turns lined up with the utterances played)",
             100.0 * (1.0 - errors as f64 / words as f64)

@@ -665,14 +665,14 @@ impl Processor for StatelessMemory {
             (Frame::LlmRequest(request), Direction::Downstream) => {
                 self.release_held(ctx).await;
                 let now = tokio::time::Instant::now();
-                match self.report_due.take().filter(|due| *due > now) {
+                match self.report_due.filter(|due| *due > now) {
                     Some(due) => {
                         debug!(turn = request.turn, "waiting for the report of the interrupted reply");
-                        self.report_due = Some(due);
                         self.held = Some(*request);
                         ctx.wake_after(due - now);
                     }
                     None => {
+                        self.report_due = None;
                         let request = self.on_request(*request, false, ctx).await;
                         ctx.push(Frame::LlmRequest(Box::new(request)), direction).await;
                     }

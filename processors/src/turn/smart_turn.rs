@@ -133,6 +133,12 @@ const DANGLING: &[&str] = &[
 /// Words nothing ends on, a question neither.
 const NEVER_LAST: &[&str] = &["and", "or", "but", "because", "the", "a", "an", "um", "uh", "er"];
 
+/// When a turn whose words are complete ends: [`COMPLETE_WORDS_WAIT`] after the stop (`since`),
+/// or at once (`now`) when that has passed.
+fn complete_words_deadline(since: tokio::time::Instant, now: tokio::time::Instant) -> tokio::time::Instant {
+    (since + COMPLETE_WORDS_WAIT).max(now + Duration::from_millis(1))
+}
+
 /// How a transcript ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WordsEnd {
@@ -660,7 +666,7 @@ impl SmartTurn {
                     // The pause began at the stop, `waited` ago.
                     let since = now.checked_sub(waited).unwrap_or(now);
                     let deadline = if words == Some(WordsEnd::Complete) {
-                        (since + COMPLETE_WORDS_WAIT).max(now + Duration::from_millis(1))
+                        complete_words_deadline(since, now)
                     } else {
                         now + self.fallback()
                     };
@@ -737,7 +743,7 @@ impl SmartTurn {
             // The user has been silent since the stop: the wait counts from there, not from
             // when the words came (late, when whisper had to decode them twice).
             let now = tokio::time::Instant::now();
-            let soon = (*since + COMPLETE_WORDS_WAIT).max(now + Duration::from_millis(1));
+            let soon = complete_words_deadline(*since, now);
             if soon < *deadline {
                 debug!(text, "the words are a complete sentence; the turn ends soon");
                 *deadline = soon;

@@ -105,6 +105,25 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Settings for `openai_llm` against a [`FakeServer`] at `base_url`: no request but the turns'
+/// (no warm-up, prefill or read-ahead: the scripted replies are for the turns; a test that wants
+/// one turns it on), quick retries and short timeouts.
+pub fn scripted_settings(base_url: String) -> OpenAiLlmSettings {
+    OpenAiLlmSettings {
+        base_url,
+        model: "fake-model".into(),
+        warmup: false,
+        prefill_next_turn: false,
+        read_ahead_turn: false,
+        retries: 2,
+        retry_backoff_ms: 20,
+        connect_timeout_ms: 1_000,
+        first_token_timeout_ms: 2_000,
+        total_timeout_ms: 5_000,
+        ..Default::default()
+    }
+}
+
 /// An `openai_llm` processor built through its settings, as the runtime builds it.
 pub fn llm(settings: OpenAiLlmSettings) -> BoxProcessor {
     let dir = std::env::temp_dir();
